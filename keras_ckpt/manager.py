@@ -1,0 +1,591 @@
+"""`CheckpointManager`: the store both callbacks write through, and that users read from.
+
+It commits checkpoints (files first, record last), lists and verifies them, prunes them by a retention
+policy, and loads them back. Only checkpoints with a committed record exist for it; it never deletes a
+file that no record of its own names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from keras_ckpt.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ForeignFileError,
+    RecordFormatError,
+)
+from keras_ckpt.policies import Policy, check_mode, infer_mode
+from keras_ckpt.records import KINDS, FileEntry, Record, validate_name
+from keras_ckpt.storage import META_DIR, DirectoryLockHandle, Storage, seal_file, storage_for
+
+__all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint"]
+
+_PENDING = f"{META_DIR}/pending"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of checking one checkpoint (or one unreadable record) against its files.
+
+    Attributes:
+        name: The checkpoint's name, or the record file's path if the record is unreadable.
+        ok: True when every file exists with the recorded size and checksum.
+        problems: One line per problem, naming the file and what is wrong.
+    """
+
+    name: str
+    ok: bool
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    record: Record
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`)."""
+
+    kept: tuple[KeptCheckpoint, ...]
+    deleted: tuple[Record, ...]
+    dry_run: bool = False
+
+
+@dataclass
+class _WriterState:
+    """State shared by every writing manager of one directory in this process."""
+
+    lock: DirectoryLockHandle
+    records: dict[str, Record]
+    users: int = 0
+    mutex: threading.RLock = field(default_factory=threading.RLock)
+
+
+_writers: dict[str, _WriterState] = {}
+_writers_mutex = threading.Lock()
+
+
+class CheckpointManager:
+    """A directory of checkpoints: commit, list, verify, prune and load.
+
+    Both callbacks write through it; use it directly to inspect a run or load from it.
+
+    Args:
+        directory: Local path or fsspec URL of the checkpoint directory. It need not exist to read
+            (it then holds no checkpoints); writing creates it.
+
+    Example:
+
+    >>> import keras_ckpt
+    >>> manager = keras_ckpt.CheckpointManager(tmp_dir)  # doctest: +SKIP
+    >>> manager.latest().name  # doctest: +SKIP
+    'model-005.keras'
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, storage: Storage | None = None):
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            raise ValueError(
+                "Invalid value for argument `directory`. Expected a non-empty path or URL. "
+                f"Received: directory={directory!r}"
+            )
+        self.directory = os.fspath(directory)
+        self.storage = storage if storage is not None else storage_for(self.directory)
+        self._writer: _WriterState | None = None
+        self._protected: set[str] = set()
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"CheckpointManager({self.directory!r})"
+
+    # ----------------------------------------------------------------- reading
+
+    def checkpoints(self, owner: str | None = None) -> list[Record]:
+        """Committed checkpoints, oldest first; only `owner`'s when given.
+
+        An unreadable record is skipped with a warning naming its file (`verify` reports it too).
+        """
+        if self._writer is not None:
+            with self._writer.mutex:
+                records = list(self._writer.records.values())
+        else:
+            records, problems = self._scan()
+            for source, error in problems:
+                if source not in self._warned:
+                    self._warned.add(source)
+                    warnings.warn(f"Skipping checkpoint: {error}", stacklevel=2)
+        if owner is not None:
+            records = [r for r in records if r.owner == owner]
+        return sorted(records, key=lambda r: r.sequence)
+
+    def get(self, name: str) -> Record:
+        """The record called `name`, or `CheckpointNotFoundError` listing what exists."""
+        for record in self.checkpoints():
+            if record.name == name:
+                return record
+        names = [r.name for r in self.checkpoints()]
+        shown = ", ".join(names[-10:]) if names else "none"
+        raise CheckpointNotFoundError(
+            f"No checkpoint named {name!r} in {self.directory}. Checkpoints there: {shown}"
+            + (f" (last 10 of {len(names)})" if len(names) > 10 else "")
+        )
+
+    def latest(self, owner: str | None = None) -> Record | None:
+        """The newest committed checkpoint, or None."""
+        records = self.checkpoints(owner)
+        return records[-1] if records else None
+
+    def best(
+        self, monitor: str, mode: str = "auto", owner: str | None = None
+    ) -> Record | None:
+        """The checkpoint with the best `monitor` value (newest on ties), or None.
+
+        Args:
+            monitor: A metric name as it appears in the logs (`"val_loss"`).
+            mode: `"min"`, `"max"`, or `"auto"` to infer it from the name.
+        """
+        ranked = self._ranked_by(monitor, mode, owner)
+        return ranked[0] if ranked else None
+
+    def _ranked_by(self, monitor: str, mode: str, owner: str | None) -> list[Record]:
+        check_mode("mode", mode, ("auto", "min", "max"))
+        if mode == "auto":
+            mode = infer_mode(monitor)
+        sign = 1.0 if mode == "min" else -1.0
+        scored = [r for r in self.checkpoints(owner) if monitor in r.metrics]
+        return sorted(scored, key=lambda r: (sign * r.metrics[monitor], -r.sequence))
+
+    def verify(self, name: str | None = None) -> list[VerifyResult]:
+        """Checks checkpoints against their records: every file present, right size, right checksum.
+
+        Args:
+            name: One checkpoint; all of them (and every unreadable record) when None.
+        """
+        if name is not None:
+            return [self._verify_record(self.get(name))]
+        records, problems = self._scan()
+        results = [VerifyResult(source, False, (str(error),)) for source, error in problems]
+        results += [self._verify_record(r) for r in sorted(records, key=lambda r: r.sequence)]
+        return results
+
+    def _verify_record(self, record: Record) -> VerifyResult:
+        problems = []
+        for entry in record.files:
+            if not self.storage.exists(entry.path):
+                problems.append(f"{entry.path}: missing file")
+                continue
+            sealed = self.storage.seal(entry.path)
+            if sealed.size != entry.size:
+                problems.append(
+                    f"{entry.path}: size {sealed.size} bytes, record says {entry.size}"
+                )
+            elif sealed.checksum != entry.checksum:
+                problems.append(
+                    f"{entry.path}: checksum mismatch ({sealed.checksum}, "
+                    f"record says {entry.checksum})"
+                )
+        return VerifyResult(record.name, not problems, tuple(problems))
+
+    def resolve(
+        self,
+        which: str = "latest",
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        owner: str | None = None,
+    ) -> Record:
+        """The verified record for a name, `"latest"` or `"best"`.
+
+        For `"latest"` and `"best"` a damaged checkpoint is skipped with a warning that names the
+        damaged file, and the next one that verifies is used. A damaged named checkpoint raises.
+
+        Raises:
+            CheckpointNotFoundError: nothing matches.
+            CorruptCheckpointError: the named checkpoint, or every candidate, is damaged.
+        """
+        if which not in ("latest", "best"):
+            record = self.get(which)
+            result = self._verify_record(record)
+            if not result.ok:
+                raise CorruptCheckpointError(
+                    f"Checkpoint {record.name} in {self.directory} is damaged: "
+                    + "; ".join(result.problems)
+                )
+            return record
+        if which == "latest":
+            candidates = list(reversed(self.checkpoints(owner)))
+        else:
+            monitor = monitor or self._default_monitor(owner)
+            candidates = self._ranked_by(monitor, mode, owner)
+        if not candidates:
+            raise CheckpointNotFoundError(
+                f"No checkpoint in {self.directory} to use as {which!r}"
+                + (f" (none has {monitor!r} in its metrics)" if which == "best" else "")
+            )
+        for record in candidates:
+            result = self._verify_record(record)
+            if result.ok:
+                return record
+            warnings.warn(
+                f"Checkpoint {record.name} in {self.directory} is damaged ("
+                + "; ".join(result.problems)
+                + f"); skipping it for {which!r}.",
+                stacklevel=2,
+            )
+        raise CorruptCheckpointError(
+            f"Every candidate for {which!r} in {self.directory} is damaged; run "
+            f"`keras-ckpt verify {self.directory}` for details."
+        )
+
+    def _default_monitor(self, owner: str | None) -> str:
+        for record in reversed(self.checkpoints(owner)):
+            monitor = record.owner_state.get("monitor")
+            if isinstance(monitor, str):
+                return monitor
+        raise ValueError(
+            '`which="best"` needs `monitor=`: no checkpoint records the metric its callback '
+            "monitored."
+        )
+
+    def load_model(
+        self,
+        which: str = "latest",
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        **load_kwargs: Any,
+    ) -> Any:
+        """Loads a full-model checkpoint with `keras.saving.load_model`.
+
+        Args:
+            which: A checkpoint name, `"latest"` or `"best"`.
+            monitor: For `"best"`: the metric; defaults to the one the writing callback monitored.
+            mode: For `"best"`: `"min"`, `"max"` or `"auto"`.
+            **load_kwargs: Passed to `keras.saving.load_model` (`custom_objects`, `compile`, ...).
+
+        Raises:
+            ValueError: the checkpoint holds weights only (use `load_weights` on a built model).
+        """
+        record = self.resolve(which, monitor=monitor, mode=mode)
+        if record.kind != "model":
+            raise ValueError(
+                f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, not a full "
+                "model: build the model in code and call `load_weights(model, ...)` instead."
+            )
+        import keras
+
+        with self.storage.local_path(record.path) as path:
+            return keras.saving.load_model(path, **load_kwargs)
+
+    def load_weights(
+        self,
+        model: Any,
+        which: str = "latest",
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+    ) -> Record:
+        """Loads a checkpoint's weights (and optimizer state) into `model`; returns its record.
+
+        Unlike a bare `model.load_weights`, the optimizer of a compiled model is built first, so its
+        state (step count, moments) is restored instead of silently skipped.
+        """
+        record = self.resolve(which, monitor=monitor, mode=mode)
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        with self.storage.local_path(record.path) as path:
+            model.load_weights(path)
+        return record
+
+    def _scan(self) -> tuple[list[Record], list[tuple[str, Exception]]]:
+        records, problems = [], []
+        for file_name in self.storage.list_files(META_DIR):
+            if not file_name.endswith(".json"):
+                continue
+            source = f"{self.directory.rstrip('/')}/{META_DIR}/{file_name}"
+            try:
+                data = self.storage.read_bytes(f"{META_DIR}/{file_name}")
+                record = Record.from_json(data, source=source)
+            except RecordFormatError as e:
+                problems.append((source, e))
+                continue
+            except OSError as e:
+                problems.append((source, RecordFormatError(f"Cannot read {source}: {e}")))
+                continue
+            records.append(record)
+        return records, problems
+
+    # ----------------------------------------------------------------- writing
+
+    def open_for_writing(self) -> None:
+        """Takes the directory's writer lock (once) and completes what a crashed writer left.
+
+        Called by every writing method; call it yourself to fail early when another process holds
+        the directory. `close()` gives the lock back.
+
+        Raises:
+            DirectoryLockedError: another live process writes into this directory.
+        """
+        if self._writer is not None:
+            return
+        key = self.storage.url
+        with _writers_mutex:
+            state = _writers.get(key)
+            if state is None:
+                lock = self.storage.lock()
+                try:
+                    state = _WriterState(lock=lock, records={})
+                    self._recover(state)
+                except BaseException:
+                    lock.release()
+                    raise
+                _writers[key] = state
+            state.users += 1
+        self._writer = state
+
+    def close(self) -> None:
+        """Releases the writer lock taken by this manager (if any)."""
+        state, self._writer = self._writer, None
+        if state is None:
+            return
+        with _writers_mutex:
+            state.users -= 1
+            if state.users == 0:
+                _writers.pop(self.storage.url, None)
+                state.lock.release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _recover(self, state: _WriterState) -> None:
+        """Rolls interrupted replacements forward or back, and empties the staging area."""
+        self.storage.clear_staging()
+        records, problems = self._scan()
+        for source, error in problems:
+            warnings.warn(f"Skipping checkpoint: {error}", stacklevel=3)
+        state.records = {r.name: r for r in records}
+        for file_name in self.storage.list_files(_PENDING):
+            relpath = f"{_PENDING}/{file_name}"
+            try:
+                pending = Record.from_json(self.storage.read_bytes(relpath), source=relpath)
+            except RecordFormatError:
+                self.storage.remove(relpath)
+                continue
+            if self._verify_record(pending).ok:
+                # The new files were in place when the writer died: finish its commit.
+                self.storage.write_atomic(_record_path(pending.name), pending.to_json().encode())
+                state.records[pending.name] = pending
+            self.storage.remove(relpath)
+
+    @contextlib.contextmanager
+    def stage(self) -> Iterator[str]:
+        """A fresh local folder to write a checkpoint's files into before `commit`.
+
+        Example:
+            with manager.stage() as folder:
+                model.save(os.path.join(folder, "model.keras"))
+                manager.commit({"model-001.keras": os.path.join(folder, "model.keras")},
+                               name="model-001.keras", kind="model")
+        """
+        self.open_for_writing()
+        with self.storage.staging() as folder:
+            yield folder
+
+    def commit(
+        self,
+        files: Mapping[str, str | os.PathLike[str]],
+        *,
+        name: str,
+        kind: str,
+        epoch: int = 0,
+        step: int = 0,
+        global_step: int = 0,
+        metrics: Mapping[str, float] | None = None,
+        owner: str | None = None,
+        owner_state: Mapping[str, Any] | None = None,
+    ) -> Record:
+        """Publishes staged files and then their record: the checkpoint exists once this returns.
+
+        Args:
+            files: Final path (relative to the directory, `/`-separated; the first is the file
+                Keras loads) mapped to the staged local file holding its bytes.
+            name: Unique checkpoint name. Committing an existing name replaces that checkpoint
+                atomically (its record is updated after its files).
+            kind: `"model"`, `"weights"` or `"training_state"`.
+
+        Raises:
+            ForeignFileError: a final path holds a file no record of this directory names.
+        """
+        validate_name(name)
+        if kind not in KINDS:
+            raise ValueError(
+                f"Invalid value for argument `kind`. Expected one of {KINDS}. Received: kind={kind!r}"
+            )
+        if not files:
+            raise ValueError("A checkpoint needs at least one file. Received: files={}")
+        for relpath in files:
+            _check_relpath(relpath)
+        self.open_for_writing()
+        state = self._writer
+        assert state is not None
+        with state.mutex:
+            previous = state.records.get(name)
+            self._check_targets(state, name, files)
+            entries = []
+            for relpath, source in files.items():
+                sealed = seal_file(source)
+                entries.append(FileEntry(relpath, sealed.size, sealed.checksum))
+            record = Record(
+                name=name,
+                kind=kind,
+                files=tuple(entries),
+                epoch=int(epoch),
+                step=int(step),
+                global_step=int(global_step),
+                wall_time=time.time(),
+                metrics=dict(metrics or {}),
+                owner=owner,
+                owner_state=dict(owner_state or {}),
+                sequence=max((r.sequence for r in state.records.values()), default=0) + 1,
+                **_keras_identity(),
+            )
+            replacing = previous is not None and any(self.storage.exists(p) for p in files)
+            if replacing:
+                self.storage.write_atomic(_pending_path(name), record.to_json().encode())
+            self.storage.publish({p: os.fspath(s) for p, s in files.items()})
+            self.storage.write_atomic(_record_path(name), record.to_json().encode())
+            if replacing:
+                self.storage.remove(_pending_path(name))
+            state.records[name] = record
+            if previous is not None:
+                for stale in {f.path for f in previous.files} - set(files):
+                    self.storage.remove(stale)
+            return record
+
+    def _check_targets(
+        self, state: _WriterState, name: str, files: Mapping[str, object]
+    ) -> None:
+        owners = {f.path: r.name for r in state.records.values() for f in r.files}
+        for relpath in files:
+            holder = owners.get(relpath)
+            if holder is not None and holder != name:
+                raise ForeignFileError(
+                    f"Cannot write {relpath} for checkpoint {name!r}: it belongs to checkpoint "
+                    f"{holder!r} in {self.directory}."
+                )
+            if holder is None and self.storage.exists(relpath):
+                raise ForeignFileError(
+                    f"Refusing to overwrite {self.directory.rstrip('/')}/{relpath}: keras-ckpt did "
+                    "not write it (no record names it). Move it away or choose another filepath."
+                )
+
+    def protect(self, name: str) -> None:
+        """Never let `prune` delete checkpoint `name` in this manager (e.g. the one resumed from)."""
+        self._protected.add(validate_name(name))
+
+    def prune(
+        self, policy: Policy, *, dry_run: bool = False, owner: str | None = None
+    ) -> PruneResult:
+        """Deletes the checkpoints `policy` does not keep; returns what was kept and why.
+
+        The newest checkpoint and any protected one (`protect`) are always kept. Only checkpoints
+        with a record are candidates: files without one are never touched.
+
+        Args:
+            policy: A `keras_ckpt.policies` policy (or several joined with `|`).
+            dry_run: Only report what would be deleted.
+            owner: Consider only this callback's checkpoints.
+        """
+        if not isinstance(policy, Policy):
+            raise TypeError(
+                "Invalid value for argument `policy`. Expected a keras_ckpt.policies policy. "
+                f"Received: policy={policy!r}"
+            )
+        if not dry_run:
+            self.open_for_writing()
+        records = self.checkpoints(owner)
+        verdicts = policy.reasons(records)
+        kept, doomed = [], []
+        for i, (record, reasons) in enumerate(zip(records, verdicts)):
+            if i == len(records) - 1:
+                reasons = ("newest",) + tuple(reasons)
+            if record.name in self._protected:
+                reasons = ("resumed from",) + tuple(reasons)
+            if reasons:
+                kept.append(KeptCheckpoint(record, tuple(reasons)))
+            else:
+                doomed.append(record)
+        if not dry_run:
+            for record in doomed:
+                self.delete(record.name)
+        return PruneResult(tuple(kept), tuple(doomed), dry_run)
+
+    def delete(self, name: str) -> None:
+        """Deletes one checkpoint: its record first, then its files."""
+        self.open_for_writing()
+        state = self._writer
+        assert state is not None
+        with state.mutex:
+            record = state.records.get(name)
+            if record is None:
+                raise CheckpointNotFoundError(f"No checkpoint named {name!r} in {self.directory}")
+            self.storage.remove(_record_path(name))
+            del state.records[name]
+            for entry in record.files:
+                self.storage.remove(entry.path)
+
+    def update_owner_state(self, name: str, owner_state: Mapping[str, Any]) -> Record:
+        """Rewrites a record's callback state (its files are untouched)."""
+        self.open_for_writing()
+        state = self._writer
+        assert state is not None
+        with state.mutex:
+            record = replace(state.records[name], owner_state=dict(owner_state))
+            self.storage.write_atomic(_record_path(name), record.to_json().encode())
+            state.records[name] = record
+            return record
+
+
+def _record_path(name: str) -> str:
+    return f"{META_DIR}/{name}.json"
+
+
+def _pending_path(name: str) -> str:
+    return f"{_PENDING}/{name}.json"
+
+
+def _check_relpath(relpath: str) -> None:
+    parts = relpath.split("/")
+    if (
+        not relpath
+        or relpath.startswith("/")
+        or "\\" in relpath
+        or any(p in ("", ".", "..") for p in parts)
+        or parts[0] == META_DIR
+    ):
+        raise ValueError(
+            "Invalid checkpoint file path. Expected a relative '/'-separated path inside the "
+            f"directory, outside {META_DIR}/. Received: {relpath!r}"
+        )
+
+
+def _keras_identity() -> dict[str, str]:
+    try:
+        import keras
+
+        return {"keras_version": keras.__version__, "backend": keras.backend.backend()}
+    except ImportError:  # records can be written by tools without Keras
+        return {"keras_version": "", "backend": ""}

@@ -1,0 +1,263 @@
+"""Retention policies: which checkpoints to keep, and why.
+
+A policy is a small frozen dataclass with one method over plain records, `reasons(records)`, that
+returns for each record the reasons it is kept (an empty tuple: the policy does not keep it). Records
+come oldest first. Policies touch no files and import no Keras; `CheckpointManager.prune` applies them
+and always keeps the newest checkpoint, whatever the policy says.
+
+Combine policies with `|`: the result keeps what any of them keeps.
+
+Example:
+
+>>> from keras_ckpt.policies import KeepBest, KeepLast
+>>> policy = KeepBest(3, monitor="val_loss") | KeepLast(1)
+>>> policy
+AnyOf(policies=(KeepBest(n=3, monitor='val_loss', mode='min'), KeepLast(n=1)))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "CheckpointInfo",
+    "Policy",
+    "KeepLast",
+    "KeepBest",
+    "KeepEvery",
+    "MaxTotalBytes",
+    "AnyOf",
+    "check_count",
+    "check_mode",
+    "infer_mode",
+]
+
+Reasons = tuple[str, ...]
+
+# Metrics whose larger values are better; anything else needs an explicit mode.
+_MAXIMISED = (
+    "acc",
+    "accuracy",
+    "auc",
+    "precision",
+    "recall",
+    "f1",
+    "f1_score",
+    "fbeta_score",
+    "iou",
+    "mean_iou",
+    "r2_score",
+)
+
+
+class CheckpointInfo(Protocol):
+    """What a policy may look at; `keras_ckpt.records.Record` provides it."""
+
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def global_step(self) -> int: ...
+    @property
+    def wall_time(self) -> float: ...
+    @property
+    def metrics(self) -> Mapping[str, float]: ...
+    @property
+    def size(self) -> int: ...
+
+
+def _invalid(argument: str, expected: str, value: object) -> ValueError:
+    return ValueError(
+        f"Invalid value for argument `{argument}`. Expected {expected}. "
+        f"Received: {argument}={value!r}"
+    )
+
+
+def check_count(argument: str, value: object) -> int:
+    """`value` if it is a positive int (not a bool), else a `ValueError` naming `argument`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _invalid(argument, "a positive int", value)
+    return value
+
+
+def check_mode(argument: str, value: object, allowed: Sequence[str] = ("min", "max")) -> str:
+    if value not in allowed:
+        raise _invalid(argument, " or ".join(f'"{a}"' for a in allowed), value)
+    return str(value)
+
+
+def infer_mode(monitor: str) -> str:
+    """`"min"` or `"max"` for a metric name, judged by its name alone.
+
+    Raises:
+        ValueError: if the name does not tell (pass `mode` explicitly then).
+    """
+    name = monitor.removeprefix("val_")
+    if name == "loss" or name.endswith("_loss") or name.endswith("error"):
+        return "min"
+    if name in _MAXIMISED or name.endswith("accuracy"):
+        return "max"
+    raise ValueError(
+        f"Cannot tell whether `{monitor}` should be minimised or maximised. "
+        'Pass mode="min" or mode="max".'
+    )
+
+
+class Policy:
+    """Base class: `reasons(records)` says why each record (oldest first) is kept."""
+
+    def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
+        raise NotImplementedError
+
+    def __or__(self, other: Policy) -> AnyOf:
+        if not isinstance(other, Policy):
+            return NotImplemented
+        left = self.policies if isinstance(self, AnyOf) else (self,)
+        right = other.policies if isinstance(other, AnyOf) else (other,)
+        return AnyOf(left + right)
+
+
+@dataclass(frozen=True)
+class KeepLast(Policy):
+    """Keeps the `n` newest checkpoints."""
+
+    n: int
+
+    def __post_init__(self) -> None:
+        check_count("n", self.n)
+
+    def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
+        first_kept = len(records) - self.n
+        return [(f"last {self.n}",) if i >= first_kept else () for i in range(len(records))]
+
+
+@dataclass(frozen=True)
+class KeepBest(Policy):
+    """Keeps the `n` checkpoints with the best `monitor` value; ties go to the newer one.
+
+    Records that lack `monitor` (or hold NaN) are not ranked and so not kept by this policy.
+    """
+
+    n: int
+    monitor: str
+    mode: str = "min"
+
+    def __post_init__(self) -> None:
+        check_count("n", self.n)
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise _invalid("monitor", "a metric name", self.monitor)
+        check_mode("mode", self.mode)
+
+    def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
+        ranked = [
+            (value, i)
+            for i, r in enumerate(records)
+            if (value := r.metrics.get(self.monitor)) is not None and not math.isnan(value)
+        ]
+        sign = 1.0 if self.mode == "min" else -1.0
+        ranked.sort(key=lambda vi: (sign * vi[0], -vi[1]))
+        best = {i for _, i in ranked[: self.n]}
+        label = f"best {self.n} by {self.monitor} ({self.mode})"
+        return [(label,) if i in best else () for i in range(len(records))]
+
+
+@dataclass(frozen=True)
+class KeepEvery(Policy):
+    """Keeps one checkpoint per interval: the first taken at or after each multiple of it.
+
+    Exactly one of `epochs` (epochs completed), `steps` (global steps) or `seconds` (since the first
+    checkpoint) sets the interval. `KeepEvery(epochs=5)` with a save per epoch keeps epochs 5, 10, ...
+    """
+
+    epochs: int | None = None
+    steps: int | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        given = {
+            k: v
+            for k, v in (("epochs", self.epochs), ("steps", self.steps), ("seconds", self.seconds))
+            if v is not None
+        }
+        if len(given) != 1:
+            raise ValueError(
+                "KeepEvery takes exactly one of `epochs`, `steps` or `seconds`. "
+                f"Received: {given or 'none'}"
+            )
+        if self.seconds is not None:
+            if (
+                isinstance(self.seconds, bool)
+                or not isinstance(self.seconds, (int, float))
+                or not self.seconds > 0
+            ):
+                raise _invalid("seconds", "a positive number", self.seconds)
+        else:
+            name, value = next(iter(given.items()))
+            check_count(name, value)
+
+    def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
+        if self.epochs is not None:
+            interval, label = float(self.epochs), f"every {self.epochs} epochs"
+            position = [float(r.epoch) for r in records]
+        elif self.steps is not None:
+            interval, label = float(self.steps), f"every {self.steps} steps"
+            position = [float(r.global_step) for r in records]
+        else:
+            assert self.seconds is not None
+            interval, label = float(self.seconds), f"every {self.seconds:g} s"
+            start = min((r.wall_time for r in records), default=0.0)
+            position = [r.wall_time - start for r in records]
+        seen: set[int] = set()
+        out: list[Reasons] = []
+        for value in position:
+            bucket = math.floor(value / interval)
+            if bucket >= 1 and bucket not in seen:
+                seen.add(bucket)
+                out.append((label,))
+            else:
+                out.append(())
+        return out
+
+
+@dataclass(frozen=True)
+class MaxTotalBytes(Policy):
+    """Keeps the newest checkpoints whose sizes add up to at most `n` bytes.
+
+    Combined with other policies by `|`, the union may hold more than `n` bytes; the manager keeps
+    the newest checkpoint even when it alone is larger.
+    """
+
+    n: int
+
+    def __post_init__(self) -> None:
+        check_count("n", self.n)
+
+    def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
+        out: list[Reasons] = [()] * len(records)
+        total = 0
+        for i in range(len(records) - 1, -1, -1):
+            total += records[i].size
+            if total > self.n:
+                break
+            out[i] = (f"within {self.n} bytes",)
+        return out
+
+
+@dataclass(frozen=True)
+class AnyOf(Policy):
+    """Keeps what any of `policies` keeps, with all their reasons. Made by `a | b`."""
+
+    policies: tuple[Policy, ...]
+
+    def __post_init__(self) -> None:
+        if not self.policies or not all(isinstance(p, Policy) for p in self.policies):
+            raise _invalid("policies", "a non-empty tuple of policies", self.policies)
+
+    def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
+        merged: list[Reasons] = [()] * len(records)
+        for policy in self.policies:
+            for i, reasons in enumerate(policy.reasons(records)):
+                merged[i] += reasons
+        return merged
