@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real Keras models and generated data (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def data():
+    """(x, y) for a 3-class problem, 64 samples of 8 features, fixed seed."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0.5).astype("int32")
+    return x, y
+
+
+def build_model(dropout: float = 0.0, seed: int = 0):
+    """A compiled two-layer classifier small enough to fit in milliseconds."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((8,)), keras.layers.Dense(16, activation="relu")]
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(3, activation="softmax"))
+    model = keras.Sequential(layers)
+    model.compile(
+        optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    return model
+
+
+@pytest.fixture
+def make_model():
+    return build_model
