@@ -22,7 +22,8 @@ from keras_ckpt.errors import (
     ForeignFileError,
     RecordFormatError,
 )
-from keras_ckpt.policies import Policy, check_mode, infer_mode
+from keras_ckpt._validate import check_choice
+from keras_ckpt.policies import Policy, infer_mode
 from keras_ckpt.records import KINDS, FileEntry, Record, validate_name
 from keras_ckpt.storage import META_DIR, DirectoryLockHandle, Storage, seal_file, storage_for
 
@@ -157,7 +158,7 @@ class CheckpointManager:
         return ranked[0] if ranked else None
 
     def _ranked_by(self, monitor: str, mode: str, owner: str | None) -> list[Record]:
-        check_mode("mode", mode, ("auto", "min", "max"))
+        check_choice("mode", mode, ("auto", "min", "max"))
         if mode == "auto":
             mode = infer_mode(monitor)
         sign = 1.0 if mode == "min" else -1.0

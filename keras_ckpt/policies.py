@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from keras_ckpt._validate import check_choice, check_count, check_seconds, invalid
+
 __all__ = [
     "CheckpointInfo",
     "Policy",
@@ -30,8 +32,6 @@ __all__ = [
     "KeepEvery",
     "MaxTotalBytes",
     "AnyOf",
-    "check_count",
-    "check_mode",
     "infer_mode",
 ]
 
@@ -66,26 +66,6 @@ class CheckpointInfo(Protocol):
     def metrics(self) -> Mapping[str, float]: ...
     @property
     def size(self) -> int: ...
-
-
-def _invalid(argument: str, expected: str, value: object) -> ValueError:
-    return ValueError(
-        f"Invalid value for argument `{argument}`. Expected {expected}. "
-        f"Received: {argument}={value!r}"
-    )
-
-
-def check_count(argument: str, value: object) -> int:
-    """`value` if it is a positive int (not a bool), else a `ValueError` naming `argument`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _invalid(argument, "a positive int", value)
-    return value
-
-
-def check_mode(argument: str, value: object, allowed: Sequence[str] = ("min", "max")) -> str:
-    if value not in allowed:
-        raise _invalid(argument, " or ".join(f'"{a}"' for a in allowed), value)
-    return str(value)
 
 
 def infer_mode(monitor: str) -> str:
@@ -147,8 +127,8 @@ class KeepBest(Policy):
     def __post_init__(self) -> None:
         check_count("n", self.n)
         if not isinstance(self.monitor, str) or not self.monitor:
-            raise _invalid("monitor", "a metric name", self.monitor)
-        check_mode("mode", self.mode)
+            raise invalid("monitor", "a metric name", self.monitor)
+        check_choice("mode", self.mode, ("min", "max"))
 
     def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
         ranked = [
@@ -187,12 +167,7 @@ class KeepEvery(Policy):
                 f"Received: {given or 'none'}"
             )
         if self.seconds is not None:
-            if (
-                isinstance(self.seconds, bool)
-                or not isinstance(self.seconds, (int, float))
-                or not self.seconds > 0
-            ):
-                raise _invalid("seconds", "a positive number", self.seconds)
+            check_seconds("seconds", self.seconds)
         else:
             name, value = next(iter(given.items()))
             check_count(name, value)
@@ -253,7 +228,7 @@ class AnyOf(Policy):
 
     def __post_init__(self) -> None:
         if not self.policies or not all(isinstance(p, Policy) for p in self.policies):
-            raise _invalid("policies", "a non-empty tuple of policies", self.policies)
+            raise invalid("policies", "a non-empty tuple of policies", self.policies)
 
     def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
         merged: list[Reasons] = [()] * len(records)
