@@ -15,10 +15,11 @@ from typing import Any
 
 from keras_ckpt.errors import RecordFormatError
 
-__all__ = ["FORMAT_VERSION", "KINDS", "FileEntry", "Record", "validate_name"]
+__all__ = ["FORMAT_VERSION", "KINDS", "FileEntry", "Record", "validate_name", "validate_path"]
 
 FORMAT_VERSION = 1
 KINDS = ("model", "weights", "training_state")
+META_DIR = ".keras_ckpt"  # the library's own folder; `storage` re-exports it
 
 
 def validate_name(name: object) -> str:
@@ -35,6 +36,26 @@ def validate_name(name: object) -> str:
             f"that does not start with '.'. Received: name={name!r}"
         )
     return name
+
+
+def validate_path(relpath: object) -> str:
+    """Returns `relpath` if it is a relative `/`-separated path inside the directory, else raises.
+
+    A checkpoint's files may not escape the directory (`..`, absolute paths) nor live in the
+    library's own folder: records name the files that `prune` deletes.
+    """
+    if (
+        not isinstance(relpath, str)
+        or "\\" in relpath
+        or "\0" in relpath
+        or any(p in ("", ".", "..") for p in relpath.split("/"))
+        or relpath.split("/")[0] == META_DIR
+    ):
+        raise ValueError(
+            "Invalid checkpoint file path. Expected a relative '/'-separated path inside the "
+            f"directory, outside {META_DIR}/. Received: {relpath!r}"
+        )
+    return relpath
 
 
 @dataclass(frozen=True)
@@ -102,36 +123,42 @@ class Record:
     def from_json(cls, text: str | bytes, *, source: str) -> Record:
         """Parses a record; raises `RecordFormatError` naming `source` if it is not one."""
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as e:
             raise RecordFormatError(f"Unreadable checkpoint record {source}: {e}") from e
         if not isinstance(data, dict):
             raise RecordFormatError(f"Unreadable checkpoint record {source}: not a JSON object")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:
             raise RecordFormatError(
                 f"Checkpoint record {source} has format_version={version!r}; this keras-ckpt "
                 f"reads format_version={FORMAT_VERSION}. Upgrade keras-ckpt to read it."
             )
         try:
-            files = tuple(
-                FileEntry(path=str(f["path"]), size=int(f["size"]), checksum=str(f["checksum"]))
-                for f in data["files"]
-            )
+            files = _field(data, "files", list)
+            metrics = _field(data, "metrics", dict, {})
+            owner = _field(data, "owner", (str, type(None)), None)
             record = cls(
-                name=validate_name(data["name"]),
-                kind=str(data["kind"]),
-                files=files,
-                epoch=int(data["epoch"]),
-                step=int(data["step"]),
-                global_step=int(data["global_step"]),
-                wall_time=float(data["wall_time"]),
-                metrics={str(k): float(v) for k, v in dict(data.get("metrics", {})).items()},
-                owner=data.get("owner"),
-                owner_state=dict(data.get("owner_state") or {}),
-                keras_version=str(data.get("keras_version", "")),
-                backend=str(data.get("backend", "")),
-                sequence=int(data["sequence"]),
+                name=validate_name(_field(data, "name", str)),
+                kind=_field(data, "kind", str),
+                files=tuple(
+                    FileEntry(
+                        path=validate_path(_field(f, "path", str)),
+                        size=_field(f, "size", int),
+                        checksum=_field(f, "checksum", str),
+                    )
+                    for f in files
+                ),
+                epoch=_field(data, "epoch", int),
+                step=_field(data, "step", int),
+                global_step=_field(data, "global_step", int),
+                wall_time=float(_field(data, "wall_time", (int, float))),
+                metrics={k: float(_field(metrics, k, (int, float))) for k in metrics},
+                owner=owner,
+                owner_state=_field(data, "owner_state", dict, {}),
+                keras_version=_field(data, "keras_version", str, ""),
+                backend=_field(data, "backend", str, ""),
+                sequence=_field(data, "sequence", int),
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -146,10 +173,33 @@ class Record:
         return record
 
 
+_MISSING = object()
+
+
+def _field(data: object, key: str, types: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+    """`data[key]` if it has one of `types` (a bool is no int here), else `TypeError`/`KeyError`."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object holding {key!r}, got {data!r}")
+    if key not in data:
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise TypeError(f"{key}={value!r} has the wrong type")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (metrics must be finite numbers)")
+
+
 def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
     """The finite scalar entries of Keras `logs`, as floats (JSON cannot hold NaN or tensors)."""
     out: dict[str, float] = {}
     for key, value in (logs or {}).items():
+        if isinstance(value, (str, bytes, bool)):
+            continue  # float() would accept "1.5" and True, which are not measurements
         try:
             number = float(value)
         except (TypeError, ValueError):

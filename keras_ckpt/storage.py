@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import google_crc32c
 
 from keras_ckpt.errors import DirectoryLockedError
+from keras_ckpt.records import META_DIR
 
 __all__ = [
     "META_DIR",
@@ -37,7 +38,6 @@ __all__ = [
     "storage_for",
 ]
 
-META_DIR = ".keras_ckpt"
 _CHUNK = 8 * 1024 * 1024
 CHECKSUM_ALGORITHM = "crc32c"
 
