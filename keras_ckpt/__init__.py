@@ -7,6 +7,7 @@ of interrupted training, as drop-in callbacks for `model.fit`.
 from __future__ import annotations
 
 from keras_ckpt import errors, policies
+from keras_ckpt.callbacks import ModelCheckpoint
 from keras_ckpt.manager import CheckpointManager, KeptCheckpoint, PruneResult, VerifyResult
 from keras_ckpt.records import FileEntry, Record
 
@@ -16,6 +17,7 @@ __all__ = [
     "CheckpointManager",
     "FileEntry",
     "KeptCheckpoint",
+    "ModelCheckpoint",
     "PruneResult",
     "Record",
     "VerifyResult",

@@ -1,0 +1,358 @@
+"""`ModelCheckpoint`: Keras's callback with atomic saves, retention and memory across restarts."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import keras
+
+from keras_ckpt._validate import check_bool, check_optional_count, invalid
+from keras_ckpt.callbacks._monitor import Monitor
+from keras_ckpt.callbacks._naming import format_name, split_filepath, template_fields
+from keras_ckpt.errors import ForeignFileError
+from keras_ckpt.manager import CheckpointManager
+from keras_ckpt.policies import KeepBest, KeepEvery, KeepLast, MaxTotalBytes, Policy
+from keras_ckpt.records import Record, clean_metrics
+from keras_ckpt.schedule import Progress, Schedule, check_save_freq
+from keras_ckpt.state import is_replaying
+
+__all__ = ["ModelCheckpoint"]
+
+
+class ModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model or its weights during `fit`, safely, and keeps only what you ask for.
+
+    A drop-in superset of `keras.callbacks.ModelCheckpoint`: the same arguments with the same
+    meaning and file names. What changes is safety. Every file is written beside its final path and
+    moved into place in one step, so a kill never leaves a half-written checkpoint where the last good
+    one was; a JSON record in `.keras_ckpt/` next to the files keeps each one's checksum, epoch, step
+    and metrics. A restarted run reads those records: `save_best_only` keeps its best value, and
+    retention counts the files written before. Files the callback did not write are never deleted or
+    overwritten.
+
+    Args:
+        filepath: Path (or fsspec URL) of the file to write. The file name may hold `{epoch}`
+            (1-based), `{batch}` (1-based, for step saves) and any logged metric, with format specs:
+            `"runs/model-{epoch:03d}-{val_loss:.4f}.keras"`. The folder part may not. End it in
+            `.keras` for the full model (architecture, weights, optimizer state) or `.weights.h5`
+            with `save_weights_only=True` for weights only.
+        monitor: Metric watched by `save_best_only` and `keep_best`. Defaults to `"val_loss"`.
+        verbose: 0 (silent) or 1 (a line per save, as Keras prints).
+        save_best_only: Save only when `monitor` improves. If `monitor` is missing from the logs of
+            a save (no validation that epoch, or a misspelled name), nothing is saved and a warning
+            lists the keys that exist. Defaults to `False`.
+        save_weights_only: Save `model.save_weights` instead of `model.save`. Defaults to `False`.
+        mode: `"auto"`, `"min"` or `"max"`. `"auto"` takes the direction of the compiled metric
+            (or `min` for losses) before the first save, and raises if it cannot tell.
+        save_freq: `"epoch"` (at every epoch end) or a positive int: every that many training
+            steps, counted across epochs (`steps_per_execution` included). Defaults to `"epoch"`.
+        initial_value_threshold: Initial best value for `save_best_only`.
+        min_delta: An improvement must beat the best by more than this. Defaults to `0`.
+        every_n_epochs: Save at the end of every n-th epoch. With `save_freq="epoch"` it replaces
+            the every-epoch trigger; with an int `save_freq` both apply.
+        every_seconds: Also save at the first batch end after this many seconds since the last
+            save. Combined with the other triggers by OR.
+        save_on_train_end: Also save when `fit` ends normally (not with `save_best_only`, where
+            it would replace the best model with the last one).
+        keep_last: Keep the n newest checkpoints.
+        keep_best: Keep the n best checkpoints by `monitor` / `mode`.
+        keep_every_n_epochs: Keep the first checkpoint of every n-th epoch.
+        max_total_bytes: Keep the newest checkpoints that fit in this many bytes.
+        retention: A `keras_ckpt.policies` policy instead of the `keep_*` arguments.
+
+    The `keep_*` arguments keep the union of what each keeps, and the newest checkpoint is always
+    kept. With none of them (and no `retention`), nothing is deleted, as in Keras.
+
+    Raises:
+        ValueError: for any invalid or conflicting argument, at construction.
+
+    Example:
+
+    >>> import keras_ckpt
+    >>> checkpoint = keras_ckpt.ModelCheckpoint(
+    ...     "runs/exp1/model-{epoch:03d}-{val_loss:.4f}.keras",
+    ...     monitor="val_loss", keep_best=3, keep_last=1)
+    >>> checkpoint.directory
+    'runs/exp1'
+    """
+
+    def __init__(
+        self,
+        filepath: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int | None = "epoch",
+        initial_value_threshold: float | None = None,
+        *,
+        min_delta: float = 0.0,
+        every_n_epochs: int | None = None,
+        every_seconds: float | None = None,
+        save_on_train_end: bool = False,
+        keep_last: int | None = None,
+        keep_best: int | None = None,
+        keep_every_n_epochs: int | None = None,
+        max_total_bytes: int | None = None,
+        retention: Policy | None = None,
+    ):
+        super().__init__()
+        self.directory, self.template = split_filepath(filepath)
+        self.filepath = os.fspath(filepath)
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            raise invalid("verbose", "0 or 1", verbose)
+        self.verbose = verbose
+        self.save_best_only = check_bool("save_best_only", save_best_only)
+        self.save_weights_only = check_bool("save_weights_only", save_weights_only)
+        self.save_on_train_end = check_bool("save_on_train_end", save_on_train_end)
+        self._check_extension()
+        self._monitor = Monitor(monitor, mode, min_delta, initial_value_threshold)
+        self.save_freq = check_save_freq(save_freq, allow_none=True)
+        self._schedule = Schedule(self.save_freq, every_n_epochs, every_seconds)
+        self._progress = Progress()
+        self._retention_args = {
+            "keep_last": check_optional_count("keep_last", keep_last),
+            "keep_best": check_optional_count("keep_best", keep_best),
+            "keep_every_n_epochs": check_optional_count("keep_every_n_epochs", keep_every_n_epochs),
+            "max_total_bytes": check_optional_count("max_total_bytes", max_total_bytes),
+        }
+        if retention is not None and not isinstance(retention, Policy):
+            raise invalid("retention", "a keras_ckpt.policies policy or None", retention)
+        if retention is not None and any(v is not None for v in self._retention_args.values()):
+            given = {k: v for k, v in self._retention_args.items() if v is not None}
+            raise ValueError(
+                "Pass either `retention` or the `keep_*`/`max_total_bytes` arguments, not both. "
+                f"Received: retention={retention!r} and {given}"
+            )
+        self._retention = retention
+        self._check_conflicts()
+        self.manager = CheckpointManager(self.directory)
+        self._owner = f"ModelCheckpoint:{self.template}"
+        self._last_saved_step: int | None = None
+        self._resolved = False
+
+    # --------------------------------------------------------------- validation
+
+    def _check_extension(self) -> None:
+        if self.save_weights_only and not self.template.endswith(".weights.h5"):
+            raise ValueError(
+                "Invalid value for argument `filepath`. Expected a name ending in `.weights.h5` "
+                f"with save_weights_only=True. Received: filepath={self.filepath!r}"
+            )
+        if not self.save_weights_only and (
+            self.template.endswith(".weights.h5") or not self.template.endswith((".keras", ".h5"))
+        ):
+            raise ValueError(
+                "Invalid value for argument `filepath`. Expected a name ending in `.keras` to save "
+                "the full model (or pass save_weights_only=True with `.weights.h5`). "
+                f"Received: filepath={self.filepath!r}"
+            )
+
+    def _check_conflicts(self) -> None:
+        monitor = self._monitor.monitor
+        if self.save_best_only and isinstance(self.save_freq, int) and monitor.startswith("val_"):
+            raise ValueError(
+                f"`save_best_only` with save_freq={self.save_freq} compares `{monitor}` after "
+                "training steps, but validation metrics only exist at epoch end. Monitor a "
+                "training metric (e.g. monitor='loss') or use save_freq='epoch'."
+            )
+        if self.save_best_only and self.save_on_train_end:
+            raise ValueError(
+                "`save_on_train_end=True` would replace the best model with the last one under "
+                "`save_best_only=True`. Use a second ModelCheckpoint for the last model."
+            )
+        if "batch" in template_fields(self.template) and not self._schedule.needs_batch_hooks:
+            raise ValueError(
+                f"The filepath uses {{batch}} but saves happen only at epoch ends "
+                f"(save_freq={self.save_freq!r}). Received: filepath={self.filepath!r}"
+            )
+
+    # --------------------------------------------------------------- retention
+
+    def retention_policy(self) -> Policy | None:
+        """The policy applied after each save (None: keep everything)."""
+        if self._retention is not None:
+            return self._retention
+        args = self._retention_args
+        parts: list[Policy] = []
+        if args["keep_last"]:
+            parts.append(KeepLast(args["keep_last"]))
+        if args["keep_best"]:
+            parts.append(KeepBest(args["keep_best"], self._monitor.monitor, self._mode()))
+        if args["keep_every_n_epochs"]:
+            parts.append(KeepEvery(epochs=args["keep_every_n_epochs"]))
+        if args["max_total_bytes"]:
+            parts.append(MaxTotalBytes(args["max_total_bytes"]))
+        policy = None
+        for part in parts:
+            policy = part if policy is None else policy | part
+        return policy
+
+    def _mode(self) -> str:
+        return self._monitor.resolve(self.model)
+
+    @property
+    def best(self) -> float | None:
+        """Best value of `monitor` so far, including saves of earlier runs into these files."""
+        return self._monitor.best
+
+    # --------------------------------------------------------------- fit hooks
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.manager.open_for_writing()
+        own = self.manager.checkpoints(owner=self._owner)
+        if own:
+            self._remember(own[-1])
+        if not template_fields(self.template):
+            self._check_fixed_path_is_ours()
+        if self.save_best_only or self._retention_args["keep_best"]:
+            self._mode()
+        self._schedule.start(self._progress.global_step)
+
+    def _remember(self, newest: Record) -> None:
+        state = newest.owner_state
+        if state.get("monitor") == self._monitor.monitor and state.get("best") is not None:
+            if self._monitor.mode == "auto" and state.get("mode") in ("min", "max"):
+                self._monitor.mode = state["mode"]
+            if self._monitor.mode != "auto":
+                self._monitor.best = self._monitor.better_of(self._monitor.best, state["best"])
+
+    def _check_fixed_path_is_ours(self) -> None:
+        try:
+            self.manager.get(self.template)
+        except LookupError:
+            if self.manager.storage.exists(self.template):
+                raise ForeignFileError(
+                    f"Refusing to overwrite {self.filepath}: keras-ckpt did not write it (no "
+                    "record names it). Move it away or choose another filepath."
+                ) from None
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._progress.begin_epoch(epoch)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # `_model`, not `model`: on JAX the property syncs all variables, too slow per batch.
+        if is_replaying(self._model):
+            return
+        self._progress.end_batch(batch)
+        if self._schedule.needs_batch_hooks and self._schedule.due_after_batch(
+            self._progress.global_step
+        ):
+            self._save(self._progress.epoch, batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._progress.end_epoch(epoch)
+        if self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step):
+            self._save(epoch, None, logs)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        try:
+            if self.save_on_train_end and self._last_saved_step != self._progress.global_step:
+                step = self._progress.step
+                epoch = self._progress.epoch - (0 if step else 1)
+                self._save(max(epoch, 0), step - 1 if step else None, logs)
+        finally:
+            self.manager.close()
+
+    # --------------------------------------------------------------- saving
+
+    def _save(self, epoch_index: int, batch_index: int | None, logs: dict[str, Any] | None) -> None:
+        logs = dict(logs or {})
+        name = format_name(self.template, epoch_index, batch_index, logs)
+        display = f"{self.directory.rstrip('/')}/{name}" if self.directory != "." else name
+        if self.save_best_only and not self._improved(epoch_index, logs, display):
+            return
+        if self.verbose and not self.save_best_only:
+            print(f"\nEpoch {epoch_index + 1}: saving model to {display}")
+        with self.manager.stage() as folder:
+            staged = os.path.join(folder, name)
+            if self.save_weights_only:
+                self.model.save_weights(staged, overwrite=True)
+            else:
+                self.model.save(staged, overwrite=True)
+            self.manager.commit(
+                {name: staged},
+                name=name,
+                kind="weights" if self.save_weights_only else "model",
+                epoch=self._progress.epoch,
+                step=self._progress.step,
+                global_step=self._progress.global_step,
+                metrics=clean_metrics(logs),
+                owner=self._owner,
+                owner_state=self._owner_state(),
+            )
+        self._last_saved_step = self._progress.global_step
+        if self.verbose:
+            print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
+        policy = self.retention_policy()
+        if policy is not None:
+            result = self.manager.prune(policy, owner=self._owner)
+            if self.verbose and result.deleted:
+                names = ", ".join(r.name for r in result.deleted)
+                print(f"Epoch {epoch_index + 1}: retention removed {names}")
+
+    def _improved(self, epoch_index: int, logs: dict[str, Any], display: str) -> bool:
+        monitor = self._monitor.monitor
+        if monitor not in logs:
+            warnings.warn(
+                f"ModelCheckpoint did not save: `save_best_only` monitors `{monitor}`, which is "
+                f"not in the logs of this save (keys: {', '.join(sorted(logs)) or 'none'}).",
+                stacklevel=3,
+            )
+            return False
+        try:
+            current = float(logs[monitor])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"ModelCheckpoint monitors `{monitor}`, which must be a scalar. "
+                f"Received: {logs[monitor]!r}"
+            ) from None
+        self._mode()
+        best_str = "None" if self._monitor.best is None else f"{self._monitor.best:.5f}"
+        if not self._monitor.is_improvement(current):
+            if self.verbose:
+                print(f"\nEpoch {epoch_index + 1}: {monitor} did not improve from {best_str}")
+            return False
+        if self.verbose:
+            print(
+                f"\nEpoch {epoch_index + 1}: {monitor} improved from {best_str} to "
+                f"{current:.5f}, saving model to {display}"
+            )
+        self._monitor.best = current
+        return True
+
+    def _owner_state(self) -> dict[str, Any]:
+        mode = self._monitor.mode
+        if mode == "auto" and self._monitor.best is not None:
+            mode = self._mode()
+        return {
+            "callback": "ModelCheckpoint",
+            "template": self.template,
+            "monitor": self._monitor.monitor,
+            "mode": mode,
+            "best": self._monitor.best,
+            "save_best_only": self.save_best_only,
+            "retention": {k: v for k, v in self._retention_args.items() if v is not None},
+        }
+
+    # --------------------------------------------------------------- resume protocol
+
+    def get_checkpoint_state(self) -> dict[str, Any]:
+        """State saved by `keras_ckpt.BackupAndRestore` backups (see `CheckpointStateful`)."""
+        return {
+            "progress": self._progress.get_state(),
+            "schedule": self._schedule.get_state(),
+            "best": self._monitor.best,
+            "mode": self._monitor.mode,
+        }
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self._progress.set_state(state["progress"])
+        self._schedule.set_state(state["schedule"])
+        if self._monitor.mode == "auto" and state.get("mode") in ("min", "max"):
+            self._monitor.mode = state["mode"]
+        if self._monitor.mode != "auto":
+            self._monitor.best = self._monitor.better_of(self._monitor.best, state.get("best"))
