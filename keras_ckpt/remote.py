@@ -1,0 +1,441 @@
+"""Checkpoint directories on fsspec file systems: object stores (`s3://`, `gs://`) and `memory://`.
+
+Object stores have no rename, so the commit protocol is "upload whole objects, record last":
+`staging()` is a local temporary folder, `publish` uploads each staged file to its final key in one
+PUT (a reader sees the old object or the new one, never a part), and the manager then writes the
+record with `write_atomic`, itself a single PUT. A checkpoint exists only once its record does, so a
+reader never loads a half-uploaded checkpoint. Deletion goes the other way: record first, then data.
+
+There is no `flock` on an object store. The writer lock is an object, `.keras_ckpt/lock`, created
+with an exclusive write (S3's `If-None-Match: *`), kept fresh by a heartbeat thread, and taken over
+once its holder is provably dead (same host, process gone) or silent for longer than `lock_timeout`.
+
+Credentials and endpoints come from the environment, as for any fsspec/boto client
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL_S3`,
+`GOOGLE_APPLICATION_CREDENTIALS`, ...), or from `storage_options` passed by the caller; this
+module never holds any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from keras_ckpt.errors import DirectoryLockedError
+from keras_ckpt.storage import (
+    META_DIR,
+    DirectoryLockHandle,
+    SealedFile,
+    Storage,
+    _checksum_stream,
+)
+
+try:
+    import fsspec
+except ImportError as e:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "Checkpoint directories given as URLs need fsspec (and s3fs for s3://, gcsfs for gs://): "
+        "pip install 'keras-ckpt[remote]'"
+    ) from e
+
+__all__ = ["FsspecStorage"]
+
+_LOCK = f"{META_DIR}/lock"
+
+
+class FsspecStorage(Storage):
+    """A checkpoint directory on any fsspec file system, addressed by URL.
+
+    Args:
+        url: The directory, e.g. `"s3://bucket/runs/exp1"`, `"gs://bucket/exp1"`, `"memory://exp1"`.
+        lock_timeout: Seconds without a heartbeat after which another process may take the writer
+            lock over. Must exceed `heartbeat_interval` by a wide margin (network hiccups, clock
+            skew between hosts). Defaults to `600.0`.
+        heartbeat_interval: Seconds between refreshes of the lock's heartbeat while it is held.
+            Defaults to `60.0`.
+        **storage_options: Passed to the fsspec file system (e.g. `anon=True`). Credentials
+            belong in the environment, not in code.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lock_timeout: float = 600.0,
+        heartbeat_interval: float = 60.0,
+        **storage_options: Any,
+    ):
+        if not isinstance(url, str) or "://" not in url:
+            raise ValueError(
+                f"Invalid value for argument `url`. Expected an fsspec URL such as "
+                f"'s3://bucket/run'. Received: url={url!r}"
+            )
+        for arg, value in (
+            ("lock_timeout", lock_timeout),
+            ("heartbeat_interval", heartbeat_interval),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(
+                    f"Invalid value for argument `{arg}`. Expected a positive number of seconds. "
+                    f"Received: {arg}={value!r}"
+                )
+        if heartbeat_interval >= lock_timeout:
+            raise ValueError(
+                "Invalid value for argument `heartbeat_interval`. Expected it to be shorter than "
+                f"`lock_timeout` ({lock_timeout!r}), or every live lock would look stale. "
+                f"Received: heartbeat_interval={heartbeat_interval!r}"
+            )
+        self.fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        self.root = path.rstrip("/")
+        self.url = url.rstrip("/")
+        self.lock_timeout = float(lock_timeout)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self._lock_key = self.fs.unstrip_protocol(self._full(_LOCK))
+
+    def __repr__(self) -> str:
+        return f"FsspecStorage({self.url!r})"
+
+    def _full(self, relpath: str) -> str:
+        return f"{self.root}/{relpath}"
+
+    def _forget(self, path: str) -> None:
+        # fsspec caches listings per folder; another process may have changed the folder since.
+        self.fs.invalidate_cache(path)
+        self.fs.invalidate_cache(path.rsplit("/", 1)[0])
+
+    def _check_lock(self) -> None:
+        lock = _ObjectLock._held.get(self._lock_key)
+        if lock is not None and lock.lost is not None:
+            raise DirectoryLockedError(
+                f"{self.url} lost its writer lock: {lock.lost}. Stopping writes so the two "
+                "writers do not corrupt each other's checkpoints."
+            )
+
+    # ----------------------------------------------------------------- reading
+
+    def exists(self, relpath: str) -> bool:
+        path = self._full(relpath)
+        self._forget(path)
+        return bool(self.fs.isfile(path))
+
+    def list_files(self, reldir: str) -> list[str]:
+        path = self._full(reldir).rstrip("/")
+        self._forget(path)
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file"]
+
+    def read_bytes(self, relpath: str) -> bytes:
+        return bytes(self.fs.cat_file(self._full(relpath)))
+
+    def seal(self, relpath: str) -> SealedFile:
+        with self.fs.open(self._full(relpath), "rb") as f:
+            size, checksum = _checksum_stream(f.read)
+        return SealedFile(size=size, checksum=checksum)
+
+    @contextlib.contextmanager
+    def local_path(self, relpath: str) -> Iterator[str]:
+        # Keras picks the format from the file name, so the download keeps it.
+        with tempfile.TemporaryDirectory(prefix="keras_ckpt-") as folder:
+            local = os.path.join(folder, relpath.rsplit("/", 1)[-1])
+            self.fs.get_file(self._full(relpath), local)
+            yield local
+
+    # ----------------------------------------------------------------- writing
+
+    def write_atomic(self, relpath: str, data: bytes) -> None:
+        self._check_lock()
+        path = self._full(relpath)
+        self.fs.pipe_file(path, bytes(data))  # one PUT: the old object or the new one
+        self._forget(path)
+
+    def publish(self, staged: Mapping[str, str]) -> None:
+        """Uploads each staged file as one whole object.
+
+        If an upload fails, the objects this call created are removed again (best effort) and the
+        error is raised, so the manager writes no record and a retry is not refused as a foreign
+        file. Objects that existed before (a checkpoint being replaced) cannot be restored; the
+        manager's pending record covers that case.
+        """
+        self._check_lock()
+        created = []
+        try:
+            for relpath, source in staged.items():
+                path = self._full(relpath)
+                existed = self.exists(relpath)
+                self.fs.put_file(os.fspath(source), path)
+                self._forget(path)
+                if not existed:
+                    created.append(path)
+        except BaseException:
+            for path in created:
+                with contextlib.suppress(Exception):
+                    self.fs.rm_file(path)
+                    self._forget(path)
+            raise
+
+    def remove(self, relpath: str) -> None:
+        """Removes an object. Object stores have no folders to clean up."""
+        self._check_lock()
+        path = self._full(relpath)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+        self._forget(path)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[str]:
+        with tempfile.TemporaryDirectory(prefix="keras_ckpt-staging-") as folder:
+            yield folder
+
+    def clear_staging(self) -> None:
+        """Nothing to do: staging folders are local to the writing process, never in the store."""
+
+    # ----------------------------------------------------------------- locking
+
+    def lock(self) -> DirectoryLockHandle:
+        return _ObjectLockHandle(_ObjectLock.acquire(self))
+
+
+class _ObjectLockHandle(DirectoryLockHandle):
+    def __init__(self, lock: _ObjectLock):
+        self._lock = lock
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._lock.release()
+
+
+class _ObjectLock:
+    """The writer lock object of one directory, shared by every writer in this process.
+
+    The object holds JSON `{pid, host, since, heartbeat, token}`. It is created with an exclusive
+    write, so of two processes racing for a free lock exactly one wins, on S3 and on servers that
+    honour `If-None-Match: *` (MinIO, moto); fsspec file systems without it fall back to
+    check-then-write. A stale lock is replaced with a conditional write on S3 (`If-Match` on the
+    ETag that was judged stale), elsewhere by delete-then-create; after either, the lock is read
+    back and only counts as taken if it holds our token.
+    """
+
+    _mutex = threading.Lock()
+    _held: dict[str, _ObjectLock] = {}  # lock URL -> lock, with a reference count
+
+    def __init__(self, storage: FsspecStorage, key: str):
+        self.fs = storage.fs
+        self.path = storage._full(_LOCK)
+        self.key = key
+        self.directory = storage.url
+        self.timeout = storage.lock_timeout
+        self.interval = storage.heartbeat_interval
+        self.conditional = "s3" in _protocols(self.fs)
+        self.token = uuid.uuid4().hex
+        self.since = time.time()
+        self.etag: str | None = None
+        self.users = 0
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def acquire(cls, storage: FsspecStorage) -> _ObjectLock:
+        key = storage._lock_key
+        with cls._mutex:
+            lock = cls._held.get(key)
+            if lock is None:
+                lock = cls(storage, key)
+                lock._take()
+                cls._held[key] = lock
+            lock.users += 1
+            return lock
+
+    def release(self) -> None:
+        with self._mutex:
+            self.users -= 1
+            if self.users > 0:
+                return
+            del self._held[self.key]
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.lost is None:
+            # Check-then-delete: a takeover in between (only possible after `timeout` without a
+            # heartbeat) would lose its lock here; the taker notices at its next heartbeat.
+            with contextlib.suppress(FileNotFoundError):
+                if self._read().get("token") == self.token:
+                    self.fs.rm_file(self.path)
+        self.fs.invalidate_cache(self.path)
+
+    def _body(self) -> bytes:
+        return json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": self.since,
+                "heartbeat": time.time(),
+                "token": self.token,
+            }
+        ).encode()
+
+    def _read(self) -> dict[str, Any]:
+        self.fs.invalidate_cache(self.path)
+        try:
+            info = json.loads(self.fs.cat_file(self.path))
+        except ValueError:
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def _put(self, **conditions: Any) -> None:
+        result = self.fs.pipe_file(self.path, self._body(), **conditions)
+        self.fs.invalidate_cache(self.path)
+        self.etag = result.get("ETag") if isinstance(result, dict) else None
+
+    def _take(self) -> None:
+        for _ in range(5):
+            try:
+                self._put(mode="create")
+            except FileExistsError:
+                pass
+            else:
+                return self._confirm()
+            self.fs.invalidate_cache(self.path)
+            try:
+                etag = self.fs.info(self.path).get("ETag")
+                holder = self._read()
+            except FileNotFoundError:
+                continue  # released between our write and our read: try again
+            stale = _staleness(holder, self.timeout)
+            if stale is None:
+                raise DirectoryLockedError(
+                    f"{self.directory} is being written by {_describe(holder)}. Two writers on one "
+                    "checkpoint directory would corrupt each other's retention; give each run its "
+                    "own directory or stop the other process. A lock whose holder died is taken "
+                    f"over after {self.timeout:g} s without a heartbeat (at once on the same host)."
+                )
+            try:
+                if self.conditional and etag:
+                    self._put(IfMatch=etag)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm_file(self.path)
+                    self._put(mode="create")
+            except OSError as e:
+                if not _is_precondition_failure(e):
+                    raise
+                continue  # someone else took it over first (or released and re-took it)
+            self._confirm()
+            warnings.warn(
+                f"Took over the writer lock of {self.directory} from {_describe(holder)}: {stale}.",
+                stacklevel=4,
+            )
+            return None
+        raise DirectoryLockedError(
+            f"Could not take the writer lock of {self.directory}: other processes keep changing "
+            "it. Make sure only one run writes into this directory."
+        )
+
+    def _confirm(self) -> None:
+        holder = self._read()
+        if holder.get("token") != self.token:
+            raise DirectoryLockedError(
+                f"{self.directory} was locked by {_describe(holder)} at the same moment as this "
+                "process. Only one run may write into a checkpoint directory."
+            )
+        self._thread = threading.Thread(
+            target=self._beat, name=f"keras_ckpt-lock-{self.directory}", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if self.conditional and self.etag:
+                    self._put(IfMatch=self.etag)
+                else:
+                    holder = self._read()
+                    if holder.get("token") != self.token:
+                        raise FileExistsError
+                    self._put()
+            except (FileExistsError, FileNotFoundError) as e:
+                self._mark_lost(e)
+                return
+            except OSError as e:
+                if self.conditional and _is_precondition_failure(e):
+                    self._mark_lost(e)
+                    return
+                # A network hiccup: try again next beat. Others see the lock as stale only after
+                # `timeout` seconds without a successful beat.
+
+    def _mark_lost(self, error: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            holder = self._read()
+            self.lost = f"taken over by {_describe(holder)}"
+            return
+        self.lost = f"the lock object changed or vanished ({error!r})"
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _is_precondition_failure(error: OSError) -> bool:
+    # s3fs raises FileExistsError for a failed If-None-Match, OSError(EINVAL) for If-Match.
+    return (
+        isinstance(error, FileExistsError)
+        or error.errno == errno.EINVAL
+        or "precondition" in str(error).lower()
+    )
+
+
+def _staleness(holder: Mapping[str, Any], timeout: float) -> str | None:
+    """Why the lock `holder` is stale, or None while it may still be alive."""
+    try:
+        pid, host, heartbeat = int(holder["pid"]), str(holder["host"]), float(holder["heartbeat"])
+    except (KeyError, TypeError, ValueError):
+        return "the lock object is not a keras-ckpt lock (unreadable JSON)"
+    if host == socket.gethostname():
+        if pid == os.getpid():
+            # This process holds no such lock (it would be in the registry): a previous process
+            # with the same pid, e.g. a restarted container, left it.
+            return f"process {pid} on this host is a restarted process, not the holder"
+        if not _pid_alive(pid):
+            return f"process {pid} on this host has exited"
+    silent = time.time() - heartbeat
+    if silent > timeout:
+        return f"no heartbeat for {silent:.0f} s (timeout {timeout:g} s)"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(holder: Mapping[str, Any]) -> str:
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder["since"])))
+        beat = time.time() - float(holder["heartbeat"])
+        return (
+            f"process {holder['pid']} on host {holder['host']} (since {since}, "
+            f"last heartbeat {beat:.0f} s ago)"
+        )
+    except (KeyError, TypeError, ValueError):
+        return "an unknown writer"

@@ -1,0 +1,300 @@
+"""FsspecStorage against a real S3 server (moto on loopback) and fsspec's memory:// file system."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import fsspec
+import numpy as np
+import pytest
+
+from keras_ckpt import CheckpointManager
+from keras_ckpt.errors import CorruptCheckpointError, DirectoryLockedError
+from keras_ckpt.policies import KeepLast
+from keras_ckpt.remote import FsspecStorage
+from keras_ckpt.storage import META_DIR, LocalStorage, seal_file, storage_for
+
+pytest_plugins = ["s3_server"]
+
+
+@pytest.fixture(params=["s3", "memory"])
+def url(request) -> str:
+    """A fresh directory on S3 (moto server) or in fsspec's memory file system."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_url")
+    return f"memory://keras-ckpt-{uuid.uuid4().hex[:12]}/run"
+
+
+def commit_bytes(manager, name, data=b"weights", path=None, **meta):
+    with manager.stage() as folder:
+        source = os.path.join(folder, "file")
+        with open(source, "wb") as f:
+            f.write(data)
+        return manager.commit({path or name: source}, name=name, kind="weights", **meta)
+
+
+def objects(url: str) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return sorted(p[len(root.rstrip("/")) + 1 :] for p in fs.find(root))
+
+
+def write_lock(url: str, **holder) -> None:
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.pipe_file(f"{root}/{META_DIR}/lock", json.dumps(holder).encode())
+
+
+def fast_storage(url: str) -> FsspecStorage:
+    return FsspecStorage(url, lock_timeout=1.0, heartbeat_interval=0.1)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ------------------------------------------------------------------ commit and read
+
+
+def test_storage_for_picks_fsspec_for_urls_and_local_for_file_urls(tmp_path):
+    assert isinstance(storage_for("memory://x/run"), FsspecStorage)
+    local = storage_for(f"file://{tmp_path}")
+    assert isinstance(local, LocalStorage) and local.root == str(tmp_path)
+
+
+def test_commit_uploads_files_then_record_and_a_new_reader_sees_it(url):
+    with CheckpointManager(url) as manager:
+        record = commit_bytes(manager, "w-001.weights.h5", b"abc", epoch=1, metrics={"loss": 0.5})
+    assert objects(url) == [f"{META_DIR}/w-001.weights.h5.json", "w-001.weights.h5"]
+    reader = CheckpointManager(url)
+    assert [r.name for r in reader.checkpoints()] == ["w-001.weights.h5"]
+    assert reader.latest() == record
+    assert record.files[0].size == 3
+    assert reader.verify()[0].ok
+
+
+def test_reader_sees_a_checkpoint_committed_after_its_first_listing(url):
+    reader = CheckpointManager(url)
+    assert reader.checkpoints() == []
+    with CheckpointManager(url) as writer:
+        commit_bytes(writer, "a")
+        assert [r.name for r in reader.checkpoints()] == ["a"]
+        commit_bytes(writer, "b")
+    assert reader.latest().name == "b"
+
+
+def test_seal_matches_the_local_checksum_format(url, tmp_path):
+    local = tmp_path / "f"
+    local.write_bytes(os.urandom(1000))
+    with CheckpointManager(url) as manager:
+        commit_bytes(manager, "x", local.read_bytes())
+    assert FsspecStorage(url).seal("x") == seal_file(local, sync=False)
+
+
+def test_verify_reports_a_flipped_byte_and_latest_skips_it(url):
+    with CheckpointManager(url) as manager:
+        commit_bytes(manager, "old", b"good bytes")
+        commit_bytes(manager, "new", b"more bytes")
+    fs, root = fsspec.core.url_to_fs(url)
+    data = bytearray(fs.cat_file(f"{root}/new"))
+    data[3] ^= 0xFF
+    fs.pipe_file(f"{root}/new", bytes(data))
+
+    results = {r.name: r for r in CheckpointManager(url).verify()}
+    assert results["old"].ok
+    assert not results["new"].ok and "checksum mismatch" in results["new"].problems[0]
+    with pytest.warns(UserWarning, match="new .* is damaged"):
+        assert CheckpointManager(url).resolve("latest").name == "old"
+    with pytest.raises(CorruptCheckpointError, match="checksum mismatch"):
+        CheckpointManager(url).resolve("new")
+
+
+def test_prune_deletes_record_before_files(url, mocker):
+    with CheckpointManager(url) as manager:
+        for i in range(3):
+            commit_bytes(manager, f"c{i}", path=f"sub/c{i}.bin")
+        remove = mocker.spy(manager.storage, "remove")
+        result = manager.prune(KeepLast(1))
+    assert [r.name for r in result.deleted] == ["c0", "c1"]
+    assert [c.args[0] for c in remove.call_args_list] == [
+        f"{META_DIR}/c0.json",
+        "sub/c0.bin",
+        f"{META_DIR}/c1.json",
+        "sub/c1.bin",
+    ]
+    assert objects(url) == [f"{META_DIR}/c2.json", "sub/c2.bin"]
+
+
+def test_failed_upload_raises_and_leaves_no_record_nor_orphan(url, mocker):
+    with CheckpointManager(url) as manager:
+        put_file = manager.storage.fs.put_file
+        calls = []
+
+        def flaky(lpath, rpath, **kwargs):
+            calls.append(rpath)
+            if len(calls) == 2:
+                raise OSError("connection reset by peer")
+            return put_file(lpath, rpath, **kwargs)
+
+        mocker.patch.object(manager.storage.fs, "put_file", side_effect=flaky)
+        with manager.stage() as folder:
+            for part in ("a", "b"):
+                with open(os.path.join(folder, part), "wb") as f:
+                    f.write(part.encode())
+            files = {"ckpt/a.bin": os.path.join(folder, "a"), "ckpt/b.bin": f"{folder}/b"}
+            with pytest.raises(OSError, match="connection reset"):
+                manager.commit(files, name="ckpt", kind="weights")
+            assert manager.checkpoints() == []
+            assert objects(url) == [f"{META_DIR}/lock"]  # the uploaded "a.bin" was taken back
+            assert CheckpointManager(url).checkpoints() == []
+
+            manager.commit(files, name="ckpt", kind="weights")  # a retry is not refused
+    assert [r.name for r in CheckpointManager(url).checkpoints()] == ["ckpt"]
+
+
+# ------------------------------------------------------------------ Keras files
+
+
+def test_load_model_and_load_weights_from_s3(s3_url, make_model, data):
+    x, y = data
+    model = make_model()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    with CheckpointManager(s3_url) as manager, manager.stage() as folder:
+        model.save(os.path.join(folder, "m.keras"))
+        model.save_weights(os.path.join(folder, "m.weights.h5"))
+        manager.commit({"model-001.keras": f"{folder}/m.keras"}, name="m", kind="model")
+        manager.commit({"w-001.weights.h5": f"{folder}/m.weights.h5"}, name="w", kind="weights")
+
+    reader = CheckpointManager(s3_url)
+    loaded = reader.load_model("m")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    other = make_model(seed=1)
+    assert reader.load_weights(other, "latest").name == "w"
+    for a, b in zip(other.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_weights_from_memory(make_model, data):
+    url = f"memory://keras-ckpt-{uuid.uuid4().hex[:12]}/run"
+    model = make_model()
+    model.fit(*data, epochs=1, batch_size=16, verbose=0)
+    with CheckpointManager(url) as manager, manager.stage() as folder:
+        model.save_weights(os.path.join(folder, "w.weights.h5"))
+        manager.commit({"w.weights.h5": f"{folder}/w.weights.h5"}, name="w", kind="weights")
+    other = make_model(seed=1)
+    CheckpointManager(url).load_weights(other)
+    for a, b in zip(other.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ the writer lock
+
+
+def test_second_writer_process_is_refused_naming_the_holder(s3_url):
+    code = (
+        "import sys\n"
+        "from keras_ckpt.manager import CheckpointManager\n"
+        "from keras_ckpt.errors import DirectoryLockedError\n"
+        "try:\n"
+        "    CheckpointManager(sys.argv[1]).open_for_writing()\n"
+        "except DirectoryLockedError as e:\n"
+        "    print(e)\n"
+        "    sys.exit(3)\n"
+    )
+    with CheckpointManager(s3_url) as manager:
+        manager.open_for_writing()
+        proc = subprocess.run(
+            [sys.executable, "-c", code, s3_url], capture_output=True, text=True, timeout=60
+        )
+    assert proc.returncode == 3, proc.stderr
+    assert f"process {os.getpid()} on host {socket.gethostname()}" in proc.stdout
+
+
+def test_lock_is_released_on_close_and_shared_inside_one_process(url):
+    first, second = CheckpointManager(url), CheckpointManager(url)
+    first.open_for_writing()
+    second.open_for_writing()  # same process: one lock, shared
+    assert f"{META_DIR}/lock" in objects(url)
+    first.close()
+    assert f"{META_DIR}/lock" in objects(url)
+    second.close()
+    assert f"{META_DIR}/lock" not in objects(url)
+
+
+def test_live_lock_of_another_host_is_refused(url):
+    now = time.time()
+    write_lock(url, pid=4242, host="trainer-7", since=now - 60, heartbeat=now, token="t")
+    with pytest.raises(DirectoryLockedError, match="process 4242 on host trainer-7"):
+        CheckpointManager(url).open_for_writing()
+
+
+def test_lock_of_an_exited_process_on_this_host_is_taken_over(url):
+    now = time.time()
+    pid = dead_pid()
+    write_lock(url, pid=pid, host=socket.gethostname(), since=now, heartbeat=now, token="t")
+    with pytest.warns(UserWarning, match=f"process {pid} on this host has exited"):
+        with CheckpointManager(url) as manager:
+            commit_bytes(manager, "a")
+    assert CheckpointManager(url).latest().name == "a"
+
+
+def test_silent_lock_is_taken_over_after_the_timeout(url):
+    old = time.time() - 5
+    write_lock(url, pid=4242, host="trainer-7", since=old, heartbeat=old, token="t")
+    with pytest.warns(UserWarning, match="no heartbeat for 5 s"):
+        with CheckpointManager(url, storage=fast_storage(url)) as manager:
+            commit_bytes(manager, "a")
+
+
+def test_heartbeat_keeps_a_held_lock_from_going_stale(url):
+    with CheckpointManager(url, storage=fast_storage(url)) as manager:
+        manager.open_for_writing()
+        time.sleep(1.5)  # longer than lock_timeout: only the heartbeat keeps it live
+        fs, root = fsspec.core.url_to_fs(url)
+        holder = json.loads(fs.cat_file(f"{root}/{META_DIR}/lock"))
+        assert time.time() - holder["heartbeat"] < 1.0
+        holder["host"] = "trainer-7"  # seen from another host: alive, so refused
+        from keras_ckpt.remote import _staleness
+
+        assert _staleness(holder, timeout=1.0) is None
+
+
+def test_writer_whose_lock_was_taken_over_stops_writing(url):
+    with CheckpointManager(url, storage=fast_storage(url)) as manager:
+        commit_bytes(manager, "a")
+        now = time.time()
+        write_lock(url, pid=4242, host="trainer-7", since=now, heartbeat=now + 60, token="t")
+        time.sleep(0.5)  # a few heartbeats: the writer notices the lock is no longer its own
+        with pytest.raises(DirectoryLockedError, match="taken over by process 4242"):
+            commit_bytes(manager, "b")
+    assert [r.name for r in CheckpointManager(url).checkpoints()] == ["a"]
+    assert f"{META_DIR}/lock" in objects(url)  # the new holder's lock is left alone
+
+
+# ------------------------------------------------------------------ arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"url": "bucket/run"}, "Expected an fsspec URL"),
+        ({"url": "memory://r", "lock_timeout": 0}, "lock_timeout=0"),
+        ({"url": "memory://r", "heartbeat_interval": True}, "heartbeat_interval=True"),
+        ({"url": "memory://r", "lock_timeout": 5, "heartbeat_interval": 5}, "shorter than"),
+    ],
+)
+def test_invalid_arguments_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FsspecStorage(**kwargs)
+
+
+def test_nearest_valid_arguments_are_accepted():
+    storage = FsspecStorage("memory://r/", lock_timeout=5, heartbeat_interval=4.9)
+    assert storage.url == "memory://r"
