@@ -1,0 +1,320 @@
+"""`list`, `verify`, `prune` and `export`: what they read from the manager and how they print it."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+from keras_ckpt.cli._common import (
+    CliError,
+    build_policy,
+    format_metric,
+    human_age,
+    human_size,
+    open_manager,
+    recorded_monitor,
+    resolve,
+    retention_reasons,
+)
+from keras_ckpt.policies import infer_mode
+from keras_ckpt.records import Record
+from keras_ckpt.storage import seal_file
+
+_COLUMNS = {
+    "name": lambda r: r.name,
+    "epoch": lambda r: (r.epoch, r.step),
+    "step": lambda r: r.global_step,
+    "global_step": lambda r: r.global_step,
+    "size": lambda r: r.size,
+    "age": lambda r: -r.wall_time,
+    "time": lambda r: r.wall_time,
+}
+
+
+class Printer:
+    """Prints rich renderables; piped output gets a fixed width and no trailing spaces."""
+
+    def __init__(self) -> None:
+        try:
+            from rich.console import Console
+        except ImportError:
+            raise CliError(
+                "Tables need the rich package: pip install 'keras-ckpt[cli]' (or use --json)."
+            ) from None
+        piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+        self.console = Console(width=120 if piped else None, highlight=False)
+
+    def print(self, *renderables: Any) -> None:
+        if self.console.is_terminal:
+            self.console.print(*renderables)
+            return
+        with self.console.capture() as captured:
+            self.console.print(*renderables)
+        for line in captured.get().splitlines():
+            print(line.rstrip())
+
+
+def record_json(record: Record, now: float) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "kind": record.kind,
+        "epoch": record.epoch,
+        "step": record.step,
+        "global_step": record.global_step,
+        "metrics": dict(record.metrics),
+        "size": record.size,
+        "wall_time": record.wall_time,
+        "age_seconds": round(now - record.wall_time, 3),
+        "files": [{"path": f.path, "size": f.size, "checksum": f.checksum} for f in record.files],
+        "owner": record.owner,
+        "keras_version": record.keras_version,
+        "backend": record.backend,
+    }
+
+
+def sort_records(records: Sequence[Record], key: str) -> list[Record]:
+    """Sorted by a column, or by a metric best first (records without it last)."""
+    if key in _COLUMNS:
+        return sorted(records, key=_COLUMNS[key])
+    having = [r for r in records if key in r.metrics]
+    if not having:
+        known = sorted({m for r in records for m in r.metrics} | set(_COLUMNS))
+        raise CliError(
+            f"Cannot sort by {key!r}: no checkpoint has it. Known keys: {', '.join(known)}"
+        )
+    try:
+        sign = 1.0 if infer_mode(key) == "min" else -1.0
+    except ValueError:
+        sign = 1.0
+    having.sort(key=lambda r: sign * r.metrics[key])
+    return having + [r for r in records if key not in r.metrics]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    manager = open_manager(args.directory)
+    records = manager.checkpoints()
+    why = retention_reasons(manager, records) if args.why else {}
+    if args.sort:
+        records = sort_records(records, args.sort)
+    now = time.time()
+    if args.json:
+        rows = []
+        for record in records:
+            row = record_json(record, now)
+            if args.why:
+                policy = why[record.name]["policy"]
+                row["kept_because"] = why[record.name]["reasons"]
+                row["retention_policy"] = repr(policy) if policy is not None else None
+            rows.append(row)
+        json.dump({"directory": args.directory, "checkpoints": rows}, sys.stdout, indent=2)
+        print()
+        return 0
+    if not records:
+        print(f"No checkpoints in {args.directory}.")
+        return 0
+    from rich.table import Table
+
+    out = Printer()
+    metric_names = list(dict.fromkeys(m for r in records for m in r.metrics))
+    monitor, _ = recorded_monitor(manager.checkpoints())
+    best = None
+    if monitor in metric_names:
+        with contextlib.suppress(Exception):
+            best = resolve(manager, "best", None, None).name
+    table = Table(title=f"{len(records)} checkpoints in {args.directory}", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("epoch", justify="right")
+    table.add_column("step", justify="right")
+    for name in metric_names:
+        table.add_column(name, justify="right", style="bold" if name == monitor else None)
+    table.add_column("size", justify="right")
+    table.add_column("age", justify="right")
+    if args.why:
+        table.add_column("kept because")
+    for record in records:
+        cells = [
+            record.name + (" *" if record.name == best else ""),
+            record.kind,
+            str(record.epoch),
+            str(record.global_step),
+        ]
+        cells += [
+            format_metric(record.metrics[m]) if m in record.metrics else "-" for m in metric_names
+        ]
+        cells += [human_size(record.size), human_age(record.wall_time, now)]
+        if args.why:
+            cells.append(", ".join(why[record.name]["reasons"]) or "[dim]no policy keeps it[/]")
+        table.add_row(*cells)
+    out.print(table)
+    if best is not None:
+        out.print(f"* best by {monitor} (the metric its callback monitors)")
+    if args.why:
+        unpoliced = sorted({str(r.owner) for r in records if why[r.name]["policy"] is None})
+        if unpoliced:
+            out.print(
+                f"No retention policy recorded by owner {', '.join(unpoliced)}: only the newest "
+                "is kept by policy; nothing deletes the others unless you run keras-ckpt prune."
+            )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    manager = open_manager(args.directory)
+    results = manager.verify(args.name)
+    damaged = [r for r in results if not r.ok]
+    if args.json:
+        rows = [{"name": r.name, "ok": r.ok, "problems": list(r.problems)} for r in results]
+        json.dump({"directory": args.directory, "results": rows}, sys.stdout, indent=2)
+        print()
+        return 1 if damaged else 0
+    for result in results:
+        print(f"{'ok' if result.ok else 'DAMAGED':8} {result.name}")
+        for problem in result.problems:
+            print(f"         {problem}")
+    if not results:
+        print(f"No checkpoints in {args.directory}.")
+    elif damaged:
+        print(f"{len(damaged)} of {len(results)} checkpoints damaged in {args.directory}.")
+    else:
+        print(f"All {len(results)} checkpoints verified (sizes and checksums match their records).")
+    return 1 if damaged else 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    manager = open_manager(args.directory)
+    records = manager.checkpoints(args.owner)
+    owners = sorted({str(r.owner) for r in records})
+    if args.owner is None and len(owners) > 1:
+        raise CliError(
+            f"{args.directory} holds checkpoints of {len(owners)} owners ({', '.join(owners)}); "
+            "prune one at a time with --owner."
+        )
+    monitor, mode = args.monitor, args.mode
+    if args.keep_best is not None and monitor is None:
+        monitor, recorded_mode = recorded_monitor(records)
+        mode = mode or recorded_mode
+    policy = build_policy(
+        keep_last=args.keep_last,
+        keep_best=args.keep_best,
+        monitor=monitor,
+        mode=mode,
+        keep_every_n_epochs=args.keep_every_n_epochs,
+        max_total_bytes=args.max_total_bytes,
+    )
+    if policy is None:
+        raise CliError(
+            "prune needs at least one keep option (--keep-last, --keep-best, "
+            "--keep-every-n-epochs, --max-total-bytes): with none, every checkpoint but the "
+            "newest would be deleted."
+        )
+    try:
+        result = manager.prune(policy, dry_run=args.dry_run, owner=args.owner)
+    finally:
+        manager.close()
+    if args.json:
+        data = {
+            "directory": args.directory,
+            "dry_run": result.dry_run,
+            "policy": repr(policy),
+            "deleted": [r.name for r in result.deleted],
+            "kept": [{"name": k.record.name, "reasons": list(k.reasons)} for k in result.kept],
+        }
+        json.dump(data, sys.stdout, indent=2)
+        print()
+        return 0
+    freed = human_size(sum(r.size for r in result.deleted))
+    total = len(result.deleted) + len(result.kept)
+    verb = "Would delete" if result.dry_run else "Deleted"
+    print(f"Policy: {policy!r}")
+    print(
+        f"{verb} {len(result.deleted)} of {total} checkpoints ({freed})"
+        + (" - dry run, nothing was deleted:" if result.dry_run else ":")
+    )
+    width = max((len(r.name) for r in records), default=0)
+    for record in result.deleted:
+        print(f"  delete  {record.name:{width}}  epoch {record.epoch:<4} {human_size(record.size)}")
+    print(f"Kept {len(result.kept)}:")
+    for kept in result.kept:
+        record = kept.record
+        print(f"  keep    {record.name:{width}}  epoch {record.epoch:<4} {', '.join(kept.reasons)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = args.output
+    if out.endswith(".keras"):
+        target = "model"
+    elif out.endswith(".weights.h5"):
+        target = "weights"
+    else:
+        raise CliError(
+            f"Cannot export to {out}: the name must end in .keras (a full model for "
+            "keras.saving.load_model) or .weights.h5 (weights for model.load_weights)."
+        )
+    if os.path.isdir(out):
+        raise CliError(f"{out} is a directory; give the file name to write, e.g. {out}/model.keras")
+    if os.path.lexists(out) and not args.force:
+        raise CliError(f"{out} already exists; pass --force to overwrite it.")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise CliError(f"Cannot write {out}: no such directory {parent}")
+    manager = open_manager(args.directory)
+    record = resolve(manager, args.which, args.monitor, args.mode)
+    with manager.storage.local_path(record.path) as source:
+        is_archive = zipfile.is_zipfile(source)
+        if target == "model":
+            if record.kind != "model" or not is_archive:
+                raise CliError(
+                    f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, without "
+                    "the architecture a .keras file needs. Export it as OUT.weights.h5 and load it "
+                    "with model.load_weights() into a model built by your code."
+                )
+            with open(source, "rb") as src, _atomic_output(out) as dest:
+                shutil.copyfileobj(src, dest)
+            if seal_file(out).checksum != record.files[0].checksum:
+                os.remove(out)
+                raise CliError(f"The copy of {record.path} changed while exporting; try again.")
+        elif is_archive:
+            with zipfile.ZipFile(source) as archive, _atomic_output(out) as dest:
+                if "model.weights.h5" not in archive.namelist():
+                    raise CliError(f"{record.path} holds no model.weights.h5 to export.")
+                with archive.open("model.weights.h5") as weights:
+                    shutil.copyfileobj(weights, dest)
+        elif record.path.endswith(".weights.h5"):
+            with open(source, "rb") as src, _atomic_output(out) as dest:
+                shutil.copyfileobj(src, dest)
+        else:
+            raise CliError(f"Checkpoint {record.name} ({record.path}) is not a Keras weights file.")
+    loader = "keras.saving.load_model" if target == "model" else "model.load_weights"
+    metrics = " ".join(f"{k}={format_metric(v)}" for k, v in record.metrics.items())
+    print(
+        f"Exported {record.name} (epoch {record.epoch}{', ' + metrics if metrics else ''}) to "
+        f"{out} ({human_size(os.path.getsize(out))}); load it with {loader}({out!r})."
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str) -> Iterator[IO[bytes]]:
+    """A file that appears at `path` complete or not at all."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,210 @@
+"""What the `keras-ckpt` commands share: opening a directory, resolving names, sizes, retention."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from keras_ckpt.manager import CheckpointManager
+from keras_ckpt.policies import (
+    KeepBest,
+    KeepEvery,
+    KeepLast,
+    MaxTotalBytes,
+    Policy,
+    infer_mode,
+)
+from keras_ckpt.records import Record
+from keras_ckpt.storage import META_DIR
+
+# Key of `Record.owner_state` under which a callback records its retention settings, e.g.
+# {"keep_last": 1, "keep_best": 3, "monitor": "val_loss", "mode": "min"}. The keys are the
+# callbacks' own argument names, so `keras-ckpt prune` options and callback arguments match.
+RETENTION_KEY = "retention"
+RETENTION_FIELDS = ("keep_last", "keep_best", "keep_every_n_epochs", "max_total_bytes")
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def open_manager(directory: str) -> CheckpointManager:
+    """A read-only manager for `directory`, or a `CliError` saying why it is not one."""
+    try:
+        manager = CheckpointManager(directory)
+    except ImportError as e:
+        raise CliError(
+            f"{directory} is a remote URL and reading it needs the remote extra: "
+            f"pip install 'keras-ckpt[remote]' ({e})"
+        ) from None
+    if not manager.storage.exists(""):
+        raise CliError(f"No such directory: {directory}")
+    if not manager.storage.exists(META_DIR):
+        raise CliError(
+            f"{directory} is not a keras-ckpt checkpoint directory (it has no {META_DIR}/ folder); "
+            "pass the folder your ModelCheckpoint filepath or BackupAndRestore backup_dir uses."
+        )
+    return manager
+
+
+def recorded_monitor(records: Sequence[Record]) -> tuple[str | None, str | None]:
+    """The (monitor, mode) the newest record's callback used, or (None, None)."""
+    for record in reversed(records):
+        retention = record.owner_state.get(RETENTION_KEY)
+        for state in (retention if isinstance(retention, Mapping) else {}, record.owner_state):
+            monitor = state.get("monitor")
+            if isinstance(monitor, str) and monitor:
+                mode = state.get("mode")
+                return monitor, mode if mode in ("min", "max") else None
+    return None, None
+
+
+def resolve_mode(monitor: str, mode: str | None) -> str:
+    """`mode` if given, else the direction `monitor`'s name implies."""
+    if mode in ("min", "max"):
+        return mode
+    try:
+        return infer_mode(monitor)
+    except ValueError as e:
+        raise CliError(f"{e} (use --mode min or --mode max)") from None
+
+
+def resolve(
+    manager: CheckpointManager, which: str, monitor: str | None, mode: str | None
+) -> Record:
+    """The verified checkpoint for a name, `latest` or `best` (ranked by the recorded monitor)."""
+    if which == "best":
+        recorded, recorded_mode = recorded_monitor(manager.checkpoints())
+        monitor = monitor or recorded
+        if monitor is None:
+            raise CliError(
+                "`best` needs a metric: none of the checkpoints records the one its callback "
+                "monitored; pass --monitor (e.g. --monitor val_loss)."
+            )
+        mode = resolve_mode(monitor, mode or (recorded_mode if monitor == recorded else None))
+        return manager.resolve("best", monitor=monitor, mode=mode)
+    return manager.resolve(which)
+
+
+def build_policy(
+    *,
+    keep_last: int | None = None,
+    keep_best: int | None = None,
+    monitor: str | None = None,
+    mode: str | None = None,
+    keep_every_n_epochs: int | None = None,
+    max_total_bytes: int | None = None,
+) -> Policy | None:
+    """The `keras_ckpt.policies` union for the callbacks' `keep_*` arguments (None: none set)."""
+    parts: list[Policy] = []
+    if keep_best is not None:
+        if not monitor:
+            raise CliError(
+                "--keep-best needs the metric to rank by: pass --monitor (e.g. val_loss)."
+            )
+        parts.append(KeepBest(keep_best, monitor=monitor, mode=resolve_mode(monitor, mode)))
+    if keep_last is not None:
+        parts.append(KeepLast(keep_last))
+    if keep_every_n_epochs is not None:
+        parts.append(KeepEvery(epochs=keep_every_n_epochs))
+    if max_total_bytes is not None:
+        parts.append(MaxTotalBytes(max_total_bytes))
+    if not parts:
+        return None
+    policy = parts[0]
+    for part in parts[1:]:
+        policy = policy | part
+    return policy
+
+
+def policy_from_owner_state(owner_state: Mapping[str, Any]) -> Policy | None:
+    """The retention policy a callback recorded under `owner_state["retention"]`, or None."""
+    spec = owner_state.get(RETENTION_KEY)
+    if not isinstance(spec, Mapping):
+        return None
+    return build_policy(
+        **{k: spec[k] for k in RETENTION_FIELDS if spec.get(k) is not None},
+        monitor=spec.get("monitor") or owner_state.get("monitor"),
+        mode=spec.get("mode") or owner_state.get("mode"),
+    )
+
+
+def retention_reasons(manager: CheckpointManager, records: Sequence[Record]) -> dict[str, Any]:
+    """For each checkpoint name: why its owner's recorded policy keeps it, and that policy.
+
+    Each owner's checkpoints are judged by the policy its newest record carries, with the same dry
+    run of `CheckpointManager.prune` the callback's own pruning does. Without a recorded policy only
+    the newest is kept "by policy" (nothing deletes the others automatically, though).
+    """
+    out: dict[str, Any] = {}
+    owners: dict[str | None, list[Record]] = {}
+    for record in records:
+        owners.setdefault(record.owner, []).append(record)
+    for owner, group in owners.items():
+        policy = policy_from_owner_state(group[-1].owner_state)
+        if policy is not None and owner is not None:
+            result = manager.prune(policy, dry_run=True, owner=owner)
+            reasons = {k.record.name: list(k.reasons) for k in result.kept}
+        else:
+            verdicts = policy.reasons(group) if policy is not None else [()] * len(group)
+            reasons = {r.name: list(v) for r, v in zip(group, verdicts, strict=True) if v}
+            reasons[group[-1].name] = ["newest"] + reasons.get(group[-1].name, [])
+        for record in group:
+            out[record.name] = {"reasons": reasons.get(record.name, []), "policy": policy}
+    return out
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes for `500MB`, `2GiB`, `1.5 GB` or plain `1048576` (MB = 10**6, MiB = 2**20)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS or unit == "k":
+        raise ValueError(
+            f"Invalid size {text!r}. Expected a number of bytes with an optional unit: B, KB, MB, "
+            "GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 500MB or 2GiB."
+        )
+    value = math.floor(float(match.group(1)) * _UNITS[unit])
+    if value < 1:
+        raise ValueError(f"Invalid size {text!r}. Expected at least 1 byte.")
+    return value
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_age(wall_time: float, now: float | None = None) -> str:
+    seconds = max(0.0, (time.time() if now is None else now) - wall_time)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}min ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h ago"
+    return f"{seconds / 86400:.1f}d ago"
+
+
+def format_metric(value: float) -> str:
+    return f"{value:.4g}"

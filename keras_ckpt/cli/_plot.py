@@ -1,0 +1,133 @@
+"""`plot`: monitored metrics over training, with the checkpoints that exist and those pruned.
+
+Only what the records say is drawn. A pruned checkpoint leaves no record, so it appears only if a
+callback keeps a save history in its `owner_state["history"]` (a list of
+`{"name", "epoch", "global_step", "metrics"}`); otherwise the figure says that pruned saves are not
+shown rather than guessing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from keras_ckpt.cli._common import CliError, open_manager, recorded_monitor, resolve_mode
+from keras_ckpt.records import Record
+
+
+def _saved_history(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
+    """Every save the owners' histories list, by checkpoint name."""
+    saves: dict[str, dict[str, Any]] = {}
+    for record in records:
+        history = record.owner_state.get("history")
+        for entry in history if isinstance(history, list) else ():
+            if isinstance(entry, Mapping) and isinstance(entry.get("metrics"), Mapping):
+                saves[str(entry.get("name"))] = {
+                    "epoch": int(entry.get("epoch", 0)),
+                    "global_step": int(entry.get("global_step", 0)),
+                    "metrics": {k: float(v) for k, v in entry["metrics"].items()},
+                }
+    return saves
+
+
+def _default_metrics(records: Sequence[Record], monitor: str | None) -> list[str]:
+    present = list(dict.fromkeys(m for r in records for m in r.metrics))
+    if monitor in present:
+        twin = monitor.removeprefix("val_")
+        return [twin, monitor] if twin != monitor and twin in present else [monitor]
+    losses = [m for m in present if m in ("loss", "val_loss")]
+    return losses or present
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise CliError("plot needs matplotlib: pip install 'keras-ckpt[plot]'") from None
+    manager = open_manager(args.directory)
+    records = manager.checkpoints()
+    if not records:
+        raise CliError(f"No checkpoints in {args.directory} to plot.")
+    monitor, mode = recorded_monitor(records)
+    metrics = args.metric or _default_metrics(records, monitor)
+    known = {m for r in records for m in r.metrics}
+    missing = [m for m in metrics if m not in known]
+    if not metrics or missing:
+        raise CliError(
+            f"No checkpoint in {args.directory} records {', '.join(missing) or 'any metric'}. "
+            f"Recorded metrics: {', '.join(sorted(known)) or 'none'}"
+        )
+    present = {r.name for r in records}
+    history = _saved_history(records)
+    pruned = [save for name, save in history.items() if name not in present]
+    x_key = "epoch" if args.x == "epoch" else "global_step"
+
+    families: dict[str, list[str]] = {}
+    for metric in metrics:
+        families.setdefault(metric.removeprefix("val_"), []).append(metric)
+    fig = Figure(figsize=(8, 3.2 * len(families)), dpi=100, layout="constrained")
+    axes = fig.subplots(len(families), 1, squeeze=False)[:, 0]
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+    for ax, (family, names) in zip(axes, families.items(), strict=True):
+        for color, metric in zip(colors * 4, names, strict=False):
+            points = sorted(
+                [
+                    (getattr(r, x_key), r.metrics[metric], True)
+                    for r in records
+                    if metric in r.metrics
+                ]
+                + [
+                    (s[x_key], s["metrics"][metric], False)
+                    for s in pruned
+                    if metric in s["metrics"]
+                ]
+            )
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=color, alpha=0.6)
+            kept = [p for p in points if p[2]]
+            ax.plot(
+                [p[0] for p in kept],
+                [p[1] for p in kept],
+                "o",
+                color=color,
+                label=f"{metric}: kept ({len(kept)})",
+            )
+            gone = [p for p in points if not p[2]]
+            if gone:
+                ax.plot(
+                    [p[0] for p in gone],
+                    [p[1] for p in gone],
+                    "x",
+                    color="grey",
+                    label=f"{metric}: pruned ({len(gone)})",
+                )
+            if metric == monitor and kept:
+                sign = 1 if resolve_mode(metric, mode) == "min" else -1
+                best = min(kept, key=lambda p: sign * p[1])
+                ax.plot(
+                    best[0],
+                    best[1],
+                    "*",
+                    color="gold",
+                    markersize=16,
+                    markeredgecolor="black",
+                    label=f"best {metric} = {best[1]:.4g}",
+                )
+        ax.set_ylabel(family)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[-1].set_xlabel("epoch" if args.x == "epoch" else "global step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    note = (
+        f"{len(records)} checkpoints kept, {len(pruned)} pruned (from the callbacks' history)"
+        if history
+        else f"{len(records)} checkpoints kept; pruned ones leave no record and are not shown"
+    )
+    axes[0].set_title(f"{args.directory}\n{note}", fontsize="medium")
+    fig.savefig(args.output)
+    print(f"Wrote {args.output}: {', '.join(metrics)} over {len(records)} checkpoints ({note}).")
+    return 0

@@ -1,0 +1,233 @@
+"""`show`: what one checkpoint holds, read from its files without building the model.
+
+A `.keras` file is a zip of `metadata.json`, `config.json` (architecture and compile settings) and
+`model.weights.h5`; a `.weights.h5` file is HDF5 with `layers/.../vars/N` and `optimizer/vars/N`
+datasets. Reading those directly is fast, needs no Keras, and works for custom layers too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zipfile
+from typing import Any
+
+from keras_ckpt.cli._commands import Printer, record_json
+from keras_ckpt.cli._common import format_metric, human_age, human_size, open_manager, resolve
+from keras_ckpt.records import Record
+
+_OPTIMIZER_GROUPS = ("optimizer", "optimizer_weights")  # Keras 3, legacy .h5
+
+
+def inspect_file(path: str) -> dict[str, Any]:
+    """The parts of a Keras file, their sizes, and what they say about the model."""
+    if zipfile.is_zipfile(path):
+        return _inspect_archive(path)
+    import h5py
+
+    if h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            info = {"format": "weights.h5", "parts": {}, **_weights(f)}
+            if "model_config" in f.attrs:  # a legacy full-model .h5
+                info["format"] = "legacy .h5 model"
+                info["architecture"] = _architecture(json.loads(f.attrs["model_config"]))
+            return info
+    return {"format": "unknown", "parts": {}}
+
+
+def _inspect_archive(path: str) -> dict[str, Any]:
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        info: dict[str, Any] = {
+            "format": ".keras archive",
+            "parts": {i.filename: i.file_size for i in archive.infolist()},
+        }
+        names = archive.namelist()
+        if "metadata.json" in names:
+            info["metadata"] = json.loads(archive.read("metadata.json"))
+        if "config.json" in names:
+            config = json.loads(archive.read("config.json"))
+            info["architecture"] = _architecture(config)
+            compile_config = config.get("compile_config")
+            if compile_config:
+                info["compile"] = _compile(compile_config)
+        if "model.weights.h5" in names:
+            with archive.open("model.weights.h5") as raw, h5py.File(raw, "r") as f:
+                info.update(_weights(f))
+    return info
+
+
+def _architecture(config: dict[str, Any]) -> dict[str, Any]:
+    inner = config.get("config") or {}
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    return {
+        "class_name": config.get("class_name"),
+        "name": inner.get("name") if isinstance(inner, dict) else None,
+        "layers": len(layers) if isinstance(layers, list) else None,
+    }
+
+
+def _compile(compile_config: dict[str, Any]) -> dict[str, Any]:
+    optimizer = compile_config.get("optimizer") or {}
+    if isinstance(optimizer, str):
+        optimizer = {"class_name": optimizer}
+    learning_rate = (optimizer.get("config") or {}).get("learning_rate")
+    if isinstance(learning_rate, dict):  # a schedule
+        learning_rate = learning_rate.get("class_name")
+    return {
+        "optimizer": optimizer.get("class_name"),
+        "learning_rate": learning_rate,
+        "loss": compile_config.get("loss"),
+        "metrics": compile_config.get("metrics"),
+    }
+
+
+def _weights(f: Any) -> dict[str, Any]:
+    """Counts of the layer weights and optimizer variables in an open Keras HDF5 file."""
+    import h5py
+
+    layers: set[str] = set()
+    weights = {"arrays": 0, "parameters": 0, "bytes": 0}
+    optimizer: dict[str, Any] = {"variables": 0, "bytes": 0, "iterations": None, "name": None}
+
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if name.split("/")[0] in _OPTIMIZER_GROUPS:
+            if optimizer["variables"] == 0 and obj.shape == () and obj.dtype.kind in "iu":
+                optimizer["iterations"] = int(obj[()])  # Keras puts `iterations` first
+            optimizer["variables"] += 1
+            optimizer["bytes"] += obj.nbytes
+            return
+        layers.add(name.rsplit("/vars/", 1)[0] if "/vars/" in name else name.rsplit("/", 1)[0])
+        weights["arrays"] += 1
+        weights["parameters"] += obj.size
+        weights["bytes"] += obj.nbytes
+
+    f.visititems(visit)
+    for group in _OPTIMIZER_GROUPS:
+        if f"{group}/vars" in f:
+            optimizer["name"] = f[f"{group}/vars"].attrs.get("name")
+    weights["layers_with_weights"] = len(layers)
+    return {"weights": weights, "optimizer": optimizer if optimizer["variables"] else None}
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    manager = open_manager(args.directory)
+    record = resolve(manager, args.which, args.monitor, args.mode)
+    with manager.storage.local_path(record.path) as path:
+        info = inspect_file(path)
+    if args.json:
+        data = {"checkpoint": record_json(record, time.time()), "contents": info}
+        json.dump(data, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    _render(record, info, args.which)
+    return 0
+
+
+def _render(record: Record, info: dict[str, Any], which: str) -> None:
+    from rich.table import Table
+
+    out = Printer()
+    weights, optimizer = info.get("weights"), info.get("optimizer")
+    arch, comp = info.get("architecture"), info.get("compile")
+    full = arch is not None
+    title = f"{record.name}" + (f"  ({which})" if which in ("latest", "best") else "")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    what = "full model" if full else record.kind.replace("_", " ") + " only"
+    grid.add_row("holds", f"{what} ({info['format']}, {human_size(record.size)})")
+    grid.add_row(
+        "taken at",
+        f"epoch {record.epoch}, step {record.step} in epoch, global step {record.global_step}"
+        f" ({human_age(record.wall_time)})",
+    )
+    if record.metrics:
+        grid.add_row(
+            "metrics", "  ".join(f"{k}={format_metric(v)}" for k, v in record.metrics.items())
+        )
+    saved_by = f"Keras {record.keras_version or '?'}, {record.backend or '?'} backend"
+    grid.add_row("written by", saved_by + (f", callback {record.owner}" if record.owner else ""))
+    grid.add_row("", "")
+    if full:
+        layers = f", {arch['layers']} layers" if arch["layers"] is not None else ""
+        grid.add_row("architecture", f"yes: {arch['class_name']} {arch['name']!r}{layers}")
+    else:
+        grid.add_row("architecture", "no: rebuild the model in code before loading these weights")
+    if weights:
+        grid.add_row(
+            "weights",
+            f"{weights['parameters']:,} parameters in {weights['arrays']} arrays of "
+            f"{weights['layers_with_weights']} layers ({human_size(weights['bytes'])})",
+        )
+    if optimizer:
+        cls = comp["optimizer"] if comp and comp.get("optimizer") else None
+        named = cls or f"{optimizer['name']!r} (its class is not stored in a weights file)"
+        grid.add_row(
+            "optimizer state",
+            f"yes: {named}, {optimizer['variables']} variables ({human_size(optimizer['bytes'])})"
+            + (
+                f", iterations={optimizer['iterations']}"
+                if optimizer["iterations"] is not None
+                else ""
+            ),
+        )
+    else:
+        grid.add_row("optimizer state", "no: training would restart the optimizer from scratch")
+    if comp:
+        lr = (
+            f", learning_rate={comp['learning_rate']:.4g}"
+            if isinstance(comp["learning_rate"], float)
+            else ""
+        )
+        grid.add_row(
+            "compile config",
+            f"yes: {comp['optimizer']}{lr}, loss={comp['loss']}, metrics={comp['metrics']}",
+        )
+    else:
+        grid.add_row("compile config", "no: call model.compile(...) yourself after loading")
+    if record.kind == "training_state":
+        grid.add_row("resume state", f"yes: written by {record.owner} for exact resume")
+    else:
+        grid.add_row(
+            "resume state",
+            "position only (epoch/step in the record); no RNG or data-pipeline state, so "
+            "continuing from it is not bit-exact (keras_ckpt.BackupAndRestore saves those)",
+        )
+    grid.add_row("", "")
+    for f in record.files:
+        grid.add_row("file", f"{f.path}  {human_size(f.size)}  {f.checksum}")
+    for part, size in info["parts"].items():
+        grid.add_row("  part", f"{part}  {human_size(size)}")
+    out.print(f"[bold]{title}[/]")
+    out.print(grid)
+    out.print()
+    out.print(_difference(record, info))
+
+
+def _difference(record: Record, info: dict[str, Any]) -> str:
+    """Whole model versus weights only, in numbers from this very file."""
+    weights, optimizer = info.get("weights") or {}, info.get("optimizer")
+    numbers = f"{weights.get('parameters', 0):,} parameters ({human_size(weights.get('bytes', 0))})"
+    opt = f" plus optimizer state ({human_size(optimizer['bytes'])})" if optimizer else ""
+    if info.get("architecture") is not None:
+        config = sum(v for k, v in info["parts"].items() if k.endswith(".json"))
+        return (
+            f"Whole model: this file has the numbers, {numbers}{opt}, and also the architecture "
+            f"and compile settings ({human_size(config)} of JSON). keras.saving.load_model("
+            f"'{record.path}') rebuilds it ready to predict or keep training, without your model "
+            "code (custom layers need custom_objects). A weights-only save would drop that JSON: "
+            "it loads only with model.load_weights() into a model your code builds the same way."
+        )
+    return (
+        f"Weights only: this file has the numbers, {numbers}{opt}, but no architecture or "
+        "compile settings. Build and compile the same model in code, then call model.load_weights("
+        f"'{record.path}') (build the optimizer first, or its state is skipped; "
+        "CheckpointManager.load_weights does that). A whole-model .keras save would add the "
+        "architecture so keras.saving.load_model works without your code."
+    )
