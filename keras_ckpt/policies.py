@@ -147,8 +147,10 @@ class KeepBest(Policy):
 class KeepEvery(Policy):
     """Keeps one checkpoint per interval: the first taken at or after each multiple of it.
 
-    Exactly one of `epochs` (epochs completed), `steps` (global steps) or `seconds` (since the first
-    checkpoint) sets the interval. `KeepEvery(epochs=5)` with a save per epoch keeps epochs 5, 10, ...
+    Exactly one of `epochs` (epochs completed), `steps` (global steps) or `seconds` (wall time)
+    sets the interval. `KeepEvery(epochs=5)` with a save per epoch keeps epochs 5, 10, ...
+    Seconds count from the Unix epoch (`seconds=3600`: the first checkpoint of each clock hour), not
+    from the oldest checkpoint, so what is kept stays kept when older checkpoints are deleted.
     """
 
     epochs: int | None = None
@@ -182,8 +184,7 @@ class KeepEvery(Policy):
         else:
             assert self.seconds is not None
             interval, label = float(self.seconds), f"every {self.seconds:g} s"
-            start = min((r.wall_time for r in records), default=0.0)
-            position = [r.wall_time - start for r in records]
+            position = [float(r.wall_time) for r in records]
         seen: set[int] = set()
         out: list[Reasons] = []
         for value in position:
