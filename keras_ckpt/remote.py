@@ -262,21 +262,21 @@ class _ObjectLock:
             return lock
 
     def release(self) -> None:
-        with self._mutex:
+        with self._mutex:  # held throughout, so a new acquire here waits for the delete
             self.users -= 1
             if self.users > 0:
                 return
             del self._held[self.key]
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.lost is None:
-            # Check-then-delete: a takeover in between (only possible after `timeout` without a
-            # heartbeat) would lose its lock here; the taker notices at its next heartbeat.
-            with contextlib.suppress(FileNotFoundError):
-                if self._read().get("token") == self.token:
-                    self.fs.rm_file(self.path)
-        self.fs.invalidate_cache(self.path)
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            if self.lost is None:
+                # Check-then-delete: a takeover in between (only possible after `timeout` without
+                # a heartbeat) would lose its lock here; the taker notices at its next heartbeat.
+                with contextlib.suppress(FileNotFoundError):
+                    if self._read().get("token") == self.token:
+                        self.fs.rm_file(self.path)
+            self.fs.invalidate_cache(self.path)
 
     def _body(self) -> bytes:
         return json.dumps(
@@ -368,15 +368,14 @@ class _ObjectLock:
                     if holder.get("token") != self.token:
                         raise FileExistsError
                     self._put()
-            except (FileExistsError, FileNotFoundError) as e:
-                self._mark_lost(e)
-                return
-            except OSError as e:
-                if self.conditional and _is_precondition_failure(e):
+            except Exception as e:
+                gone = isinstance(e, FileNotFoundError)  # deleted by someone else
+                replaced = isinstance(e, OSError) and _is_precondition_failure(e)
+                if gone or replaced:
                     self._mark_lost(e)
                     return
-                # A network hiccup: try again next beat. Others see the lock as stale only after
-                # `timeout` seconds without a successful beat.
+                # Anything else is a hiccup (network, throttling): try again at the next beat.
+                # Others see the lock as stale only after `timeout` seconds without a beat.
 
     def _mark_lost(self, error: BaseException) -> None:
         with contextlib.suppress(Exception):
