@@ -1,0 +1,420 @@
+"""`BackupAndRestore`: Keras's callback, made exact, atomic and preemption-safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_ckpt import state as st
+from keras_ckpt._validate import check_bool, check_optional_count, invalid
+from keras_ckpt.errors import ResumeError
+from keras_ckpt.manager import CheckpointManager
+from keras_ckpt.policies import KeepLast
+from keras_ckpt.records import Record, clean_metrics
+from keras_ckpt.schedule import Progress, Schedule, check_save_freq
+
+__all__ = ["BackupAndRestore"]
+
+OWNER = "BackupAndRestore"
+WEIGHTS_FILE = "model.weights.h5"
+ARRAYS_FILE = "state.npz"
+STATE_FILE = "state.json"
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass
+class _Snapshot:
+    """Host copies of one backup: what `write` turns into files without touching the model."""
+
+    name: str
+    progress: Progress
+    arrays: dict[str, np.ndarray]
+    state: dict[str, Any]
+    metrics: dict[str, float]
+    weights_path: str
+
+
+class BackupAndRestore(keras.callbacks.Callback):
+    """Backs up the whole training state and resumes an interrupted `fit` exactly where it was.
+
+    A drop-in superset of `keras.callbacks.BackupAndRestore`. Add it to `fit`, kill the job
+    (preemption, crash, Ctrl-C), run the same script again: training continues at the epoch *and
+    step* of the last good backup. With a fixed seed (`keras.utils.set_random_seed`) and
+    deterministic ops (`tf.config.experimental.enable_op_determinism()`), the final weights are
+    bit-identical to those of a run that was never interrupted.
+
+    A backup holds the model, optimizer (built before loading; the restored `iterations` is
+    checked), metric and `SeedGenerator` variables; epoch, step and global step; Python, NumPy and
+    TensorFlow RNG state; the state of `EarlyStopping`, `ReduceLROnPlateau` and every callback of
+    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. The first file of each
+    backup, `backup-<global step>/model.weights.h5`, is a plain Keras weights file.
+
+    To resume inside an epoch, the resumed run replays the input of the batches already trained
+    (it pulls them from the input pipeline without training), so it sees exactly the batches the
+    interrupted run would have seen next. Other callbacks receive batch hooks for those steps while
+    `keras_ckpt.state.is_replaying(model)` is True.
+
+    SIGTERM and SIGINT during `fit` make it back up at the next step boundary and stop `fit`
+    cleanly (`interrupted` then holds the signal number); a second signal goes to the previous
+    handler. The previous handlers are restored when `fit` ends.
+
+    Args:
+        backup_dir: Path (or fsspec URL) of the folder holding the backups. Other files there are
+            left alone.
+        save_freq: `"epoch"` (at every epoch end) or a positive int: every that many training
+            steps, counted across epochs. Defaults to `"epoch"`.
+        double_checkpoint: Keep the previous backup too, so a damaged newest one can be skipped.
+            Same as `keep_last=2`. Defaults to `False`.
+        delete_checkpoint: Delete this callback's backups (and nothing else) when `fit` completes.
+            Not after an interrupted `fit`. Defaults to `True`.
+        every_seconds: Also back up at the first step or epoch end after this many seconds since
+            the last backup.
+        keep_last: How many backups to keep. Defaults to 2 with `double_checkpoint=True`, else 1.
+        save_on_interrupt: Back up and stop on SIGTERM/SIGINT. Defaults to `True`.
+        async_save: Reserved for writing backups in a background thread; accepted now, backups
+            are written inline. Defaults to `False`.
+
+    Raises:
+        ValueError: an argument is invalid, or `keep_last < 2` with `double_checkpoint=True`.
+
+    Example:
+
+    ```python
+    keras.utils.set_random_seed(1)
+    tf.config.experimental.enable_op_determinism()
+    backup = keras_ckpt.BackupAndRestore("runs/exp1/backup", save_freq=200)
+    model.fit(x, y, epochs=50, callbacks=[backup])
+    if backup.interrupted:
+        sys.exit(0)  # preempted: the backup is written, run the script again to resume
+    ```
+    """
+
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike[str],
+        save_freq: str | int = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+        *,
+        every_seconds: float | None = None,
+        keep_last: int | None = None,
+        save_on_interrupt: bool = True,
+        async_save: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
+            raise invalid("backup_dir", "a non-empty path or URL", backup_dir)
+        self.save_freq = check_save_freq(save_freq)
+        self.double_checkpoint = check_bool("double_checkpoint", double_checkpoint)
+        self.delete_checkpoint = check_bool("delete_checkpoint", delete_checkpoint)
+        self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
+        self.async_save = check_bool("async_save", async_save)
+        keep_last = check_optional_count("keep_last", keep_last)
+        if keep_last is None:
+            keep_last = 2 if double_checkpoint else 1
+        elif double_checkpoint and keep_last < 2:
+            raise invalid("keep_last", "at least 2 with `double_checkpoint=True`", keep_last)
+        self.keep_last = keep_last
+        self.every_seconds = every_seconds
+        self._schedule = Schedule(save_freq=self.save_freq, every_seconds=every_seconds)
+        self.backup_dir = os.fspath(backup_dir)
+        self.manager = CheckpointManager(self.backup_dir)
+        self.interrupted: int | None = None
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        self._progress = Progress()
+        self._pending: dict[str, Any] | None = None
+        self._epoch_start: dict[str, Any] = {}
+        self._context = st.FitContext(None, None)
+        self._counter: st.IteratorCounter | None = None
+        self._signal_pending: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._stopped_by_signal = False
+        self._epoch_save_logs: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ fit hooks
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._reset_run()
+        self.interrupted = None
+        st.stop_replay(self.model)
+        self._context = st.find_fit_context(self.model)
+        if self._context.epoch_iterator is not None:
+            self._counter = st.IteratorCounter(self._context.epoch_iterator)
+            if st.needs_input_protocol(self._context.epoch_iterator):
+                warnings.warn(
+                    "The PyDataset given to fit overrides `on_epoch_end` but does not implement "
+                    "`keras_ckpt.state.CheckpointStateful`: if it changes its own state there "
+                    "(e.g. reshuffles an index), a resumed run will not see the same batches.",
+                    stacklevel=2,
+                )
+        if self.manager.checkpoints(OWNER):
+            self._restore(self.manager.resolve("latest", owner=OWNER))
+        self._schedule.start(self._progress.global_step)
+        if self.save_on_interrupt:
+            self._install_signal_handlers()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        st.clear_initial_epoch(self.model)
+        pending, self._pending = self._pending, None
+        if pending is not None and pending["epoch"] == epoch:
+            self._resume_epoch(pending)
+        self._progress.begin_epoch(epoch)
+        self._epoch_start = self._capture_epoch_start()
+        if self._epoch_save_logs is not None:
+            self._save(self._epoch_save_logs)
+            self._epoch_save_logs = None
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if st.is_replaying(self.model) and batch >= self._progress.step:
+            st.stop_replay(self.model)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if st.is_replaying(self.model):
+            if self._signal_pending is not None:
+                self._stop(save=False)  # the backup resumed from holds exactly this state
+            return
+        self._progress.end_batch(batch)
+        due = self._schedule.due_after_batch(self._progress.global_step)
+        if self._signal_pending is not None:
+            self._stop(save=True, logs=logs)
+        elif due:
+            self._save(logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        st.stop_replay(self.model)
+        if self._stopped_by_signal:
+            return  # the epoch was cut short; the backup of the stop holds the real state
+        self._progress.end_epoch(epoch)
+        due = self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step)
+        if due or self._signal_pending is not None:
+            # Saved once every callback has seen this epoch end: at the next epoch's begin, or at
+            # train end if there is none, so EarlyStopping & co. are backed up after their update.
+            self._epoch_save_logs = dict(logs or {})
+        if self._signal_pending is not None:
+            self._stop(save=False)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        st.stop_replay(self.model)
+        st.clear_initial_epoch(self.model)
+        self._restore_signal_handlers()
+        completed = not self._stopped_by_signal
+        if self._epoch_save_logs is not None and not (completed and self.delete_checkpoint):
+            self._epoch_start = self._capture_epoch_start()
+            self._save(self._epoch_save_logs)
+        self._epoch_save_logs = None
+        if self.delete_checkpoint and completed:
+            for record in self.manager.checkpoints(OWNER):
+                self.manager.delete(record.name)
+        self.manager.close()
+
+    # ------------------------------------------------------------------ saving
+
+    def _capture_epoch_start(self) -> dict[str, Any]:
+        """What must be as it was when the epoch under way began: host RNG, the input's state."""
+        start: dict[str, Any] = {"rng": st.capture_host_rng()}
+        if self._counter is not None:
+            start["iterators"] = self._counter.created
+            start["num_batches"] = self._counter.num_batches
+            holder = st.input_state_holder(self._counter.epoch_iterator)
+            if holder is not None:
+                start["input"] = holder.get_checkpoint_state()
+        return start
+
+    def _save(self, logs: dict[str, Any] | None) -> Record:
+        with self.manager.stage() as folder:
+            snapshot = self._capture(folder, logs)
+            record = self._write(snapshot, folder)
+        self.manager.prune(KeepLast(self.keep_last), owner=OWNER)
+        return record
+
+    def _capture(self, folder: str, logs: dict[str, Any] | None) -> _Snapshot:
+        """Host copies of everything a backup holds: the only part that must block training.
+
+        The Keras weights file is written here too (Keras writes it from the live model).
+        """
+        progress = Progress(**vars(self._progress))
+        name = f"backup-{progress.global_step:09d}"
+        weights_path = os.path.join(folder, WEIGHTS_FILE)
+        variables = st.training_variables(self.model)
+        self.model.save_weights(weights_path)
+        arrays = {f"var_{i}": np.array(v) for i, v in enumerate(variables)}
+        callbacks = []
+        for index, callback in enumerate(self._stateful_callbacks()):
+            cb_state, cb_arrays = st.callback_state(callback)
+            for j, array in enumerate(cb_arrays):
+                arrays[f"cb_{index}_{j}"] = array
+            callbacks.append({"class": type(callback).__name__, "state": cb_state})
+        state = {
+            "progress": vars(progress),
+            "variables": [[v.path, list(v.shape)] for v in variables],
+            "iterations": st.optimizer_iterations(self.model),
+            "epoch_start": self._epoch_start,
+            "tf_rng": st.capture_tf_rng(),
+            "schedule_step": progress.global_step,
+            "callbacks": callbacks,
+        }
+        json.dumps(state)  # fail here, not in the writer, on a callback state JSON cannot hold
+        return _Snapshot(name, progress, arrays, state, clean_metrics(logs), weights_path)
+
+    def _write(self, snapshot: _Snapshot, folder: str) -> Record:
+        arrays_path = os.path.join(folder, ARRAYS_FILE)
+        state_path = os.path.join(folder, STATE_FILE)
+        with open(arrays_path, "wb") as f:
+            np.savez(f, **snapshot.arrays)
+        with open(state_path, "w") as f:
+            json.dump(snapshot.state, f)
+        progress = snapshot.progress
+        return self.manager.commit(
+            {
+                f"{snapshot.name}/{WEIGHTS_FILE}": snapshot.weights_path,
+                f"{snapshot.name}/{ARRAYS_FILE}": arrays_path,
+                f"{snapshot.name}/{STATE_FILE}": state_path,
+            },
+            name=snapshot.name,
+            kind="training_state",
+            epoch=progress.epoch,
+            step=progress.step,
+            global_step=progress.global_step,
+            metrics=snapshot.metrics,
+            owner=OWNER,
+            owner_state={"iterations": snapshot.state["iterations"]},
+        )
+
+    def _stateful_callbacks(self) -> list[Any]:
+        callbacks = self._context.callbacks or []
+        return [c for c in callbacks if c is not self and st.is_stateful(c)]
+
+    # ------------------------------------------------------------------ restoring
+
+    def _restore(self, record: Record) -> None:
+        folder = record.path.rsplit("/", 1)[0]
+        with self.manager.storage.local_path(f"{folder}/{STATE_FILE}") as path:
+            with open(path) as f:
+                state = json.load(f)
+        with self.manager.storage.local_path(f"{folder}/{ARRAYS_FILE}") as path:
+            with np.load(path) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        st.build_metrics(self.model, self._context.epoch_iterator)
+        if len(state["variables"]) > len(st.training_variables(self.model)):
+            st.ensure_global_seed_generator()
+        variables = st.training_variables(self.model)
+        saved = [(p, tuple(s)) for p, s in state["variables"]]
+        current = [(v.path, tuple(v.shape)) for v in variables]
+        if saved != current:
+            raise ResumeError(
+                f"Backup {record.name} in {self.backup_dir} does not match this model: it holds "
+                f"{len(saved)} variables, the model has {len(current)}"
+                + _first_difference(saved, current)
+                + ". Use another `backup_dir` for a different model."
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(arrays[f"var_{i}"])
+        iterations = st.optimizer_iterations(self.model)
+        if iterations != state["iterations"]:
+            raise ResumeError(
+                f"Restoring {record.name} left optimizer.iterations={iterations}, the backup "
+                f"says {state['iterations']}."
+            )
+        st.restore_tf_rng(state.get("tf_rng"))
+        progress = state["progress"]
+        self._progress = Progress(**progress)
+        self.manager.protect(record.name)
+        st.set_initial_epoch(self.model, progress["epoch"])
+        self._pending = {**progress, "state": state, "arrays": arrays, "name": record.name}
+
+    def _resume_epoch(self, pending: dict[str, Any]) -> None:
+        """Puts back what must be as it was when the interrupted epoch began, then replays."""
+        state, arrays = pending["state"], pending["arrays"]
+        start = state["epoch_start"]
+        st.restore_host_rng(start["rng"])
+        if self._counter is not None:
+            self._counter.restore_num_batches(start.get("num_batches"))
+            self._counter.catch_up(start.get("iterators", 0))
+            holder = st.input_state_holder(self._counter.epoch_iterator)
+            if holder is not None and "input" in start:
+                holder.set_checkpoint_state(start["input"])
+        variables = st.training_variables(self.model)
+        metric_ids = {id(v) for v in self.model.metrics_variables}
+        for i, variable in enumerate(variables):
+            if id(variable) in metric_ids:
+                variable.assign(arrays[f"var_{i}"])
+        self._restore_callbacks(state["callbacks"], arrays)
+        st.start_replay(self.model, pending["step"])
+
+    def _restore_callbacks(self, saved: list[dict[str, Any]], arrays: dict[str, Any]) -> None:
+        callbacks = self._stateful_callbacks()
+        names = [type(c).__name__ for c in callbacks]
+        if names != [entry["class"] for entry in saved]:
+            warnings.warn(
+                "The stateful callbacks of this fit differ from those of the backup "
+                f"({names} now, {[e['class'] for e in saved]} then); restoring those that match "
+                "by position and class.",
+                stacklevel=2,
+            )
+        for index, (callback, entry) in enumerate(zip(callbacks, saved, strict=False)):
+            if type(callback).__name__ != entry["class"]:
+                continue
+            count = (
+                int(entry["state"].get("best_weights", 0))
+                if isinstance(entry["state"], dict)
+                else 0
+            )
+            cb_arrays = [arrays[f"cb_{index}_{j}"] for j in range(count)]
+            st.set_callback_state(callback, entry["state"], cb_arrays)
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            warnings.warn(
+                "BackupAndRestore: fit runs outside the main thread, so SIGTERM/SIGINT cannot be "
+                "caught; `save_on_interrupt` has no effect.",
+                stacklevel=2,
+            )
+            return
+        for signum in _SIGNALS:
+            previous = signal.getsignal(signum)
+            if previous != self._on_signal:
+                self._previous_handlers[signum] = previous
+                signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal_pending is None:
+            self._signal_pending = signum
+            return
+        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        self._restore_signal_handlers()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.raise_signal(signum)
+
+    def _stop(self, *, save: bool, logs: dict[str, Any] | None = None) -> None:
+        if save:
+            self._save(logs)
+        self.interrupted = self._signal_pending
+        self._stopped_by_signal = True
+        self.model.stop_training = True
+
+
+def _first_difference(saved: list[Any], current: list[Any]) -> str:
+    for i, (a, b) in enumerate(zip(saved, current, strict=False)):
+        if a != b:
+            return f" (first difference at variable {i}: {a[0]} {a[1]} then, {b[0]} {b[1]} now)"
+    return ""
