@@ -7,13 +7,14 @@ of interrupted training, as drop-in callbacks for `model.fit`.
 from __future__ import annotations
 
 from keras_ckpt import errors, policies
-from keras_ckpt.callbacks import ModelCheckpoint
+from keras_ckpt.callbacks import BackupAndRestore, ModelCheckpoint
 from keras_ckpt.manager import CheckpointManager, KeptCheckpoint, PruneResult, VerifyResult
 from keras_ckpt.records import FileEntry, Record
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackupAndRestore",
     "CheckpointManager",
     "FileEntry",
     "KeptCheckpoint",
