@@ -16,15 +16,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from keras_ckpt._validate import check_choice
 from keras_ckpt.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     ForeignFileError,
     RecordFormatError,
 )
-from keras_ckpt._validate import check_choice
 from keras_ckpt.policies import Policy, infer_mode
-from keras_ckpt.records import KINDS, FileEntry, Record, validate_name
+from keras_ckpt.records import (
+    KINDS,
+    FileEntry,
+    Record,
+    clean_metrics,
+    validate_name,
+    validate_path,
+)
 from keras_ckpt.storage import META_DIR, DirectoryLockHandle, Storage, seal_file, storage_for
 
 __all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint"]
@@ -317,6 +324,11 @@ class CheckpointManager:
             try:
                 data = self.storage.read_bytes(f"{META_DIR}/{file_name}")
                 record = Record.from_json(data, source=source)
+                if _record_path(record.name) != f"{META_DIR}/{file_name}":
+                    raise RecordFormatError(
+                        f"Checkpoint record {source} holds checkpoint {record.name!r}; a record "
+                        f"must be named after its checkpoint ({record.name}.json)."
+                    )
             except RecordFormatError as e:
                 problems.append((source, e))
                 continue
@@ -372,10 +384,10 @@ class CheckpointManager:
         self.close()
 
     def _recover(self, state: _WriterState) -> None:
-        """Rolls interrupted replacements forward or back, and empties the staging area."""
+        """Completes or undoes what a crashed writer left half-done; empties the staging area."""
         self.storage.clear_staging()
         records, problems = self._scan()
-        for source, error in problems:
+        for _source, error in problems:
             warnings.warn(f"Skipping checkpoint: {error}", stacklevel=3)
         state.records = {r.name: r for r in records}
         for file_name in self.storage.list_files(_PENDING):
@@ -386,10 +398,36 @@ class CheckpointManager:
                 self.storage.remove(relpath)
                 continue
             if self._verify_record(pending).ok:
-                # The new files were in place when the writer died: finish its commit.
+                # Every file was in place when the writer died: finish its commit (or undo its
+                # delete, which had not removed a file yet).
                 self.storage.write_atomic(_record_path(pending.name), pending.to_json().encode())
+                previous = state.records.get(pending.name)
                 state.records[pending.name] = pending
+                if previous is not None:
+                    self._remove_unnamed(state, previous.files)
+            else:
+                previous = state.records.get(pending.name)
+                if previous is not None and not self._verify_record(previous).ok:
+                    # It died while overwriting this checkpoint's files in place: neither the old
+                    # nor the new version is whole, so the checkpoint is lost.
+                    warnings.warn(
+                        f"Dropping checkpoint {previous.name} in {self.directory}: a writer was "
+                        "killed while replacing its files, and neither version is complete.",
+                        stacklevel=3,
+                    )
+                    self.storage.remove(_record_path(previous.name))
+                    del state.records[previous.name]
+                    self._remove_unnamed(state, previous.files)
+                # It died half-way through publishing (or deleting) these files: remove the ones no
+                # record names; they were placed there by the interrupted operation.
+                self._remove_unnamed(state, pending.files)
             self.storage.remove(relpath)
+
+    def _remove_unnamed(self, state: _WriterState, entries: tuple[FileEntry, ...]) -> None:
+        named = {f.path for r in state.records.values() for f in r.files}
+        for entry in entries:
+            if entry.path not in named:
+                self.storage.remove(entry.path)
 
     @contextlib.contextmanager
     def stage(self) -> Iterator[str]:
@@ -426,9 +464,12 @@ class CheckpointManager:
             name: Unique checkpoint name. Committing an existing name replaces that checkpoint
                 atomically (its record is updated after its files).
             kind: `"model"`, `"weights"` or `"training_state"`.
+            metrics: Logs at that moment; non-finite and non-numeric values are dropped.
 
         Raises:
             ForeignFileError: a final path holds a file no record of this directory names.
+            OSError: the files or the record could not be written. The checkpoint then does not
+                exist and the files this commit placed are removed again.
         """
         validate_name(name)
         if kind not in KINDS:
@@ -438,7 +479,7 @@ class CheckpointManager:
         if not files:
             raise ValueError("A checkpoint needs at least one file. Received: files={}")
         for relpath in files:
-            _check_relpath(relpath)
+            validate_path(relpath)
         self.open_for_writing()
         state = self._writer
         assert state is not None
@@ -457,24 +498,39 @@ class CheckpointManager:
                 step=int(step),
                 global_step=int(global_step),
                 wall_time=time.time(),
-                metrics=dict(metrics or {}),
+                metrics=clean_metrics(metrics),
                 owner=owner,
                 owner_state=dict(owner_state or {}),
                 sequence=max((r.sequence for r in state.records.values()), default=0) + 1,
                 **_keras_identity(),
             )
-            replacing = previous is not None and any(self.storage.exists(p) for p in files)
-            if replacing:
-                self.storage.write_atomic(_pending_path(name), record.to_json().encode())
-            self.storage.publish({p: os.fspath(s) for p, s in files.items()})
-            self.storage.write_atomic(_record_path(name), record.to_json().encode())
-            if replacing:
-                self.storage.remove(_pending_path(name))
+            data = record.to_json().encode()  # fails here, before any file moves
+            # The pending record announces the commit: if this process dies before the record is
+            # written, the next writer finishes the commit or removes the files it placed.
+            self.storage.write_atomic(_pending_path(name), data)
+            try:
+                self.storage.publish({p: os.fspath(s) for p, s in files.items()})
+                self.storage.write_atomic(_record_path(name), data)
+            except BaseException:
+                self._abandon(state, record)
+                raise
             state.records[name] = record
             if previous is not None:
-                for stale in {f.path for f in previous.files} - set(files):
-                    self.storage.remove(stale)
+                self._remove_unnamed(state, previous.files)
+            self.storage.remove(_pending_path(name))
             return record
+
+    def _abandon(self, state: _WriterState, record: Record) -> None:
+        """Best effort after a failed commit: removes the files it placed where none was before.
+
+        If it had begun to overwrite the files of a checkpoint of the same name, its pending record
+        stays, and the next writer to open the directory settles it.
+        """
+        with contextlib.suppress(OSError):
+            self._remove_unnamed(state, record.files)
+            named = {f.path for r in state.records.values() for f in r.files}
+            if not any(f.path in named for f in record.files):
+                self.storage.remove(_pending_path(record.name))
 
     def _check_targets(
         self, state: _WriterState, name: str, files: Mapping[str, object]
@@ -535,7 +591,11 @@ class CheckpointManager:
         return PruneResult(tuple(kept), tuple(doomed), dry_run)
 
     def delete(self, name: str) -> None:
-        """Deletes one checkpoint: its record first, then its files."""
+        """Deletes one checkpoint: its record first, then its files.
+
+        A pending copy of the record covers a crash in between: the next writer restores the
+        checkpoint if all its files are still there, or removes what is left of them.
+        """
         self.open_for_writing()
         state = self._writer
         assert state is not None
@@ -543,10 +603,11 @@ class CheckpointManager:
             record = state.records.get(name)
             if record is None:
                 raise CheckpointNotFoundError(f"No checkpoint named {name!r} in {self.directory}")
+            self.storage.write_atomic(_pending_path(name), record.to_json().encode())
             self.storage.remove(_record_path(name))
             del state.records[name]
-            for entry in record.files:
-                self.storage.remove(entry.path)
+            self._remove_unnamed(state, record.files)
+            self.storage.remove(_pending_path(name))
 
     def update_owner_state(self, name: str, owner_state: Mapping[str, Any]) -> Record:
         """Rewrites a record's callback state (its files are untouched)."""
@@ -566,21 +627,6 @@ def _record_path(name: str) -> str:
 
 def _pending_path(name: str) -> str:
     return f"{_PENDING}/{name}.json"
-
-
-def _check_relpath(relpath: str) -> None:
-    parts = relpath.split("/")
-    if (
-        not relpath
-        or relpath.startswith("/")
-        or "\\" in relpath
-        or any(p in ("", ".", "..") for p in parts)
-        or parts[0] == META_DIR
-    ):
-        raise ValueError(
-            "Invalid checkpoint file path. Expected a relative '/'-separated path inside the "
-            f"directory, outside {META_DIR}/. Received: {relpath!r}"
-        )
 
 
 def _keras_identity() -> dict[str, str]:

@@ -210,6 +210,10 @@ class LocalStorage(Storage):
 
     def clear_staging(self) -> None:
         shutil.rmtree(os.path.join(self.root, META_DIR, "staging"), ignore_errors=True)
+        for reldir in (META_DIR, f"{META_DIR}/pending"):  # temp files of interrupted write_atomic
+            for name in self.list_files(reldir):
+                if name.startswith(".tmp-"):
+                    self.remove(f"{reldir}/{name}")
 
     @contextlib.contextmanager
     def local_path(self, relpath: str) -> Iterator[str]:
