@@ -195,14 +195,15 @@ def _warn(message, category, filename, lineno, file=None, line=None) -> None:  #
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `keras-ckpt` with `argv` (default: `sys.argv[1:]`); returns the exit status."""
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _warn
-    try:
-        return _run(args)
-    except (CliError, KerasCkptError, ValueError, OSError) as e:
-        if isinstance(e, BrokenPipeError):
+    with warnings.catch_warnings():
+        warnings.showwarning = _warn
+        try:
+            return _run(args)
+        except BrokenPipeError:  # `keras-ckpt list DIR | head`
             return 0
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        except (CliError, KerasCkptError, ValueError, OSError) as e:
+            message = " ".join(str(e).split()) or type(e).__name__
+            print(f"{PROG}: error: {message}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130

@@ -51,7 +51,7 @@ class Printer:
                 "Tables need the rich package: pip install 'keras-ckpt[cli]' (or use --json)."
             ) from None
         piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-        self.console = Console(width=120 if piped else None, highlight=False)
+        self.console = Console(width=160 if piped else None, highlight=False)
 
     def print(self, *renderables: Any) -> None:
         if self.console.is_terminal:

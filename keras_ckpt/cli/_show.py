@@ -154,7 +154,7 @@ def _render(record: Record, info: dict[str, Any], which: str) -> None:
     saved_by = f"Keras {record.keras_version or '?'}, {record.backend or '?'} backend"
     grid.add_row("written by", saved_by + (f", callback {record.owner}" if record.owner else ""))
     grid.add_row("", "")
-    if full:
+    if arch is not None:
         layers = f", {arch['layers']} layers" if arch["layers"] is not None else ""
         grid.add_row("architecture", f"yes: {arch['class_name']} {arch['name']!r}{layers}")
     else:

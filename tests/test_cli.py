@@ -1,0 +1,542 @@
+"""The `keras-ckpt` command line, on directories written by real `model.fit` runs.
+
+Most tests call `keras_ckpt.cli.main` in-process (milliseconds each); the `entry_point` fixture runs
+every command once more through `python -m keras_ckpt.cli` in real subprocesses, started together
+because each one pays the interpreter and import start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_model
+
+import keras_ckpt
+from keras_ckpt import CheckpointManager
+from keras_ckpt.cli import main
+from keras_ckpt.cli._common import parse_size
+from keras_ckpt.policies import KeepBest, KeepEvery, KeepLast, MaxTotalBytes
+from keras_ckpt.records import clean_metrics
+
+COMMANDS = ("list", "show", "verify", "prune", "export", "plot")
+# The CLI never uses a Keras backend, but `import keras_ckpt` imports Keras (for the callbacks),
+# which imports TensorFlow unless told otherwise: subprocesses start faster on the numpy backend.
+LIGHT_ENV = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def cli(*args: object) -> Run:
+    """Runs `keras-ckpt ARGS` in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help, usage errors
+            code = int(e.code or 0)
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def fit_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0.5).astype("int32")
+    return x, y
+
+
+def write_weights_run(directory: Path, epochs: int) -> None:
+    """Weights-only checkpoints committed by hand, with no retention policy in their records."""
+    import keras
+
+    manager = CheckpointManager(directory)
+
+    class Saver(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            name = f"weights-{epoch + 1:02d}.weights.h5"
+            with manager.stage() as folder:
+                staged = os.path.join(folder, name)
+                self.model.save_weights(staged)
+                manager.commit(
+                    {name: staged},
+                    name=name,
+                    kind="weights",
+                    epoch=epoch + 1,
+                    global_step=self.steps,
+                    metrics=clean_metrics(logs),
+                    owner="test",
+                    owner_state={"monitor": "val_loss", "mode": "min"},
+                )
+
+    x, y = fit_data()
+    build_model().fit(
+        x, y, epochs=epochs, batch_size=16, validation_split=0.25, callbacks=[Saver()], verbose=0
+    )
+    manager.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """`models`: keras_ckpt.ModelCheckpoint with retention, 6 epochs; `weights`: 4 by hand."""
+    root = tmp_path_factory.mktemp("runs")
+    x, y = fit_data()
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        str(root / "models" / "model-{epoch:02d}.keras"),
+        monitor="val_loss",
+        keep_best=2,
+        keep_last=1,
+        keep_every_n_epochs=3,
+    )
+    build_model().fit(
+        x, y, epochs=6, batch_size=16, validation_split=0.25, callbacks=[checkpoint], verbose=0
+    )
+    write_weights_run(root / "weights", epochs=4)
+    return root
+
+
+@pytest.fixture
+def copy_of(runs, tmp_path):
+    """A private copy of a fixture directory, for tests that damage or prune it."""
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(runs / name, tmp_path / name))
+
+    return copy
+
+
+def names(directory: Path) -> list[str]:
+    return [r.name for r in CheckpointManager(directory).checkpoints()]
+
+
+# ------------------------------------------------------------------------------------------ list
+
+
+def test_list_shows_every_checkpoint_with_its_metrics(runs):
+    result = cli("list", runs / "models")
+    assert result.code == 0, result.err
+    header = result.out.splitlines()[2]
+    for column in ("name", "epoch", "step", "val_loss", "size", "age"):
+        assert column in header
+    for name in names(runs / "models"):
+        assert name in result.out
+    assert "model-01.keras" not in result.out  # pruned by its callback during fit
+
+
+def test_list_json_matches_the_records(runs):
+    result = cli("list", runs / "models", "--json")
+    rows = json.loads(result.out)["checkpoints"]
+    records = CheckpointManager(runs / "models").checkpoints()
+    assert [r["name"] for r in rows] == [r.name for r in records]
+    for row, record in zip(rows, records, strict=True):
+        assert (row["epoch"], row["global_step"], row["size"]) == (
+            record.epoch,
+            record.global_step,
+            record.size,
+        )
+        assert row["metrics"] == record.metrics
+        assert "kept_because" not in row
+
+
+def test_list_why_applies_the_policy_the_callback_recorded(runs):
+    rows = json.loads(cli("list", runs / "models", "--why", "--json").out)["checkpoints"]
+    records = CheckpointManager(runs / "models").checkpoints()
+    policy = KeepBest(2, "val_loss", "min") | KeepLast(1) | KeepEvery(epochs=3)
+    expected = [list(reasons) for reasons in policy.reasons(records)]
+    expected[-1] = ["newest"] + expected[-1]
+    assert [set(row["kept_because"]) for row in rows] == [set(e) for e in expected]
+    assert "every 3 epochs" in rows[[r["epoch"] for r in rows].index(3)]["kept_because"]
+    assert all("KeepBest" in row["retention_policy"] for row in rows)
+    table = cli("list", runs / "models", "--why").out
+    assert "kept because" in table and "every 3 epochs" in table
+
+
+def test_list_why_without_a_recorded_policy_keeps_only_the_newest(runs):
+    rows = json.loads(cli("list", runs / "weights", "--why", "--json").out)["checkpoints"]
+    assert [row["kept_because"] for row in rows] == [[], [], [], ["newest"]]
+    assert (
+        "No retention policy recorded by owner test" in cli("list", runs / "weights", "--why").out
+    )
+
+
+@pytest.mark.parametrize(("key", "best_first"), [("val_loss", min), ("val_accuracy", max)])
+def test_list_sort_puts_the_best_value_first(runs, key, best_first):
+    rows = json.loads(cli("list", runs / "weights", "--sort", key, "--json").out)["checkpoints"]
+    values = [row["metrics"][key] for row in rows]
+    assert values[0] == best_first(values)
+    assert values == sorted(values, reverse=best_first is max)
+
+
+def test_list_sort_by_an_unknown_key_names_the_known_ones(runs):
+    result = cli("list", runs / "weights", "--sort", "val_f1")
+    assert result.code == 2
+    assert "val_f1" in result.err and "val_loss" in result.err
+
+
+# ------------------------------------------------------------------------------------------ show
+
+
+def test_show_full_model_names_what_the_file_holds(runs):
+    manager = CheckpointManager(runs / "models")
+    record = manager.latest()
+    contents = json.loads(cli("show", runs / "models", "latest", "--json").out)["contents"]
+    assert contents["architecture"] == {
+        "class_name": "Sequential",
+        "name": "sequential",
+        "layers": 3,
+    }
+    assert contents["weights"]["parameters"] == build_model().count_params()
+    assert contents["optimizer"]["iterations"] == record.global_step
+    assert contents["compile"]["optimizer"] == "Adam"
+    assert set(contents["parts"]) == {"metadata.json", "config.json", "model.weights.h5"}
+    text = cli("show", runs / "models", "latest").out
+    assert "full model" in text and "optimizer state  yes: Adam" in text
+    assert f"iterations={record.global_step}" in text and "Keras 3." in text
+    assert "keras.saving.load_model" in text  # the whole-model vs weights explanation
+
+
+def test_show_weights_only_says_what_is_missing(runs):
+    text = cli("show", runs / "weights", "weights-02.weights.h5").out
+    assert "weights only" in text
+    assert "architecture     no" in text and "compile config   no" in text
+    assert "its class is not stored in a weights file" in text
+    assert "model.load_weights" in text
+
+
+def test_show_best_uses_the_monitor_the_callback_recorded(runs):
+    data = json.loads(cli("show", runs / "weights", "best", "--json").out)
+    best = CheckpointManager(runs / "weights").best("val_loss", "min")
+    assert data["checkpoint"]["name"] == best.name
+    by_accuracy = json.loads(
+        cli("show", runs / "weights", "best", "--monitor", "val_accuracy", "--json").out
+    )
+    assert (
+        by_accuracy["checkpoint"]["name"]
+        == CheckpointManager(runs / "weights").best("val_accuracy", "max").name
+    )
+
+
+# ---------------------------------------------------------------------------------------- verify
+
+
+def test_verify_passes_on_intact_checkpoints(runs):
+    result = cli("verify", runs / "models")
+    assert result.code == 0
+    assert f"All {len(names(runs / 'models'))} checkpoints verified" in result.out
+
+
+def test_verify_finds_a_flipped_byte_and_names_the_file(copy_of):
+    directory = copy_of("weights")
+    damaged = directory / "weights-02.weights.h5"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    result = cli("verify", directory)
+    assert result.code == 1
+    assert "DAMAGED  weights-02.weights.h5" in result.out
+    assert "weights-02.weights.h5: checksum mismatch" in result.out
+    assert "ok       weights-01.weights.h5" in result.out
+    assert "1 of 4 checkpoints damaged" in result.out
+    rows = json.loads(cli("verify", directory, "--json").out)["results"]
+    assert [row["ok"] for row in rows] == [True, False, True, True]
+
+
+def test_verify_reports_a_missing_file(copy_of):
+    directory = copy_of("weights")
+    (directory / "weights-04.weights.h5").unlink()
+    result = cli("verify", directory, "weights-04.weights.h5")
+    assert result.code == 1
+    assert "weights-04.weights.h5: missing file" in result.out
+
+
+# ----------------------------------------------------------------------------------------- prune
+
+
+def test_prune_dry_run_deletes_nothing(copy_of):
+    directory = copy_of("weights")
+    before = sorted(p.name for p in directory.rglob("*"))
+    result = cli("prune", directory, "--keep-last", "1", "--dry-run")
+    assert result.code == 0, result.err
+    assert "Would delete 3 of 4 checkpoints" in result.out and "nothing was deleted" in result.out
+    assert "keep    weights-04.weights.h5  epoch 4    newest, last 1" in result.out
+    assert sorted(p.name for p in directory.rglob("*")) == before
+
+
+def test_prune_deletes_what_no_option_keeps_and_says_why_the_rest_stays(copy_of):
+    directory = copy_of("weights")
+    records = CheckpointManager(directory).checkpoints()
+    best = min(records, key=lambda r: r.metrics["val_loss"]).name
+    result = cli("prune", directory, "--keep-best", "1", "--keep-last", "1")
+    assert result.code == 0, result.err
+    assert "Deleted" in result.out and "best 1 by val_loss (min)" in result.out
+    kept = {best, records[-1].name}
+    assert set(names(directory)) == kept
+    assert {p.name for p in directory.iterdir() if p.is_file()} == kept
+
+
+def test_prune_keep_every_and_max_total_bytes_match_the_library(copy_of):
+    directory = copy_of("weights")
+    records = CheckpointManager(directory).checkpoints()
+    budget = records[-1].size + records[-2].size
+    policy = KeepEvery(epochs=3) | MaxTotalBytes(budget)
+    expected = [r.name for r, why in zip(records, policy.reasons(records), strict=True) if why]
+    result = cli(
+        "prune", directory, "--keep-every-n-epochs", 3, "--max-total-bytes", budget, "--json"
+    )
+    data = json.loads(result.out)
+    assert [k["name"] for k in data["kept"]] == expected
+    assert names(directory) == expected
+
+
+def test_prune_without_a_keep_option_refuses(copy_of):
+    directory = copy_of("weights")
+    result = cli("prune", directory, "--dry-run")
+    assert result.code == 2
+    assert "at least one keep option" in result.err and len(result.err.splitlines()) == 1
+    assert len(names(directory)) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("500MB", 500 * 10**6), ("2GiB", 2 * 2**30), ("1048576", 2**20), ("1.5 kb", 1500)],
+)
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1", "2XB", "5k", "MB"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match="Invalid size"):
+        parse_size(text)
+
+
+# ---------------------------------------------------------------------------------------- export
+
+
+def test_export_model_is_a_file_plain_keras_loads(runs, tmp_path):
+    import keras
+
+    out = tmp_path / "best.keras"
+    result = cli("export", runs / "models", "best", out)
+    assert result.code == 0, result.err
+    manager = CheckpointManager(runs / "models")
+    record = manager.best("val_loss", "min")
+    assert out.read_bytes() == (runs / "models" / record.path).read_bytes()
+    x, _ = fit_data()
+    np.testing.assert_allclose(
+        keras.saving.load_model(out).predict(x, verbose=0),
+        manager.load_model(record.name).predict(x, verbose=0),
+    )
+
+
+@pytest.mark.parametrize(("run", "which"), [("models", "latest"), ("weights", "latest")])
+def test_export_weights_h5_loads_into_a_built_model(runs, tmp_path, run, which):
+    out = tmp_path / "w.weights.h5"
+    assert cli("export", runs / run, which, out).code == 0
+    exported, reference = build_model(seed=1), build_model(seed=2)
+    exported.optimizer.build(exported.trainable_variables)
+    exported.load_weights(out)
+    CheckpointManager(runs / run).load_weights(reference, which)
+    for a, b in zip(exported.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(exported.optimizer.iterations) == int(reference.optimizer.iterations) > 0
+
+
+def test_export_never_overwrites_without_force(runs, tmp_path):
+    out = tmp_path / "model.keras"
+    out.write_bytes(b"mine")
+    result = cli("export", runs / "models", "latest", out)
+    assert result.code == 2 and "--force" in result.err
+    assert out.read_bytes() == b"mine"
+    assert cli("export", runs / "models", "latest", out, "--force").code == 0
+    assert out.read_bytes() != b"mine"
+
+
+def test_export_weights_checkpoint_as_keras_explains_what_is_missing(runs, tmp_path):
+    out = tmp_path / "model.keras"
+    result = cli("export", runs / "weights", "latest", out)
+    assert result.code == 2
+    assert "architecture" in result.err and ".weights.h5" in result.err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ plot
+
+
+def test_plot_writes_a_png_of_the_monitored_metric(runs, tmp_path):
+    from matplotlib.image import imread
+
+    out = tmp_path / "run.png"
+    result = cli("plot", runs / "models", "-o", out)
+    assert result.code == 0, result.err
+    assert "loss, val_loss" in result.out and "pruned ones leave no record" in result.out
+    image = imread(out)
+    assert image.shape[:2] == (320, 800)
+    rgb = image[..., :3].reshape(-1, 3)
+    assert rgb.std() > 0.05  # not a blank canvas
+    assert len(np.unique(rgb.round(2), axis=0)) > 50  # lines, markers, text
+
+
+def test_plot_marks_pruned_saves_from_a_recorded_history(copy_of, tmp_path):
+    from matplotlib.image import imread
+
+    directory = copy_of("weights")
+    manager = CheckpointManager(directory)
+    records = manager.checkpoints()
+    history = [
+        {"name": r.name, "epoch": r.epoch, "global_step": r.global_step, "metrics": r.metrics}
+        for r in records
+    ]
+    manager.update_owner_state(records[-1].name, {**records[-1].owner_state, "history": history})
+    manager.prune(KeepLast(1))
+    manager.close()
+    out = tmp_path / "run.png"
+    result = cli("plot", directory, "-o", out, "--metric", "val_loss", "--x", "step")
+    assert result.code == 0, result.err
+    assert "1 checkpoints kept, 3 pruned" in result.out
+    assert imread(out).shape[:2] == (320, 800)
+
+
+def test_plot_an_unknown_metric_is_an_error(runs, tmp_path):
+    result = cli("plot", runs / "models", "-o", tmp_path / "x.png", "--metric", "val_f1")
+    assert result.code == 2 and "val_f1" in result.err
+    assert not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------------------- errors and help
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    result = cli(command, "--help")
+    assert result.code == 0
+    assert "example:\n  keras-ckpt " + command in result.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("list", "{tmp}/nope"), "No such directory"),
+        (("verify", "{tmp}"), "not a keras-ckpt checkpoint directory"),
+        (("show", "{weights}", "weights-99.weights.h5"), "No checkpoint named 'weights-99"),
+        (("export", "{weights}", "latest", "{tmp}/out.txt"), "must end in .keras"),
+    ],
+)
+def test_errors_are_one_line_on_stderr(runs, tmp_path, args, message):
+    result = cli(*(a.format(tmp=tmp_path, weights=runs / "weights") for a in args))
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith("keras-ckpt: error: ") and message in result.err
+    assert result.err.count("\n") == 1
+
+
+# --------------------------------------------------------------- the real entry point, end to end
+
+
+@pytest.fixture(scope="module")
+def entry_point(runs, tmp_path_factory):
+    """Each command once through `python -m keras_ckpt.cli`, in parallel subprocesses."""
+    out = tmp_path_factory.mktemp("entry")
+    damaged = Path(shutil.copytree(runs / "weights", out / "damaged"))
+    victim = damaged / "weights-03.weights.h5"
+    data = bytearray(victim.read_bytes())
+    data[-100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    models, weights = str(runs / "models"), str(runs / "weights")
+    commands = {
+        "list": ["list", models, "--why"],
+        "show": ["show", weights, "best"],
+        "verify": ["verify", str(damaged)],
+        "prune": ["prune", weights, "--keep-last", "2", "--dry-run"],
+        "export": ["export", models, "best", str(out / "best.keras")],
+        "plot": ["plot", models, "-o", str(out / "run.png")],
+        "error": ["show", str(out / "missing"), "latest"],
+    }
+    procs = {
+        key: subprocess.Popen(
+            [sys.executable, "-m", "keras_ckpt.cli", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=LIGHT_ENV,
+        )
+        for key, argv in commands.items()
+    }
+    results = {}
+    for key, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        results[key] = Run(proc.returncode, stdout, stderr)
+    return results, out
+
+
+def test_entry_point_list(entry_point):
+    result = entry_point[0]["list"]
+    assert result.code == 0, result.err
+    assert "kept because" in result.out and "newest" in result.out
+
+
+def test_entry_point_show(entry_point):
+    result = entry_point[0]["show"]
+    assert result.code == 0, result.err
+    assert "weights only" in result.out and "optimizer state" in result.out
+
+
+def test_entry_point_verify_exits_1_and_names_the_damaged_file(entry_point):
+    result = entry_point[0]["verify"]
+    assert result.code == 1
+    assert "weights-03.weights.h5: checksum mismatch" in result.out
+
+
+def test_entry_point_prune_dry_run(entry_point, runs):
+    result = entry_point[0]["prune"]
+    assert result.code == 0, result.err
+    assert "Would delete 2 of 4" in result.out
+    assert len(names(runs / "weights")) == 4
+
+
+def test_entry_point_export_and_plot(entry_point):
+    results, out = entry_point
+    assert results["export"].code == 0, results["export"].err
+    assert (out / "best.keras").stat().st_size > 0
+    assert results["plot"].code == 0, results["plot"].err
+    assert (out / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_entry_point_error_is_one_line(entry_point):
+    result = entry_point[0]["error"]
+    assert result.code == 2 and result.out == ""
+    assert result.err.splitlines()[-1].startswith("keras-ckpt: error: No such directory")
+    assert sum("keras-ckpt" in line for line in result.err.splitlines()) == 1
+
+
+def test_cli_modules_import_neither_keras_nor_matplotlib_for_list_and_verify(runs):
+    code = (
+        "import sys, keras_ckpt; before = set(sys.modules)\n"
+        "from keras_ckpt.cli import main\n"
+        f"main(['list', {str(runs / 'models')!r}, '--why'])\n"
+        f"main(['verify', {str(runs / 'models')!r}])\n"
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "print(sorted(new & {'keras', 'tensorflow', 'matplotlib', 'h5py'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=LIGHT_ENV
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
