@@ -1,0 +1,299 @@
+"""Shared pieces of the benchmark suite: the model, timing statistics, tables and the environment.
+
+Nothing here is timed itself. The sections (`saving`, `resume`, `listing`, `profile_save`) build on it
+and `run.py` ties them together.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+INPUT_DIM = 128
+OUTPUT_DIM = 10
+HIDDEN_LAYERS = 4
+BATCH_SIZE = 16
+STEPS_PER_EPOCH = 2
+
+
+def parse_size(text: str) -> int:
+    """`"25M"` -> 25_000_000; also accepts `k`/`G` suffixes and plain integers."""
+    text = text.strip().upper()
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1:], 1)
+    number = text[:-1] if scale != 1 else text
+    value = float(number) * scale
+    if value < 10_000:
+        raise ValueError(f"Model size {text!r} is too small to be meaningful here (min 10k).")
+    return int(value)
+
+
+def size_label(params: int) -> str:
+    return f"{params / 1e6:.0f}M" if params >= 1e6 else f"{params / 1e3:.0f}k"
+
+
+def hidden_width(params: int) -> int:
+    """Width w of the hidden Dense layers so that the model has about `params` parameters.
+
+    Parameters: (INPUT_DIM + 1) w + (HIDDEN_LAYERS - 1)(w + 1) w + (w + 1) OUTPUT_DIM.
+    """
+    a = HIDDEN_LAYERS - 1
+    b = INPUT_DIM + 1 + (HIDDEN_LAYERS - 1) + OUTPUT_DIM
+    c = OUTPUT_DIM - params
+    return max(8, int((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)))
+
+
+def build_model(params: int, seed: int = 0) -> Any:
+    """A compiled Dense + Adam model of about `params` parameters, its optimizer already built.
+
+    Adam holds two moments per weight, so the saved state is about 3x the weights (12 bytes/param).
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    width = hidden_width(params)
+    layers = [keras.Input((INPUT_DIM,))]
+    layers += [keras.layers.Dense(width, activation="relu") for _ in range(HIDDEN_LAYERS)]
+    layers.append(keras.layers.Dense(OUTPUT_DIM))
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def training_data(seed: int = 0) -> tuple[Any, Any]:
+    """Random inputs for STEPS_PER_EPOCH batches: the training part of a fit stays short."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = BATCH_SIZE * STEPS_PER_EPOCH
+    x = rng.standard_normal((n, INPUT_DIM), dtype=np.float32)
+    y = rng.standard_normal((n, OUTPUT_DIM), dtype=np.float32)
+    return x, y
+
+
+def state_variables(model: Any) -> list[Any]:
+    """Every variable a full checkpoint holds: the model's and the optimizer's."""
+    return list(model.variables) + list(model.optimizer.variables)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class Stat:
+    """Samples of one measurement (seconds unless `unit` says otherwise)."""
+
+    samples: list[float] = field(default_factory=list)
+    unit: str = "s"
+
+    def add(self, value: float) -> None:
+        self.samples.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else math.nan
+
+    @property
+    def min(self) -> float:
+        return min(self.samples) if self.samples else math.nan
+
+    @property
+    def max(self) -> float:
+        return max(self.samples) if self.samples else math.nan
+
+    def cell(self) -> str:
+        """`median (min-max)`, or just the value for one sample."""
+        if not self.samples:
+            return "-"
+        if len(self.samples) == 1:
+            return fmt(self.median, self.unit)
+        low = fmt(self.min, self.unit, like=self.median)
+        high = fmt(self.max, self.unit, like=self.median)
+        return f"{fmt(self.median, self.unit)} ({low}-{high})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "median": self.median,
+            "min": self.min,
+            "max": self.max,
+            "samples": self.samples,
+        }
+
+
+def _time_scale(seconds: float) -> tuple[float, str, int]:
+    magnitude = abs(seconds)
+    if magnitude >= 1:
+        return 1.0, "s", 2
+    if magnitude >= 0.1:
+        return 1e3, "ms", 0
+    if magnitude >= 1e-3:
+        return 1e3, "ms", 1
+    return 1e6, "us", 0
+
+
+def fmt(value: float | None, unit: str = "s", like: float | None = None) -> str:
+    """Human units: seconds as s/ms/us, ratios as `0.42x`, bytes as MB.
+
+    With `like`, a time is written bare (no suffix) in the scale chosen for `like`, so a median and
+    its min-max read in one unit: `31.7 ms (28.1-47.8)`.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "B":
+        return f"{value / 1e6:.0f} MB"
+    if unit == "s":
+        factor, suffix, digits = _time_scale(value if like is None else like)
+        text = f"{value * factor:.{digits}f}"
+        return text if like is not None else f"{text} {suffix}"
+    return f"{value:.3g}"
+
+
+def ratio_cell(numerator: Stat, denominator: Stat, paired: bool = True) -> tuple[str, dict]:
+    """Ratio of medians, with the min-max of the per-repetition ratios when they are paired."""
+    if not numerator.samples or not denominator.samples or denominator.median == 0:
+        return "-", {}
+    value = numerator.median / denominator.median
+    data: dict[str, Any] = {"ratio_of_medians": value}
+    text = fmt(value, "x")
+    if paired and len(numerator.samples) == len(denominator.samples) > 1:
+        per_rep = [a / b for a, b in zip(numerator.samples, denominator.samples) if b > 0]
+        if per_rep:
+            data["per_rep"] = per_rep
+            text += f" ({min(per_rep):.2f}-{max(per_rep):.2f})"
+    return text, data
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def rotated(items: Sequence[Any], rep: int) -> list[Any]:
+    """`items` starting at position `rep`: every variant runs early and late across repetitions."""
+    if not items:
+        return []
+    k = rep % len(items)
+    return list(items[k:]) + list(items[:k])
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def scratch_root() -> str:
+    """Where the benchmarks write: $KERAS_CKPT_BENCH_DIR, else a fresh folder in the temp dir."""
+    base = os.environ.get("KERAS_CKPT_BENCH_DIR") or None
+    if base:
+        os.makedirs(base, exist_ok=True)
+    return tempfile.mkdtemp(prefix="keras-ckpt-bench-", dir=base)
+
+
+def settle(path: str | None = None) -> None:
+    """Removes `path` and flushes the page cache's dirty pages, outside any timing.
+
+    Without it an unsynced writer's data would be written back while the next variant is timed.
+    """
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+
+
+def tree_bytes(path: str) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(folder, name))
+            except OSError:
+                pass
+    return total
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, *cells: str) -> None:
+        self.rows.append([str(c) for c in cells])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "columns": self.columns,
+            "rows": self.rows,
+            "notes": self.notes,
+            "data": self.data,
+        }
+
+
+def print_table(table: Table, plain: bool = False) -> None:
+    try:
+        if plain:
+            raise ImportError
+        from rich.console import Console
+        from rich.table import Table as RichTable
+    except ImportError:
+        print(plain_text(table))
+        return
+    rich_table = RichTable(title=table.title, title_justify="left")
+    for i, column in enumerate(table.columns):
+        rich_table.add_column(column, justify="left" if i == 0 else "right")
+    for row in table.rows:
+        rich_table.add_row(*row)
+    console = Console(width=max(100, shutil.get_terminal_size((160, 20)).columns))
+    console.print(rich_table)
+    for note in table.notes:
+        console.print(f"  {note}", highlight=False, markup=False)
+    console.print()
+
+
+def plain_text(table: Table) -> str:
+    """The table as Markdown (what the README shows)."""
+    lines = [f"### {table.title}", ""]
+    lines.append("| " + " | ".join(table.columns) + " |")
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines += [f"- {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
+    for package in ("keras", "tensorflow-cpu", "tensorflow", "numpy", "h5py", "orbax-checkpoint"):
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            info[package] = None
+    return info
