@@ -191,6 +191,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
             policy = part if policy is None else policy | part
         return policy
 
+    @property
+    def owner(self) -> str:
+        """The owner name in this callback's records; `CheckpointManager` filters by it."""
+        return self._owner
+
     def _mode(self) -> str:
         return self._monitor.resolve(self.model)
 
@@ -244,9 +249,12 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._save(self._progress.epoch, batch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        steps_in_epoch = self._progress.step
         self._progress.end_epoch(epoch)
         if self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step):
-            self._save(epoch, None, logs)
+            # With step saves too, `{batch}` of an epoch-end save is the epoch's last batch.
+            last_batch = steps_in_epoch - 1 if self._schedule.needs_batch_hooks else None
+            self._save(epoch, last_batch, logs)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         try:

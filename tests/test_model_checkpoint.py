@@ -1,0 +1,429 @@
+"""keras_ckpt.ModelCheckpoint in real `fit` loops on tiny models."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from conftest import build_model
+
+import keras_ckpt
+from keras_ckpt.callbacks._monitor import _compiled_direction
+from keras_ckpt.errors import ForeignFileError
+from keras_ckpt.policies import KeepBest, KeepLast
+
+FIT = {"batch_size": 16, "verbose": 0}
+
+
+def names(directory) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+
+
+def fit(model, data, callbacks, epochs=3, **kwargs):
+    x, y = data
+    return model.fit(x, y, epochs=epochs, callbacks=callbacks, **{**FIT, **kwargs})
+
+
+# ---------------------------------------------------------------- Keras's meaning
+
+
+@pytest.mark.parametrize(
+    "template, kwargs",
+    [
+        ("{epoch:02d}-{val_loss:.4f}.keras", {}),
+        ("w-{epoch}.weights.h5", {"save_weights_only": True}),
+        ("w-{epoch}-{batch}.weights.h5", {"save_weights_only": True, "save_freq": 3}),
+        ("m-{epoch}-{loss:.3f}.keras", {"save_freq": 2}),
+    ],
+)
+def test_same_training_writes_the_same_file_names_as_keras(tmp_path, data, template, kwargs):
+    ours = keras_ckpt.ModelCheckpoint(str(tmp_path / "ours" / template), **kwargs)
+    theirs = keras.callbacks.ModelCheckpoint(str(tmp_path / "keras" / template), **kwargs)
+    fit(build_model(), data, [ours, theirs], validation_split=0.25)
+    assert names(tmp_path / "ours") == names(tmp_path / "keras")
+    assert len(names(tmp_path / "ours")) >= 3
+
+
+def test_integer_save_freq_counts_global_steps_with_steps_per_execution(tmp_path, data):
+    template = "s-{epoch}-{batch}.weights.h5"
+    model = build_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", steps_per_execution=2)
+    ours = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "ours" / template), save_weights_only=True, save_freq=3
+    )
+    theirs = keras.callbacks.ModelCheckpoint(
+        str(tmp_path / "keras" / template), save_weights_only=True, save_freq=3
+    )
+    fit(model, data, [ours, theirs], epochs=2)
+    assert names(tmp_path / "ours") == names(tmp_path / "keras")
+    steps = [r.global_step for r in keras_ckpt.CheckpointManager(tmp_path / "ours").checkpoints()]
+    assert steps == [4, 8]  # 4 steps per epoch, checked every 2 steps: due at 4 and 8
+
+
+def test_full_model_file_loads_in_plain_keras_with_optimizer_state(tmp_path, data):
+    model = build_model()
+    fit(model, data, [keras_ckpt.ModelCheckpoint(str(tmp_path / "m.keras"))])
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 12
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_weights_file_loads_in_plain_keras(tmp_path, data):
+    model = build_model()
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m.weights.h5"), save_weights_only=True)
+    fit(model, data, [cb])
+    fresh = build_model(seed=1)
+    fresh.load_weights(tmp_path / "m.weights.h5")
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_verbose_prints_keras_messages(tmp_path, data, capsys):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b.keras"), save_best_only=True, verbose=1)
+    fit(build_model(), data, [cb], epochs=1, validation_split=0.25)
+    out = capsys.readouterr().out
+    assert "Epoch 1: val_loss improved from None to" in out
+    assert f"saving model to {tmp_path}/b.keras" in out
+    assert f"Epoch 1: finished saving model to {tmp_path}/b.keras" in out
+
+
+def test_records_say_where_in_training_each_save_was_taken(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}-{batch}.keras"), save_freq=3)
+    fit(build_model(), data, [cb], epochs=2)
+    records = keras_ckpt.CheckpointManager(tmp_path).checkpoints()
+    assert [(r.epoch, r.step, r.global_step) for r in records] == [(0, 3, 3), (1, 2, 6)]
+    assert records[0].name == "m-1-3.keras" and records[0].kind == "model"
+    assert set(records[0].metrics) == {"loss", "accuracy"}
+
+
+# ---------------------------------------------------------------- Keras's faults fixed
+
+
+def test_save_best_only_works_with_integer_save_freq(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "b-{epoch}-{batch}.keras"), monitor="loss", save_best_only=True, save_freq=2
+    )
+    fit(build_model(), data, [cb], epochs=2)
+    records = keras_ckpt.CheckpointManager(tmp_path).checkpoints()
+    losses = [r.metrics["loss"] for r in records]
+    assert len(records) >= 2
+    assert losses == sorted(losses, reverse=True)  # each save improved on the one before
+
+
+def test_auto_mode_takes_the_compiled_metric_direction(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "b.keras"), monitor="val_accuracy", save_best_only=True
+    )
+    fit(build_model(), data, [cb], epochs=2, validation_split=0.25)
+    record = keras_ckpt.CheckpointManager(tmp_path).latest()
+    assert record.owner_state["mode"] == "max"
+
+
+def test_private_metric_direction_is_still_where_keras_keeps_it(data):
+    model = build_model()
+    fit(model, data, [], epochs=1)
+    assert _compiled_direction(model, "accuracy") == "up"
+
+
+def test_auto_mode_that_cannot_be_inferred_says_to_set_mode(tmp_path, data):
+    def custom(y_true, y_pred):
+        return keras.ops.mean(y_pred)
+
+    model = build_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=[custom])
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b.keras"), monitor="custom", save_best_only=True)
+    with pytest.raises(ValueError, match='Pass mode="min" or mode="max"'):
+        fit(model, data, [cb], epochs=1)
+    assert names(tmp_path) == []
+
+
+def test_missing_monitor_skips_the_save_with_a_warning_listing_the_keys(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b.keras"), save_best_only=True)
+    with pytest.warns(UserWarning, match=r"`val_loss`, which is not in the logs.*keys: accuracy"):
+        fit(build_model(), data, [cb], epochs=1)  # no validation data: no val_loss
+    assert names(tmp_path) == []
+
+
+def test_min_delta_requires_a_large_enough_improvement(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "b-{epoch}.keras"), monitor="loss", save_best_only=True, min_delta=10.0
+    )
+    fit(build_model(), data, [cb], epochs=3)
+    assert names(tmp_path) == ["b-1.keras"]  # only the first value beats "no best yet"
+
+
+def test_initial_value_threshold_blocks_saves_that_do_not_beat_it(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "b.keras"), monitor="loss", save_best_only=True, initial_value_threshold=0.0
+    )
+    fit(build_model(), data, [cb], epochs=2)
+    assert names(tmp_path) == []
+
+
+def test_template_key_missing_at_save_time_lists_the_keys_that_exist(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{val_los:.2f}.keras"))
+    with pytest.raises(KeyError, match="no value for 'val_los'.*val_loss"):
+        fit(build_model(), data, [cb], epochs=1, validation_split=0.25)
+
+
+# ---------------------------------------------------------------- strict arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"save_freq": 0}, r'argument `save_freq`. Expected "epoch" or a positive int. Received: save_freq=0'),
+        ({"save_freq": -5}, r"Received: save_freq=-5"),
+        ({"save_freq": True}, r"Received: save_freq=True"),
+        ({"save_freq": "batch"}, r"Received: save_freq='batch'"),
+        ({"save_freq": 2.5}, r"Received: save_freq=2.5"),
+        ({"mode": "bogus"}, r'argument `mode`. Expected "auto" or "min" or "max". Received: mode=\'bogus\''),
+        ({"keep_last": 0}, r"argument `keep_last`. Expected a positive int. Received: keep_last=0"),
+        ({"keep_best": True}, r"Received: keep_best=True"),
+        ({"keep_every_n_epochs": -1}, r"Received: keep_every_n_epochs=-1"),
+        ({"max_total_bytes": 1.5}, r"Received: max_total_bytes=1.5"),
+        ({"every_n_epochs": 0}, r"Received: every_n_epochs=0"),
+        ({"every_seconds": 0}, r"argument `every_seconds`. Expected a positive number"),
+        ({"every_seconds": -1.0}, r"Received: every_seconds=-1.0"),
+        ({"min_delta": -0.1}, r"argument `min_delta`"),
+        ({"verbose": 3}, r"argument `verbose`"),
+        ({"save_best_only": "yes"}, r"argument `save_best_only`. Expected True or False"),
+        ({"retention": "last"}, r"argument `retention`"),
+        ({"retention": KeepLast(1), "keep_best": 2}, r"either `retention` or the `keep_\*`"),
+        ({"save_freq": None}, r"save_freq=None` needs `every_n_epochs` or `every_seconds`"),
+        ({"save_best_only": True, "save_on_train_end": True}, r"replace the best model"),
+        ({"save_best_only": True, "save_freq": 10}, r"validation metrics only exist at epoch end"),
+        ({"initial_value_threshold": "low"}, r"argument `initial_value_threshold`"),
+    ],
+)
+def test_rejected_arguments_name_the_argument_and_the_value(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keras_ckpt.ModelCheckpoint(str(tmp_path / "m.keras"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "filepath, kwargs, match",
+    [
+        ("m.weights.h5", {}, r"ending in `.keras`"),
+        ("m.keras", {"save_weights_only": True}, r"ending in `.weights.h5`"),
+        ("m.txt", {}, r"ending in `.keras`"),
+        ("{epoch}/m.keras", {}, r"fields in the file name only, not in its folder"),
+        ("m-{}.keras", {}, r"positional field"),
+        ("m-{epoch.keras", {}, r"str.format template"),
+        ("m-{batch}.keras", {}, r"uses \{batch\} but saves happen only at epoch ends"),
+        ("", {}, r"argument `filepath`"),
+    ],
+)
+def test_rejected_filepaths(tmp_path, filepath, kwargs, match):
+    path = str(tmp_path / filepath) if filepath else filepath
+    with pytest.raises(ValueError, match=match):
+        keras_ckpt.ModelCheckpoint(path, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"save_freq": 1},
+        {"save_freq": "epoch", "every_n_epochs": 1},
+        {"save_freq": None, "every_seconds": 0.001},
+        {"keep_last": 1, "keep_best": 1, "keep_every_n_epochs": 1, "max_total_bytes": 1},
+        {"mode": "max", "min_delta": 0, "verbose": 1},
+    ],
+)
+def test_nearest_valid_values_are_accepted(tmp_path, kwargs):
+    assert keras_ckpt.ModelCheckpoint(str(tmp_path / "m.keras"), **kwargs).directory == str(
+        tmp_path
+    )
+
+
+# ---------------------------------------------------------------- additions
+
+
+def test_every_n_epochs_replaces_the_every_epoch_trigger(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), every_n_epochs=2)
+    fit(build_model(), data, [cb], epochs=5)
+    assert names(tmp_path) == ["m-2.keras", "m-4.keras"]
+
+
+def test_every_n_epochs_and_integer_save_freq_combine_by_or(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}-{batch}.keras"), save_freq=6, every_n_epochs=2
+    )
+    fit(build_model(), data, [cb], epochs=2)  # 4 steps an epoch: step 6, then epoch 2's end
+    records = keras_ckpt.CheckpointManager(tmp_path).checkpoints()
+    assert [(r.epoch, r.step) for r in records] == [(1, 2), (2, 0)]
+
+
+def test_every_seconds_saves_on_the_wall_clock(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}-{batch}.keras"), save_freq=None, every_seconds=1e-9
+    )
+    fit(build_model(), data, [cb], epochs=1)
+    assert len(names(tmp_path)) == 4  # always due: a save at every batch end
+
+
+def test_save_on_train_end_saves_the_final_state_once(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), every_n_epochs=2, save_on_train_end=True
+    )
+    fit(build_model(), data, [cb], epochs=3)
+    assert names(tmp_path) == ["m-2.keras", "m-3.keras"]
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_keep_last_over_a_long_run_keeps_exactly_n(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch:02d}.weights.h5"),
+                                    save_weights_only=True, keep_last=3)
+    fit(build_model(), data, [cb], epochs=20)
+    assert names(tmp_path) == ["m-18.weights.h5", "m-19.weights.h5", "m-20.weights.h5"]
+
+
+def test_keep_best_and_keep_last_keep_the_union(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch:02d}.weights.h5"),
+        save_weights_only=True, monitor="val_loss", keep_best=2, keep_last=1,
+    )
+    fit(build_model(), data, [cb], epochs=8, validation_split=0.25)
+    manager = keras_ckpt.CheckpointManager(tmp_path)
+    records = manager.checkpoints()
+    best_two = sorted(records, key=lambda r: r.metrics["val_loss"])[:2]
+    assert {r.name for r in records} >= {r.name for r in best_two}
+    assert records[-1].epoch == 8
+    assert len(records) <= 3
+
+
+def test_keep_every_n_epochs_keeps_the_milestones(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.weights.h5"),
+                                    save_weights_only=True, keep_every_n_epochs=3)
+    fit(build_model(), data, [cb], epochs=7)
+    assert names(tmp_path) == ["m-3.weights.h5", "m-6.weights.h5", "m-7.weights.h5"]
+
+
+def test_max_total_bytes_keeps_the_newest_that_fit(tmp_path, data):
+    size = None
+
+    class Measure(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            nonlocal size
+            size = size or os.path.getsize(tmp_path / "m-1.weights.h5")
+
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.weights.h5"),
+                                    save_weights_only=True, max_total_bytes=10**9)
+    fit(build_model(), data, [cb, Measure()], epochs=1)
+    cb2 = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.weights.h5"),
+                                     save_weights_only=True, max_total_bytes=2 * size + size // 2)
+    fit(build_model(), data, [cb2], epochs=5)
+    assert names(tmp_path) == ["m-4.weights.h5", "m-5.weights.h5"]
+
+
+def test_retention_policy_object(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), retention=KeepBest(1, "loss") | KeepLast(1)
+    )
+    fit(build_model(), data, [cb], epochs=4)
+    records = keras_ckpt.CheckpointManager(tmp_path).checkpoints()
+    assert [r.epoch for r in records] == [4]  # loss falls every epoch: the best is the last
+
+
+def test_retention_never_touches_foreign_files_or_other_callbacks(tmp_path, data):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "m-1.keras.bak").write_bytes(b"also mine")
+    last = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), keep_last=1)
+    best = keras_ckpt.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="loss",
+                                      save_best_only=True)
+    fit(build_model(), data, [last, best], epochs=4)
+    assert names(tmp_path) == ["best.keras", "m-1.keras.bak", "m-4.keras", "notes.txt"]
+
+
+# ---------------------------------------------------------------- restarts
+
+
+def test_restarted_save_best_only_never_overwrites_a_better_model(tmp_path, data):
+    path = str(tmp_path / "best.keras")
+    fit(build_model(), data, [keras_ckpt.ModelCheckpoint(path, monitor="loss",
+                                                         save_best_only=True)], epochs=30)
+    before = (tmp_path / "best.keras").read_bytes()
+    best = keras_ckpt.CheckpointManager(tmp_path).latest().owner_state["best"]
+    restarted = keras_ckpt.ModelCheckpoint(path, monitor="loss", save_best_only=True)
+    fit(build_model(seed=1), data, [restarted], epochs=1)  # a fresh model: worse loss
+    assert restarted.best == best
+    assert (tmp_path / "best.keras").read_bytes() == before
+
+
+def test_keras_forgets_its_best_after_a_restart(tmp_path, data):
+    """The fault we fix, shown on Keras itself (issue keras-team/keras#17012)."""
+    path = str(tmp_path / "best.keras")
+    fit(build_model(), data, [keras.callbacks.ModelCheckpoint(path, monitor="loss",
+                                                              save_best_only=True)], epochs=30)
+    before = (tmp_path / "best.keras").read_bytes()
+    fit(build_model(seed=1), data, [keras.callbacks.ModelCheckpoint(
+        path, monitor="loss", save_best_only=True)], epochs=1)
+    assert (tmp_path / "best.keras").read_bytes() != before
+
+
+def test_restarted_retention_counts_the_files_written_before(tmp_path, data):
+    template = str(tmp_path / "m-{epoch}-{loss:.5f}.weights.h5")
+    for _ in range(2):
+        cb = keras_ckpt.ModelCheckpoint(template, save_weights_only=True, keep_last=2)
+        fit(build_model(), data, [cb], epochs=3)
+    records = keras_ckpt.CheckpointManager(tmp_path).checkpoints()
+    assert len(records) == 2 and len(names(tmp_path)) == 2
+
+
+def test_fixed_path_written_by_someone_else_is_refused_before_training(tmp_path, data):
+    (tmp_path / "best.keras").write_bytes(b"someone else's model")
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "best.keras"))
+    with pytest.raises(ForeignFileError, match="keras-ckpt did not write it"):
+        fit(build_model(), data, [cb], epochs=1)
+    assert (tmp_path / "best.keras").read_bytes() == b"someone else's model"
+
+
+def test_replacing_a_fixed_path_updates_its_record(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "last.keras"))
+    fit(build_model(), data, [cb], epochs=3)
+    manager = keras_ckpt.CheckpointManager(tmp_path)
+    [record] = manager.checkpoints()
+    assert record.epoch == 3
+    assert manager.verify()[0].ok
+
+
+# ---------------------------------------------------------------- crash safety
+
+
+def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path):
+    """Kill a training process at random moments while it saves every step, many times."""
+    child = os.path.join(os.path.dirname(__file__), "mc_crash_child.py")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    rng = random.Random(1234)
+    kills = 0
+    seen_steps = set()
+    while kills < 10:
+        proc = subprocess.Popen([sys.executable, child, str(tmp_path)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.2, 0.9))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        manager = keras_ckpt.CheckpointManager(tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no unreadable record either
+            records = manager.checkpoints()
+        for result in manager.verify():
+            assert result.ok, result.problems
+        for record in records:
+            keras.saving.load_model(tmp_path / record.path)  # plain Keras loads each one
+        seen_steps.update(r.global_step for r in records)
+    assert (tmp_path / "last.keras").exists()
+    assert len(seen_steps) > 3  # the kills really fell among saves
