@@ -64,9 +64,9 @@ class ShuffledBatches(keras.utils.PyDataset):
 class Pause(keras.callbacks.Callback):
     """Announces a global step on stdout and waits there for the parent's signal."""
 
-    def __init__(self, pause_at: int | None, crash_at: int | None):
+    def __init__(self, backup, pause_at: int | None, crash_at: int | None):
         super().__init__()
-        self.pause_at, self.crash_at, self.step = pause_at, crash_at, 0
+        self.backup, self.pause_at, self.crash_at, self.step = backup, pause_at, crash_at, 0
 
     def on_train_batch_end(self, batch, logs=None):
         if keras_ckpt.state.is_replaying(self.model):
@@ -77,10 +77,8 @@ class Pause(keras.callbacks.Callback):
         if self.step == self.pause_at:
             print(f"PAUSED {self.step}", flush=True)
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not self.model.stop_training:
-                time.sleep(0.02)
-                if getattr(self, "signalled", False):
-                    break
+            while time.monotonic() < deadline and not self.backup.interrupted:
+                time.sleep(0.01)
 
     def get_checkpoint_state(self) -> dict:
         return {"step": self.step}
@@ -125,13 +123,14 @@ def main(argv: list[str] | None = None) -> int:
 
     backup = keras_ckpt.BackupAndRestore(args.backup_dir, save_freq=save_freq)
     callbacks = [
-        Pause(args.pause_at, args.crash_at),
+        # Before the backup: a signal received while it waits is handled at this same step.
+        Pause(backup, args.pause_at, args.crash_at),
         # Acts on every epoch (min_delta too large to ever improve): its counters matter.
         keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=2, min_delta=10.0),
         keras.callbacks.EarlyStopping("loss", patience=10),
     ]
     if not args.no_backup:
-        callbacks.insert(0, backup)
+        callbacks.insert(1, backup)
     model.fit(callbacks=callbacks, **fit_args)
     variables = model.variables + model.optimizer.variables
     np.savez(args.out, *[np.asarray(v) for v in variables])

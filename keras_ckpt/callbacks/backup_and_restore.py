@@ -247,7 +247,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         weights_path = os.path.join(folder, WEIGHTS_FILE)
         variables = st.training_variables(self.model)
         self.model.save_weights(weights_path)
-        arrays = {f"var_{i}": np.array(v) for i, v in enumerate(variables)}
+        arrays = {f"var_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
         callbacks = []
         for index, callback in enumerate(self._stateful_callbacks()):
             cb_state, cb_arrays = st.callback_state(callback)
@@ -310,7 +310,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         variables = st.training_variables(self.model)
         saved = [(p, tuple(s)) for p, s in state["variables"]]
         current = [(v.path, tuple(v.shape)) for v in variables]
-        if saved != current:
+        if [shape for _, shape in saved] != [shape for _, shape in current]:
             raise ResumeError(
                 f"Backup {record.name} in {self.backup_dir} does not match this model: it holds "
                 f"{len(saved)} variables, the model has {len(current)}"
@@ -396,7 +396,7 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._signal_pending is None:
-            self._signal_pending = signum
+            self._signal_pending = self.interrupted = signum
             return
         previous = self._previous_handlers.get(signum, signal.SIG_DFL)
         self._restore_signal_handlers()
@@ -408,13 +408,12 @@ class BackupAndRestore(keras.callbacks.Callback):
     def _stop(self, *, save: bool, logs: dict[str, Any] | None = None) -> None:
         if save:
             self._save(logs)
-        self.interrupted = self._signal_pending
         self._stopped_by_signal = True
         self.model.stop_training = True
 
 
 def _first_difference(saved: list[Any], current: list[Any]) -> str:
     for i, (a, b) in enumerate(zip(saved, current, strict=False)):
-        if a != b:
+        if a[1] != b[1]:
             return f" (first difference at variable {i}: {a[0]} {a[1]} then, {b[0]} {b[1]} now)"
     return ""

@@ -1,0 +1,321 @@
+"""BackupAndRestore: exact resume after real kills and signals, damage fallback, Keras's faults."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import build_model
+
+import keras_ckpt
+from keras_ckpt.callbacks.backup_and_restore import OWNER
+
+CHILD = Path(__file__).with_name("resume_child.py")
+ENV = {
+    **os.environ,
+    "KERAS_BACKEND": "tensorflow",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "PYTHONHASHSEED": "0",
+}
+STEPS = 24  # resume_child: 4 epochs of 6 steps
+
+
+def run_child(backup_dir, out, *args, signal_at=None, signum=signal.SIGKILL):
+    """Runs resume_child.py; with `signal_at`, sends `signum` when it pauses after that step."""
+    cmd = [sys.executable, str(CHILD), str(backup_dir), str(out), *map(str, args)]
+    if signal_at is not None:
+        cmd += ["--pause-at", str(signal_at)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    if signal_at is not None:
+        for line in proc.stdout:
+            if line.startswith("PAUSED"):
+                proc.send_signal(signum)
+                break
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout, stderr
+
+
+def weights(path):
+    with np.load(path) as f:
+        return [f[k] for k in f.files]
+
+
+def assert_same(reference, resumed, context):
+    a, b = weights(reference), weights(resumed)
+    diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)), (
+        f"{context}: max abs difference {diff}"
+    )
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """Final weights of uninterrupted runs (no BackupAndRestore at all), per input type."""
+    root = tmp_path_factory.mktemp("references")
+
+    def one(kind):
+        out = root / f"{kind}.npz"
+        code, _, err = run_child(root / kind, out, "--input", kind, "--no-backup")
+        assert code == 0, err
+        return kind, out
+
+    with ThreadPoolExecutor(3) as pool:
+        return dict(pool.map(one, ["numpy", "tfdata", "pydataset"]))
+
+
+# (input, save_freq, trial seed, number of SIGKILLs before the final run)
+TRIALS = [
+    ("numpy", "3", 1, 1),
+    ("numpy", "3", 2, 2),
+    ("numpy", "epoch", 3, 1),
+    ("numpy", "epoch", 4, 2),
+    ("tfdata", "4", 5, 1),
+    ("pydataset", "5", 6, 1),
+]
+
+
+@pytest.mark.parametrize("kind,save_freq,seed,kills", TRIALS)
+def test_sigkill_at_random_steps_resumes_bit_identical(
+    tmp_path, references, kind, save_freq, seed, kills
+):
+    steps = sorted(random.Random(seed).sample(range(1, STEPS + 1), kills))
+    args = ["--input", kind, "--save-freq", save_freq]
+    for step in steps:
+        code, _, err = run_child(tmp_path / "b", tmp_path / "x.npz", *args, signal_at=step)
+        assert code == -signal.SIGKILL, err
+    code, _, err = run_child(tmp_path / "b", tmp_path / "out.npz", *args)
+    assert code == 0, err
+    assert_same(references[kind], tmp_path / "out.npz", f"{kind} save_freq={save_freq} {steps}")
+
+
+@pytest.mark.parametrize("signum,step", [(signal.SIGTERM, 8), (signal.SIGINT, 15)])
+def test_signal_backs_up_at_next_step_stops_cleanly_and_resumes_exactly(
+    tmp_path, references, signum, step
+):
+    args = ["--save-freq", "5", "--input", "numpy"]
+    code, out, err = run_child(
+        tmp_path / "b", tmp_path / "x.npz", *args, signal_at=step, signum=signum
+    )
+    assert code == 0, err
+    assert f"INTERRUPTED {int(signum)}" in out
+    latest = keras_ckpt.CheckpointManager(tmp_path / "b").latest(owner=OWNER)
+    assert (latest.global_step, latest.epoch, latest.step) == (step, step // 6, step % 6)
+    code, _, err = run_child(tmp_path / "b", tmp_path / "out.npz", *args)
+    assert code == 0, err
+    assert_same(references["numpy"], tmp_path / "out.npz", f"{signum!r} at {step}")
+
+
+# ---------------------------------------------------------------- in-process behaviour
+
+
+class Crash(keras.callbacks.Callback):
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step, self.steps = at_step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if keras_ckpt.state.is_replaying(self.model):
+            return
+        self.steps += 1
+        if self.steps == self.at_step:
+            raise RuntimeError("crash")
+
+
+class Probe(keras.callbacks.Callback):
+    """Records the epochs run and the optimizer step at each epoch begin."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs, self.iterations = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+        self.iterations.append(int(self.model.optimizer.iterations))
+
+
+def fit(model, data, callbacks, epochs=3, **kwargs):
+    x, y = data
+    return model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs)
+
+
+def test_second_crash_after_a_resume_does_not_restart_at_epoch_zero(tmp_path, data):
+    model = build_model()
+    backup = lambda: keras_ckpt.BackupAndRestore(tmp_path, save_freq=2)  # noqa: E731
+    with pytest.raises(RuntimeError):
+        fit(model, data, [backup(), Crash(6)], epochs=4)  # 4 steps per epoch: dies in epoch 1
+    with pytest.raises(RuntimeError):
+        fit(model, data, [backup(), Crash(5)], epochs=4)  # resumed at step 6, dies at step 11
+    latest = keras_ckpt.CheckpointManager(tmp_path).latest(owner=OWNER)
+    assert (latest.epoch, latest.step, latest.global_step) == (2, 2, 10)
+    probe = Probe()
+    fit(model, data, [backup(), probe], epochs=4)
+    assert probe.epochs == [2, 3] and probe.iterations[0] == 10
+
+
+def test_restored_initial_epoch_does_not_leak_into_a_later_fit(tmp_path, data):
+    model = build_model()
+    with pytest.raises(RuntimeError):
+        fit(model, data, [keras_ckpt.BackupAndRestore(tmp_path), Crash(9)])
+    fit(model, data, [keras_ckpt.BackupAndRestore(tmp_path)])
+    probe = Probe()
+    fit(model, data, [probe], epochs=2)
+    assert probe.epochs == [0, 1]
+
+
+def test_delete_checkpoint_removes_only_its_own_files(tmp_path, data):
+    foreign = tmp_path / "notes.txt"
+    tmp_path.joinpath("sub").mkdir()
+    foreign.write_text("mine")
+    (tmp_path / "sub" / "data.bin").write_bytes(b"x")
+    fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path, save_freq=1)])
+    assert foreign.read_text() == "mine" and (tmp_path / "sub" / "data.bin").exists()
+    assert keras_ckpt.CheckpointManager(tmp_path).checkpoints() == []
+    assert not list(tmp_path.glob("backup-*"))
+
+
+def test_interrupted_fit_keeps_its_backup_even_with_delete_checkpoint(tmp_path, data):
+    model = build_model()
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    backup = keras_ckpt.BackupAndRestore(tmp_path, delete_checkpoint=True)
+    fit(model, data, [Interrupt(), backup])
+    assert backup.interrupted == signal.SIGINT
+    latest = keras_ckpt.CheckpointManager(tmp_path).latest()
+    assert (latest.epoch, latest.step) == (0, 2)
+
+
+def test_signal_handlers_are_restored_after_fit(tmp_path, data):
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path)], epochs=1)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_save_on_interrupt_false_leaves_sigint_to_python(tmp_path, data):
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    backup = keras_ckpt.BackupAndRestore(tmp_path, save_on_interrupt=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_model(), data, [backup, Interrupt()])
+    assert keras_ckpt.CheckpointManager(tmp_path).checkpoints() == []
+
+
+def test_second_signal_goes_to_the_previous_handler(tmp_path, data):
+    class InterruptTwice(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path), InterruptTwice()])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_damaged_newest_backup_is_reported_and_the_previous_one_used(tmp_path, data):
+    model = build_model()
+    backup = keras_ckpt.BackupAndRestore(
+        tmp_path, save_freq=2, double_checkpoint=True, delete_checkpoint=False
+    )
+    with pytest.raises(RuntimeError):
+        fit(model, data, [backup, Crash(7)])
+    manager = keras_ckpt.CheckpointManager(tmp_path)
+    names = [r.name for r in manager.checkpoints(owner=OWNER)]
+    assert names == ["backup-000000004", "backup-000000006"]
+    damaged = tmp_path / "backup-000000006" / "state.npz"
+    raw = bytearray(damaged.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    probe = Probe()
+    with pytest.warns(UserWarning, match=r"backup-000000006.*state\.npz.*checksum"):
+        fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path), probe])
+    # backup-000000004 was taken after the last batch of epoch 0: that epoch ends again.
+    assert probe.epochs[0] == 0 and probe.iterations[0] == 4
+
+
+def test_backup_files_and_record(tmp_path, data):
+    model = build_model(dropout=0.5)
+    backup = keras_ckpt.BackupAndRestore(tmp_path, save_freq=3, delete_checkpoint=False)
+    fit(model, data, [backup], epochs=1)
+    record = keras_ckpt.CheckpointManager(tmp_path).latest()
+    assert record.kind == "training_state" and record.owner == OWNER
+    assert (record.epoch, record.step, record.global_step) == (0, 3, 3)
+    assert [f.path for f in record.files] == [
+        "backup-000000003/model.weights.h5",
+        "backup-000000003/state.npz",
+        "backup-000000003/state.json",
+    ]
+    plain = build_model(dropout=0.5)
+    plain.load_weights(tmp_path / record.path)  # a plain Keras weights file
+
+
+def test_every_seconds_and_keep_last(tmp_path, data):
+    backup = keras_ckpt.BackupAndRestore(
+        tmp_path, every_seconds=1e-6, keep_last=3, delete_checkpoint=False
+    )
+    fit(build_model(), data, [backup], epochs=2)
+    steps = [r.global_step for r in keras_ckpt.CheckpointManager(tmp_path).checkpoints()]
+    assert steps == [6, 7, 8]
+
+
+def test_pydataset_without_the_protocol_warns(tmp_path, data):
+    class Reshuffles(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return data[0][i * 8 : (i + 1) * 8], data[1][i * 8 : (i + 1) * 8]
+
+        def on_epoch_end(self):
+            pass
+
+    with pytest.warns(UserWarning, match="CheckpointStateful"):
+        build_model().fit(
+            Reshuffles(), epochs=1, verbose=0, callbacks=[keras_ckpt.BackupAndRestore(tmp_path)]
+        )
+
+
+def test_async_save_is_accepted(tmp_path, data):
+    fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path, async_save=True)], epochs=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"save_freq": 0}, 'save_freq`. Expected "epoch" or a positive int. Received: save_freq=0'),
+        ({"save_freq": True}, "Received: save_freq=True"),
+        ({"save_freq": "batch"}, "Received: save_freq='batch'"),
+        ({"keep_last": 0}, "Invalid value for argument `keep_last`.*keep_last=0"),
+        ({"keep_last": 1, "double_checkpoint": True}, "at least 2.*keep_last=1"),
+        ({"every_seconds": 0}, "every_seconds"),
+        ({"double_checkpoint": 1}, "double_checkpoint"),
+        ({"save_on_interrupt": "no"}, "save_on_interrupt"),
+    ],
+)
+def test_invalid_arguments_are_rejected(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_ckpt.BackupAndRestore(tmp_path, **kwargs)
+
+
+def test_invalid_backup_dir_is_rejected():
+    with pytest.raises(ValueError, match="backup_dir"):
+        keras_ckpt.BackupAndRestore("")
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"save_freq": 1}, {"keep_last": 1}, {"keep_last": 2, "double_checkpoint": True}]
+)
+def test_nearest_valid_arguments_are_accepted(tmp_path, kwargs):
+    keras_ckpt.BackupAndRestore(tmp_path, **kwargs)
