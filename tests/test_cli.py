@@ -96,7 +96,7 @@ def write_weights_run(directory: Path, epochs: int) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """`models`: keras_ckpt.ModelCheckpoint with retention, 6 epochs; `weights`: 4 by hand."""
+    """`models`: ModelCheckpoint with retention, 6 epochs; `weights`: 4 saved by hand; `backup`."""
     root = tmp_path_factory.mktemp("runs")
     x, y = fit_data()
     checkpoint = keras_ckpt.ModelCheckpoint(
@@ -110,6 +110,8 @@ def runs(tmp_path_factory):
         x, y, epochs=6, batch_size=16, validation_split=0.25, callbacks=[checkpoint], verbose=0
     )
     write_weights_run(root / "weights", epochs=4)
+    backup = keras_ckpt.BackupAndRestore(str(root / "backup"), save_freq=2, delete_checkpoint=False)
+    build_model().fit(x, y, epochs=2, batch_size=16, callbacks=[backup], verbose=0)
     return root
 
 
@@ -173,7 +175,7 @@ def test_list_why_without_a_recorded_policy_keeps_only_the_newest(runs):
     rows = json.loads(cli("list", runs / "weights", "--why", "--json").out)["checkpoints"]
     assert [row["kept_because"] for row in rows] == [[], [], [], ["newest"]]
     assert (
-        "No retention policy recorded by owner test" in cli("list", runs / "weights", "--why").out
+        "No retention policy in the records of test" in cli("list", runs / "weights", "--why").out
     )
 
 
@@ -219,6 +221,15 @@ def test_show_weights_only_says_what_is_missing(runs):
     assert "architecture     no" in text and "compile config   no" in text
     assert "its class is not stored in a weights file" in text
     assert "model.load_weights" in text
+
+
+def test_show_training_state_names_every_file(runs):
+    record = CheckpointManager(runs / "backup").latest()
+    text = cli("show", runs / "backup", "latest").out
+    assert "training state for exact resume" in text and "BackupAndRestore" in text
+    for entry in record.files:
+        assert entry.path in text
+    assert f"iterations={record.global_step}" in text
 
 
 def test_show_best_uses_the_monitor_the_callback_recorded(runs):
@@ -347,7 +358,9 @@ def test_export_model_is_a_file_plain_keras_loads(runs, tmp_path):
     )
 
 
-@pytest.mark.parametrize(("run", "which"), [("models", "latest"), ("weights", "latest")])
+@pytest.mark.parametrize(
+    ("run", "which"), [("models", "latest"), ("weights", "best"), ("backup", "latest")]
+)
 def test_export_weights_h5_loads_into_a_built_model(runs, tmp_path, run, which):
     out = tmp_path / "w.weights.h5"
     assert cli("export", runs / run, which, out).code == 0
@@ -370,9 +383,10 @@ def test_export_never_overwrites_without_force(runs, tmp_path):
     assert out.read_bytes() != b"mine"
 
 
-def test_export_weights_checkpoint_as_keras_explains_what_is_missing(runs, tmp_path):
+@pytest.mark.parametrize("run", ["weights", "backup"])
+def test_export_without_architecture_to_keras_explains_what_is_missing(runs, tmp_path, run):
     out = tmp_path / "model.keras"
-    result = cli("export", runs / "weights", "latest", out)
+    result = cli("export", runs / run, "latest", out)
     assert result.code == 2
     assert "architecture" in result.err and ".weights.h5" in result.err
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -469,9 +483,18 @@ def entry_point(runs, tmp_path_factory):
         "plot": ["plot", models, "-o", str(out / "run.png")],
         "error": ["show", str(out / "missing"), "latest"],
     }
+    # What running `list` and `verify` adds to the modules `import keras_ckpt` already loaded.
+    imports = (
+        "import sys, keras_ckpt; before = set(sys.modules)\n"
+        "from keras_ckpt.cli import main\n"
+        f"main(['list', {models!r}, '--why']); main(['verify', {models!r}])\n"
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "print(sorted(new & {'keras', 'tensorflow', 'matplotlib', 'h5py'}))\n"
+    )
+    commands["imports"] = ["-c", imports]
     procs = {
         key: subprocess.Popen(
-            [sys.executable, "-m", "keras_ckpt.cli", *argv],
+            [sys.executable, *(argv if key == "imports" else ["-m", "keras_ckpt.cli", *argv])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -526,17 +549,7 @@ def test_entry_point_error_is_one_line(entry_point):
     assert sum("keras-ckpt" in line for line in result.err.splitlines()) == 1
 
 
-def test_cli_modules_import_neither_keras_nor_matplotlib_for_list_and_verify(runs):
-    code = (
-        "import sys, keras_ckpt; before = set(sys.modules)\n"
-        "from keras_ckpt.cli import main\n"
-        f"main(['list', {str(runs / 'models')!r}, '--why'])\n"
-        f"main(['verify', {str(runs / 'models')!r}])\n"
-        "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
-        "print(sorted(new & {'keras', 'tensorflow', 'matplotlib', 'h5py'}))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=LIGHT_ENV
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+def test_list_and_verify_import_neither_keras_nor_matplotlib(entry_point):
+    result = entry_point[0]["imports"]
+    assert result.code == 0, result.err
+    assert result.out.strip().splitlines()[-1] == "[]"

@@ -162,8 +162,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         unpoliced = sorted({str(r.owner) for r in records if why[r.name]["policy"] is None})
         if unpoliced:
             out.print(
-                f"No retention policy recorded by owner {', '.join(unpoliced)}: only the newest "
-                "is kept by policy; nothing deletes the others unless you run keras-ckpt prune."
+                f"No retention policy in the records of {', '.join(unpoliced)}: "
+                "'kept because' can only show which checkpoint is the newest."
             )
     return 0
 

@@ -29,7 +29,7 @@ def inspect_file(path: str) -> dict[str, Any]:
 
     if h5py.is_hdf5(path):
         with h5py.File(path, "r") as f:
-            info = {"format": "weights.h5", "parts": {}, **_weights(f)}
+            info = {"format": "HDF5 weights file", "parts": {}, **_weights(f)}
             if "model_config" in f.attrs:  # a legacy full-model .h5
                 info["format"] = "legacy .h5 model"
                 info["architecture"] = _architecture(json.loads(f.attrs["model_config"]))
@@ -42,7 +42,7 @@ def _inspect_archive(path: str) -> dict[str, Any]:
 
     with zipfile.ZipFile(path) as archive:
         info: dict[str, Any] = {
-            "format": ".keras archive",
+            "format": ".keras zip archive",
             "parts": {i.filename: i.file_size for i in archive.infolist()},
         }
         names = archive.namelist()
@@ -140,8 +140,12 @@ def _render(record: Record, info: dict[str, Any], which: str) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
-    what = "full model" if full else record.kind.replace("_", " ") + " only"
-    grid.add_row("holds", f"{what} ({info['format']}, {human_size(record.size)})")
+    what = {
+        "model": "full model" if full else "model",
+        "weights": "weights only",
+        "training_state": f"training state for exact resume ({len(record.files)} files)",
+    }.get(record.kind, record.kind)
+    grid.add_row("holds", f"{what}, {human_size(record.size)} ({info['format']})")
     grid.add_row(
         "taken at",
         f"epoch {record.epoch}, step {record.step} in epoch, global step {record.global_step}"
@@ -223,6 +227,14 @@ def _difference(record: Record, info: dict[str, Any]) -> str:
             f"'{record.path}') rebuilds it ready to predict or keep training, without your model "
             "code (custom layers need custom_objects). A weights-only save would drop that JSON: "
             "it loads only with model.load_weights() into a model your code builds the same way."
+        )
+    if record.kind == "training_state":
+        return (
+            f"Training state: {record.path} has the numbers, {numbers}{opt}; the other files hold "
+            "what exact resume also needs (RNG and callback state, position in the epoch). "
+            "keras_ckpt.BackupAndRestore restores all of it on the next fit. The weights file "
+            "alone loads with model.load_weights() into a model your code builds; it has no "
+            "architecture, so it cannot become a .keras file."
         )
     return (
         f"Weights only: this file has the numbers, {numbers}{opt}, but no architecture or "
