@@ -79,7 +79,7 @@ def fsync_dir(path: str) -> None:
 class Storage(ABC):
     """The file operations the manager needs, relative to one checkpoint directory."""
 
-    url: str
+    url: str  # names the directory; managers of one url in a process share one writer state
 
     @abstractmethod
     def exists(self, relpath: str) -> bool: ...
@@ -134,7 +134,7 @@ class LocalStorage(Storage):
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.path.abspath(os.fspath(root))
-        self.url = self.root
+        self.url = os.path.realpath(self.root)  # one directory reached by two paths is one url
 
     def _abs(self, relpath: str) -> str:
         return os.path.join(self.root, *relpath.split("/"))

@@ -183,6 +183,16 @@ def test_two_managers_in_one_process_share_the_lock(tmp_path):
     assert [r.name for r in CheckpointManager(tmp_path).checkpoints()] == ["after"]
 
 
+def test_managers_reaching_one_directory_by_two_paths_share_the_writer_state(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with CheckpointManager(tmp_path / "real") as one, CheckpointManager(tmp_path / "link") as two:
+        commit(one, "first", "first.bin")
+        commit(two, "second", "second.bin")
+    records = CheckpointManager(tmp_path / "real").checkpoints()
+    assert [(r.name, r.sequence) for r in records] == [("first", 1), ("second", 2)]
+
+
 def test_close_gives_the_lock_back_to_other_processes(tmp_path):
     manager = CheckpointManager(tmp_path / "run")
     manager.open_for_writing()
