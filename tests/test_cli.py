@@ -187,6 +187,12 @@ def test_list_sort_puts_the_best_value_first(runs, key, best_first):
     assert values == sorted(values, reverse=best_first is max)
 
 
+@pytest.mark.parametrize(("key", "order"), [("epoch", [1, 2, 3, 4]), ("age", [4, 3, 2, 1])])
+def test_list_sort_by_a_column(runs, key, order):
+    rows = json.loads(cli("list", runs / "weights", "--sort", key, "--json").out)["checkpoints"]
+    assert [row["epoch"] for row in rows] == order
+
+
 def test_list_sort_by_an_unknown_key_names_the_known_ones(runs):
     result = cli("list", runs / "weights", "--sort", "val_f1")
     assert result.code == 2
@@ -245,6 +251,16 @@ def test_show_best_uses_the_monitor_the_callback_recorded(runs):
     )
 
 
+def test_show_best_with_mode_max_takes_the_largest_value(runs):
+    data = json.loads(
+        cli(
+            "show", runs / "weights", "best", "--monitor", "val_loss", "--mode", "max", "--json"
+        ).out
+    )
+    worst = CheckpointManager(runs / "weights").best("val_loss", "max")
+    assert data["checkpoint"]["name"] == worst.name
+
+
 # ---------------------------------------------------------------------------------------- verify
 
 
@@ -276,6 +292,19 @@ def test_verify_reports_a_missing_file(copy_of):
     result = cli("verify", directory, "weights-04.weights.h5")
     assert result.code == 1
     assert "weights-04.weights.h5: missing file" in result.out
+
+
+def test_an_unreadable_record_is_a_warning_for_list_and_damage_for_verify(copy_of):
+    directory = copy_of("weights")
+    record = directory / ".keras_ckpt" / "weights-01.weights.h5.json"
+    record.write_text("{not json")
+    listed = cli("list", directory, "--json")
+    assert listed.code == 0
+    assert len(json.loads(listed.out)["checkpoints"]) == 3
+    assert listed.err.startswith("keras-ckpt: warning: Skipping checkpoint: ")
+    assert str(record) in listed.err
+    verified = cli("verify", directory)
+    assert verified.code == 1 and f"DAMAGED  {record}" in verified.out
 
 
 # ----------------------------------------------------------------------------------------- prune
@@ -315,6 +344,32 @@ def test_prune_keep_every_and_max_total_bytes_match_the_library(copy_of):
     data = json.loads(result.out)
     assert [k["name"] for k in data["kept"]] == expected
     assert names(directory) == expected
+
+
+def test_prune_owner_limits_it_to_one_callbacks_checkpoints(copy_of):
+    directory = copy_of("weights")
+    manager = CheckpointManager(directory)
+    with manager.stage() as folder:
+        staged = os.path.join(folder, "other.weights.h5")
+        shutil.copyfile(directory / "weights-01.weights.h5", staged)
+        manager.commit({"other.weights.h5": staged}, name="other", kind="weights", owner="other")
+    manager.close()
+    mixed = cli("prune", directory, "--keep-last", "1")
+    assert mixed.code == 2 and "2 owners (other, test)" in mixed.err and "--owner" in mixed.err
+    result = cli("prune", directory, "--keep-last", "1", "--owner", "test")
+    assert result.code == 0, result.err
+    assert names(directory) == ["weights-04.weights.h5", "other"]
+
+
+def test_prune_keep_best_mode_max_keeps_the_largest_value(copy_of):
+    directory = copy_of("weights")
+    records = CheckpointManager(directory).checkpoints()
+    worst = max(records, key=lambda r: r.metrics["val_loss"]).name
+    result = cli(
+        "prune", directory, "--keep-best", 1, "--monitor", "val_loss", "--mode", "max", "--json"
+    )
+    kept = {k["name"]: k["reasons"] for k in json.loads(result.out)["kept"]}
+    assert "best 1 by val_loss (max)" in kept[worst]
 
 
 def test_prune_without_a_keep_option_refuses(copy_of):
@@ -436,6 +491,24 @@ def test_plot_an_unknown_metric_is_an_error(runs, tmp_path):
 
 
 # ---------------------------------------------------------------------------- errors and help
+
+
+@pytest.mark.parametrize(
+    ("modules", "args", "extra"),
+    [
+        (("rich", "rich.console"), ("list", "{dir}"), "keras-ckpt[cli]"),
+        (("matplotlib",), ("plot", "{dir}", "-o", "{tmp}/x.png"), "keras-ckpt[plot]"),
+    ],
+)
+def test_a_missing_extra_names_what_to_install(runs, tmp_path, monkeypatch, modules, args, extra):
+    for module in modules:  # None in sys.modules makes `import module` raise ImportError
+        monkeypatch.setitem(sys.modules, module, None)
+    result = cli(*(a.format(dir=runs / "weights", tmp=tmp_path) for a in args))
+    assert result.code == 2 and f"pip install '{extra}'" in result.err
+
+
+def test_version():
+    assert cli("--version").out == f"keras-ckpt {keras_ckpt.__version__}\n"
 
 
 @pytest.mark.parametrize("command", COMMANDS)
