@@ -347,6 +347,11 @@ def test_a_policy_keeps_what_it_kept_once_the_others_are_gone(records, policy):
     assert kept(policy, survivors) == list(range(len(survivors)))
 
 
+def without_fsync():
+    """Retention is what these tests check, not durability: skip the disk flushes (fast)."""
+    return mock.patch("keras_ckpt.storage.os.fsync")
+
+
 class Directory:
     """A real checkpoint directory holding one tiny file per generated record."""
 
@@ -376,7 +381,7 @@ class Directory:
 @MANAGER_SETTINGS
 @given(records=infos.filter(bool), policy=policies)
 def test_prune_never_deletes_the_newest(records, policy):
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, without_fsync():
         directory = Directory(folder, records)
         directory.manager.prune(policy)
         assert directory.names()[-1] == f"ckpt-{len(records) - 1}"
@@ -386,7 +391,7 @@ def test_prune_never_deletes_the_newest(records, policy):
 @MANAGER_SETTINGS
 @given(records=infos, n=st.integers(1, 4), mode=st.sampled_from(["min", "max"]))
 def test_prune_with_keep_best_leaves_the_best_and_the_newest(records, n, mode):
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, without_fsync():
         directory = Directory(folder, records)
         directory.manager.prune(KeepBest(n, monitor="val_loss", mode=mode))
         best = {f"ckpt-{i}" for i in kept(KeepBest(n, "val_loss", mode), records)}
@@ -398,7 +403,7 @@ def test_prune_with_keep_best_leaves_the_best_and_the_newest(records, n, mode):
 @MANAGER_SETTINGS
 @given(records=infos, a=single_policies, b=single_policies)
 def test_prune_with_or_leaves_the_union_of_what_each_keeps(records, a, b):
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, without_fsync():
         directory = Directory(folder, records)
         directory.manager.prune(a | b)
         union = set(kept(a, records)) | set(kept(b, records)) | {len(records) - 1}
@@ -409,7 +414,7 @@ def test_prune_with_or_leaves_the_union_of_what_each_keeps(records, a, b):
 @MANAGER_SETTINGS
 @given(records=infos, policy=policies)
 def test_pruning_twice_deletes_nothing_the_second_time(records, policy):
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, without_fsync():
         directory = Directory(folder, records)
         directory.manager.prune(policy)
         again = directory.manager.prune(policy)
