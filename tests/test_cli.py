@@ -496,7 +496,8 @@ def test_plot_an_unknown_metric_is_an_error(runs, tmp_path):
 @pytest.mark.parametrize(
     ("modules", "args", "extra"),
     [
-        (("rich", "rich.console"), ("list", "{dir}"), "keras-ckpt[cli]"),
+        (("rich", "rich.console", "rich.table"), ("list", "{dir}"), "keras-ckpt[cli]"),
+        (("rich", "rich.console", "rich.table"), ("show", "{dir}", "best"), "keras-ckpt[cli]"),
         (("matplotlib",), ("plot", "{dir}", "-o", "{tmp}/x.png"), "keras-ckpt[plot]"),
     ],
 )

@@ -23,6 +23,7 @@ from keras_ckpt.cli._common import (
     open_manager,
     recorded_monitor,
     resolve,
+    resolve_mode,
     retention_reasons,
 )
 from keras_ckpt.policies import infer_mode
@@ -101,7 +102,7 @@ def sort_records(records: Sequence[Record], key: str) -> list[Record]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
-    records = manager.checkpoints()
+    records = oldest_first = manager.checkpoints()
     why = retention_reasons(manager, records) if args.why else {}
     if args.sort:
         records = sort_records(records, args.sort)
@@ -121,15 +122,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not records:
         print(f"No checkpoints in {args.directory}.")
         return 0
+    out = Printer()
     from rich.table import Table
 
-    out = Printer()
     metric_names = list(dict.fromkeys(m for r in records for m in r.metrics))
-    monitor, _ = recorded_monitor(manager.checkpoints())
+    monitor, mode = recorded_monitor(oldest_first)
     best = None
     if monitor in metric_names:
-        with contextlib.suppress(Exception):
-            best = resolve(manager, "best", None, None).name
+        with contextlib.suppress(CliError):  # the metric's direction is unknown: mark nothing
+            best_record = manager.best(monitor, resolve_mode(monitor, mode))
+            best = best_record.name if best_record is not None else None
     table = Table(title=f"{len(records)} checkpoints in {args.directory}", title_justify="left")
     table.add_column("name", no_wrap=True)
     table.add_column("kind")

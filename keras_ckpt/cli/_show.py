@@ -130,9 +130,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _render(record: Record, info: dict[str, Any], which: str) -> None:
+    out = Printer()
     from rich.table import Table
 
-    out = Printer()
     weights, optimizer = info.get("weights"), info.get("optimizer")
     arch, comp = info.get("architecture"), info.get("compile")
     full = arch is not None
