@@ -265,7 +265,7 @@ def print_table(table: Table, plain: bool = False) -> None:
         rich_table.add_column(column, justify="left" if i == 0 else "right")
     for row in table.rows:
         rich_table.add_row(*row)
-    console = Console(width=max(100, shutil.get_terminal_size((160, 20)).columns))
+    console = Console(width=max(180, shutil.get_terminal_size((180, 20)).columns))
     console.print(rich_table)
     for note in table.notes:
         console.print(f"  {note}", highlight=False, markup=False)
