@@ -126,7 +126,7 @@ class CheckpointManager:
             with self._writer.mutex:
                 records = list(self._writer.records.values())
         else:
-            records, problems = self._scan()
+            records, problems = self._read()
             for source, error in problems:
                 if source not in self._warned:
                     self._warned.add(source)
@@ -180,7 +180,7 @@ class CheckpointManager:
         """
         if name is not None:
             return [self._verify_record(self.get(name))]
-        records, problems = self._scan()
+        records, problems = self._read()
         results = [VerifyResult(source, False, (str(error),)) for source, error in problems]
         results += [self._verify_record(r) for r in sorted(records, key=lambda r: r.sequence)]
         return results
@@ -314,6 +314,30 @@ class CheckpointManager:
         with self.storage.local_path(record.path) as path:
             model.load_weights(path)
         return record
+
+    def _read(self) -> tuple[list[Record], list[tuple[str, Exception]]]:
+        """Records as a reader sees them, with replacements caught half-way settled.
+
+        A writer replacing a checkpoint's files (a fixed path such as `best.keras`) announces the
+        new record in `pending/` first. Until the record itself is written, the file on disk may
+        already be the new one; whichever record matches the files is the checkpoint.
+        """
+        records, problems = self._scan()
+        pending_names = {n.removesuffix(".json") for n in self.storage.list_files(_PENDING)}
+        if not pending_names:
+            return records, problems
+        settled = []
+        for record in records:
+            if record.name in pending_names and not self._verify_record(record).ok:
+                relpath = _pending_path(record.name)
+                try:
+                    pending = Record.from_json(self.storage.read_bytes(relpath), source=relpath)
+                except (RecordFormatError, OSError):
+                    pending = None
+                if pending is not None and self._verify_record(pending).ok:
+                    record = pending
+            settled.append(record)
+        return settled, problems
 
     def _scan(self) -> tuple[list[Record], list[tuple[str, Exception]]]:
         records, problems = [], []
