@@ -117,18 +117,22 @@ class KeepLast(Policy):
 class KeepBest(Policy):
     """Keeps the `n` checkpoints with the best `monitor` value; ties go to the newer one.
 
+    `mode="auto"` (the default) is settled from the name when the policy is built: losses and
+    errors are minimised, accuracy-like metrics maximised; any other name needs an explicit mode.
     Records that lack `monitor` (or hold NaN) are not ranked and so not kept by this policy.
     """
 
     n: int
     monitor: str
-    mode: str = "min"
+    mode: str = "auto"
 
     def __post_init__(self) -> None:
         check_count("n", self.n)
         if not isinstance(self.monitor, str) or not self.monitor:
             raise invalid("monitor", "a metric name", self.monitor)
-        check_choice("mode", self.mode, ("min", "max"))
+        check_choice("mode", self.mode, ("auto", "min", "max"))
+        if self.mode == "auto":
+            object.__setattr__(self, "mode", infer_mode(self.monitor))
 
     def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
         ranked = [

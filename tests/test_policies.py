@@ -209,10 +209,22 @@ def test_keep_best_rejects_a_bad_count(n):
         KeepBest(n, monitor="val_loss")
 
 
-@pytest.mark.parametrize("mode", ["auto", "bogus", "MIN", None])
-def test_keep_best_rejects_a_mode_other_than_min_or_max(mode):
-    with pytest.raises(ValueError, match=r'Expected "min" or "max"\. Received: mode='):
+@pytest.mark.parametrize("mode", ["bogus", "MIN", None])
+def test_keep_best_rejects_an_unknown_mode(mode):
+    with pytest.raises(ValueError, match=r'Expected "auto" or "min" or "max"\. Received: mode='):
         KeepBest(1, monitor="val_loss", mode=mode)
+
+
+@pytest.mark.parametrize(
+    "monitor, mode", [("val_loss", "min"), ("val_accuracy", "max"), ("mae_error", "min")]
+)
+def test_keep_best_auto_mode_is_settled_from_the_name(monitor, mode):
+    assert KeepBest(1, monitor=monitor).mode == mode
+
+
+def test_keep_best_auto_mode_refuses_a_name_it_cannot_judge():
+    with pytest.raises(ValueError, match='Pass mode="min" or mode="max"'):
+        KeepBest(1, monitor="my_custom_metric")
 
 
 @pytest.mark.parametrize("mode", ["min", "max"])
