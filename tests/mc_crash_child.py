@@ -1,6 +1,6 @@
 """Trains forever with ModelCheckpoint saving every step; the test SIGKILLs it mid-save.
 
-Usage: python mc_crash_child.py DIRECTORY
+Usage: python mc_crash_child.py DIRECTORY sync|async
 Two callbacks write into DIRECTORY: `last.keras` (a fixed path, replaced at every step) and
 `step-{batch:04d}-{epoch:03d}.keras` (new names, keep_last=2, so retention deletes while it runs).
 """
@@ -13,6 +13,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -21,21 +22,30 @@ from conftest import build_model  # noqa: E402
 import keras_ckpt  # noqa: E402
 
 
-def main(directory: str) -> None:
+def main(directory: str, mode: str) -> None:
+    async_save = {"sync": False, "async": True}[mode]
     model = build_model()
     x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
     callbacks = [
-        keras_ckpt.ModelCheckpoint(os.path.join(directory, "last.keras"), save_freq=1),
+        keras_ckpt.ModelCheckpoint(os.path.join(directory, "last.keras"), save_freq=1, async_save=async_save),
         keras_ckpt.ModelCheckpoint(
             os.path.join(directory, "step-{batch:04d}-{epoch:03d}.keras"),
             save_freq=1,
             keep_last=2,
+            async_save=async_save,
         ),
     ]
-    print("ready", flush=True)
-    model.fit(x, y, batch_size=32, epochs=1000, callbacks=callbacks, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=1000, callbacks=[*callbacks, Ready()], verbose=0)
+
+
+class Ready(keras.callbacks.Callback):
+    """Tells the test that training (and saving at every step) is under way."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            print("ready", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

@@ -311,19 +311,13 @@ def test_keep_every_n_epochs_keeps_the_milestones(tmp_path, data):
 
 
 def test_max_total_bytes_keeps_the_newest_that_fit(tmp_path, data):
-    size = None
-
-    class Measure(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            nonlocal size
-            size = size or os.path.getsize(tmp_path / "m-1.weights.h5")
-
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.weights.h5"),
-                                    save_weights_only=True, max_total_bytes=10**9)
-    fit(build_model(), data, [cb, Measure()], epochs=1)
-    cb2 = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.weights.h5"),
-                                     save_weights_only=True, max_total_bytes=2 * size + size // 2)
-    fit(build_model(), data, [cb2], epochs=5)
+    template = str(tmp_path / "m-{epoch}.weights.h5")
+    fit(build_model(), data, [keras_ckpt.ModelCheckpoint(template, save_weights_only=True)],
+        epochs=1)
+    size = keras_ckpt.CheckpointManager(tmp_path).latest().size
+    cb = keras_ckpt.ModelCheckpoint(template, save_weights_only=True,
+                                    max_total_bytes=2 * size + size // 2)
+    fit(build_model(), data, [cb], epochs=5)
     assert names(tmp_path) == ["m-4.weights.h5", "m-5.weights.h5"]
 
 
@@ -398,21 +392,104 @@ def test_replacing_a_fixed_path_updates_its_record(tmp_path, data):
     assert manager.verify()[0].ok
 
 
+# ---------------------------------------------------------------- background saving
+
+
+def test_async_saves_hold_the_same_weights_as_sync_saves(tmp_path, data):
+    template = "w-{epoch}-{batch}.weights.h5"
+    callbacks = [
+        keras_ckpt.ModelCheckpoint(str(tmp_path / mode / template), save_weights_only=True,
+                                   save_freq=2, async_save=mode == "async")
+        for mode in ("async", "sync")
+    ]
+    fit(build_model(dropout=0.5), data, callbacks, epochs=2)
+    import h5py
+
+    def datasets(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+        return out
+
+    assert names(tmp_path / "async") == names(tmp_path / "sync") and len(names(tmp_path / "sync")) == 4
+    for name in names(tmp_path / "sync"):
+        ours, theirs = datasets(tmp_path / "async" / name), datasets(tmp_path / "sync" / name)
+        assert sorted(ours) == sorted(theirs)
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+@pytest.mark.parametrize("errno_, message", [(28, "No space left on device"), (13, "Permission denied")])
+def test_a_failed_save_raises_in_fit_and_commits_nothing(tmp_path, data, mocker, async_save, errno_, message):
+    from keras_ckpt.storage import LocalStorage
+
+    real_publish = LocalStorage.publish
+    calls = []
+
+    def publish(self, staged):
+        calls.append(staged)
+        if len(calls) == 2:
+            raise OSError(errno_, message)
+        return real_publish(self, staged)
+
+    mocker.patch.object(LocalStorage, "publish", publish)
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), async_save=async_save)
+    with pytest.raises(OSError, match=message):
+        fit(build_model(), data, [cb], epochs=3)
+    manager = keras_ckpt.CheckpointManager(tmp_path)
+    assert [r.name for r in manager.checkpoints()] == ["m-1.keras"]
+    assert all(r.ok for r in manager.verify())
+
+
+def test_fit_returns_only_after_the_last_async_save_is_committed(tmp_path, data, mocker):
+    from keras_ckpt.storage import LocalStorage
+
+    real_publish = LocalStorage.publish
+
+    def slow_publish(self, staged):
+        time.sleep(0.5)
+        return real_publish(self, staged)
+
+    mocker.patch.object(LocalStorage, "publish", slow_publish)
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), async_save=True)
+    fit(build_model(), data, [cb], epochs=3)
+    records = keras_ckpt.CheckpointManager(tmp_path).checkpoints()
+    assert [r.name for r in records] == ["m-1.keras", "m-2.keras", "m-3.keras"]
+    assert cb._writer.stats.saves == 3
+
+
+def test_wait_until_finished_commits_what_is_in_flight(tmp_path, data):
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            cb.wait_until_finished()
+            committed.append(len(keras_ckpt.CheckpointManager(tmp_path).checkpoints()))
+
+    committed = []
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), async_save=True)
+    fit(build_model(), data, [cb, Probe()], epochs=3)
+    assert committed == [1, 2, 3]
+
+
 # ---------------------------------------------------------------- crash safety
 
 
 def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path):
-    """Kill a training process at random moments while it saves every step, many times."""
+    """Kill a training process at random moments while it saves every step, many times.
+
+    Half the runs save inline, half in the background: both must leave only loadable files.
+    """
     child = os.path.join(os.path.dirname(__file__), "mc_crash_child.py")
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     rng = random.Random(1234)
     kills = 0
     seen_steps = set()
     while kills < 10:
-        proc = subprocess.Popen([sys.executable, child, str(tmp_path)], env=env,
+        mode = ("sync", "async")[kills % 2]
+        proc = subprocess.Popen([sys.executable, child, str(tmp_path), mode], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.2, 0.9))
+        time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1

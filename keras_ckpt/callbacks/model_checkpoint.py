@@ -9,6 +9,7 @@ from typing import Any
 import keras
 
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
+from keras_ckpt import snapshot
 from keras_ckpt.callbacks._monitor import Monitor
 from keras_ckpt.callbacks._naming import format_name, split_filepath, template_fields
 from keras_ckpt.errors import ForeignFileError
@@ -17,6 +18,7 @@ from keras_ckpt.policies import KeepBest, KeepEvery, KeepLast, MaxTotalBytes, Po
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_replaying
+from keras_ckpt.writer import Writer
 
 __all__ = ["ModelCheckpoint"]
 
@@ -61,6 +63,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
         keep_every_n_epochs: Keep the first checkpoint of every n-th epoch.
         max_total_bytes: Keep the newest checkpoints that fit in this many bytes.
         retention: A `keras_ckpt.policies` policy instead of the `keep_*` arguments.
+        async_save: Write in a background thread: training pauses only to copy the state to
+            host memory, and `fit` returns after the last save is committed. An error in the
+            background is raised at the next batch or epoch end. Defaults to `True`.
 
     The `keep_*` arguments keep the union of what each keeps, and the newest checkpoint is always
     kept. With none of them (and no `retention`), nothing is deleted, as in Keras.
@@ -98,6 +103,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         keep_every_n_epochs: int | None = None,
         max_total_bytes: int | None = None,
         retention: Policy | None = None,
+        async_save: bool = True,
     ):
         super().__init__()
         self.directory, self.template = split_filepath(filepath)
@@ -128,6 +134,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
                 f"Received: retention={retention!r} and {given}"
             )
         self._retention = retention
+        self.async_save = check_bool("async_save", async_save)
+        self._writer = Writer(background=self.async_save)
         self._check_conflicts()
         self.manager = CheckpointManager(self.directory)
         self._owner = f"ModelCheckpoint:{self.template}"
@@ -236,12 +244,14 @@ class ModelCheckpoint(keras.callbacks.Callback):
                 ) from None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._writer.check()
         self._progress.begin_epoch(epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # `_model`, not `model`: on JAX the property syncs all variables, too slow per batch.
         if is_replaying(self._model):
             return
+        self._writer.check()
         self._progress.end_batch(batch)
         if self._schedule.needs_batch_hooks and self._schedule.due_after_batch(
             self._progress.global_step
@@ -249,6 +259,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._save(self._progress.epoch, batch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._writer.check()
         steps_in_epoch = self._progress.step
         self._progress.end_epoch(epoch)
         if self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step):
@@ -262,8 +273,13 @@ class ModelCheckpoint(keras.callbacks.Callback):
                 step = self._progress.step
                 epoch = self._progress.epoch - (0 if step else 1)
                 self._save(max(epoch, 0), step - 1 if step else None, logs)
+            self._writer.wait()
         finally:
             self.manager.close()
+
+    def wait_until_finished(self) -> None:
+        """Blocks until the last save is committed; raises its error if it failed."""
+        self._writer.wait()
 
     # --------------------------------------------------------------- saving
 
@@ -275,24 +291,46 @@ class ModelCheckpoint(keras.callbacks.Callback):
             return
         if self.verbose and not self.save_best_only:
             print(f"\nEpoch {epoch_index + 1}: saving model to {display}")
+        fields = {
+            "name": name,
+            "kind": "weights" if self.save_weights_only else "model",
+            "epoch": self._progress.epoch,
+            "step": self._progress.step,
+            "global_step": self._progress.global_step,
+            "metrics": clean_metrics(logs),
+            "owner": self._owner,
+            "owner_state": self._owner_state(),
+        }
+        self._last_saved_step = self._progress.global_step
+        if self.async_save:
+            self._writer.run(
+                lambda: snapshot.take(self.model, weights_only=self.save_weights_only),
+                lambda snap: self._commit(snap, fields, epoch_index, display),
+            )
+        else:
+            self._writer.run(lambda: None, lambda _: self._commit(None, fields, epoch_index, display))
+
+    def _commit(
+        self,
+        snap: snapshot.Snapshot | None,
+        fields: dict[str, Any],
+        epoch_index: int,
+        display: str,
+    ) -> None:
+        """Writes the file (from `snap`, or from the live model when saving inline) and commits it."""
+        name = fields["name"]
         with self.manager.stage() as folder:
             staged = os.path.join(folder, name)
-            if self.save_weights_only:
+            if snap is not None:
+                try:
+                    snapshot.write(snap, staged)
+                finally:
+                    snap.discard()
+            elif self.save_weights_only:
                 self.model.save_weights(staged, overwrite=True)
             else:
                 self.model.save(staged, overwrite=True)
-            self.manager.commit(
-                {name: staged},
-                name=name,
-                kind="weights" if self.save_weights_only else "model",
-                epoch=self._progress.epoch,
-                step=self._progress.step,
-                global_step=self._progress.global_step,
-                metrics=clean_metrics(logs),
-                owner=self._owner,
-                owner_state=self._owner_state(),
-            )
-        self._last_saved_step = self._progress.global_step
+            self.manager.commit({name: staged}, **fields)
         if self.verbose:
             print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
         policy = self.retention_policy()

@@ -1,0 +1,133 @@
+"""Host snapshots of a model, written later as the same files `model.save`/`save_weights` write.
+
+Background saving needs the state frozen at one step while training goes on. `take` runs Keras's
+own saving walk (`saving_lib._save_state`) on the training thread into a store that only copies each
+variable to host memory; `write_*` replays those copies into Keras's real `H5IOStore`, in any thread.
+The files are Keras's own format, written by Keras's own code, so plain Keras loads them.
+
+This and `state.py` are the modules that touch private Keras APIs (`keras.src.saving.saving_lib`);
+`tests/test_snapshot.py` pins each one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from keras.src import backend
+from keras.src.saving import saving_lib
+
+__all__ = ["Snapshot", "take", "write"]
+
+
+class _RecordingStore(saving_lib.H5IOStore):
+    """Accepts what layers save and keeps host copies, in order; writes nothing."""
+
+    def __init__(self) -> None:  # no file: the parent's __init__ would open one
+        self.mode = "w"
+        self.ops: list[tuple[str, Any, Any]] = []
+
+    def __bool__(self) -> bool:
+        return True
+
+    def make(self, path: str, metadata: dict[str, Any] | None = None) -> _RecordingStore:
+        self.ops.append(("make", path, dict(metadata) if metadata else None))
+        return self
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        array = np.array(backend.convert_to_numpy(value), copy=True)
+        self.ops.append(("set", key, array))
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Snapshot:
+    """A model's savable state at one moment, in host memory.
+
+    Attributes:
+        weights_only: True for a `.weights.h5` file, False for a `.keras` file.
+        ops: Keras's saving calls, in order, with host copies of every variable.
+        config_json, metadata_json: The `.keras` file's JSON members (full models only).
+        assets_dir: Local folder of saved assets (full models with assets only).
+    """
+
+    weights_only: bool
+    ops: list[tuple[str, Any, Any]]
+    config_json: str = ""
+    metadata_json: str = ""
+    assets_dir: str | None = None
+    nbytes: int = field(default=0)
+
+    def discard(self) -> None:
+        """Frees the temporary assets folder (the arrays go with the object)."""
+        if self.assets_dir:
+            shutil.rmtree(os.path.dirname(self.assets_dir), ignore_errors=True)
+            self.assets_dir = None
+
+
+def take(model: Any, *, weights_only: bool) -> Snapshot:
+    """Copies everything `model.save` (or `save_weights`) would write, to host memory."""
+    store = _RecordingStore()
+    assets = None if weights_only else saving_lib.DiskIOStore("assets", mode="w")
+    try:
+        saving_lib._save_state(
+            model,
+            weights_store=store,
+            assets_store=assets,
+            inner_path="",
+            visited_saveables=set(),
+        )
+        config_json, metadata_json = ("", "")
+        if not weights_only:
+            config_json, metadata_json = saving_lib._serialize_model_as_json(model)
+    except BaseException:
+        if assets is not None:
+            assets.close()  # removes its temporary folder
+        raise
+    assets_dir = None
+    if assets is not None:
+        if any(os.scandir(assets.working_dir)):
+            assets_dir = assets.working_dir  # kept until the snapshot is written
+        else:
+            assets.close()
+    nbytes = sum(op[2].nbytes for op in store.ops if op[0] == "set")
+    return Snapshot(weights_only, store.ops, config_json, metadata_json, assets_dir, nbytes)
+
+
+def _replay(ops: list[tuple[str, Any, Any]], store: saving_lib.H5IOStore) -> None:
+    for kind, a, b in ops:
+        if kind == "make":
+            store.make(a, metadata=b)
+        else:
+            store[a] = b
+
+
+def write(snapshot: Snapshot, path: str) -> None:
+    """Writes `snapshot` to a local `path` as Keras would (`.keras` zip or `.weights.h5`)."""
+    if snapshot.weights_only:
+        store = saving_lib.H5IOStore(path, mode="w")
+        try:
+            _replay(snapshot.ops, store)
+        finally:
+            store.close()
+        return
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(saving_lib._METADATA_FILENAME, snapshot.metadata_json)
+        archive.writestr(saving_lib._CONFIG_FILENAME, snapshot.config_json)
+        store = saving_lib.H5IOStore(saving_lib._VARS_FNAME_H5, archive=archive, mode="w")
+        try:
+            _replay(snapshot.ops, store)
+        finally:
+            store.close()
+        if snapshot.assets_dir:
+            for root, _, files in os.walk(snapshot.assets_dir):
+                for name in files:
+                    full = os.path.join(root, name)
+                    relative = os.path.relpath(full, snapshot.assets_dir).replace(os.sep, "/")
+                    archive.write(full, f"{saving_lib._ASSETS_DIRNAME}/{relative}")

@@ -1,0 +1,78 @@
+"""Runs saves inline or on one background thread, never losing an error.
+
+`run(prepare, write)` calls `prepare()` on the calling (training) thread, the only part that blocks
+training, and `write(prepared)` inline or in the background. At most one save is in flight: a new
+one first waits for the last, so at most one extra copy of the state exists. An error raised in the
+background is raised again on the training thread by the next `run`, `check` or `wait`.
+Background threads are not daemons: the interpreter waits for a save under way before it exits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Writer", "WriterStats"]
+
+
+@dataclass
+class WriterStats:
+    """How often the training thread had to wait for the previous background save."""
+
+    saves: int = 0
+    waits: int = 0
+    waited_seconds: float = 0.0
+
+
+class Writer:
+    """Inline (`background=False`) or single-thread background execution of saves."""
+
+    def __init__(self, background: bool, name: str = "keras-ckpt-writer"):
+        self.background = background
+        self.name = name
+        self.stats = WriterStats()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def run(self, prepare: Callable[[], Any], write: Callable[[Any], None]) -> None:
+        self.wait()
+        prepared = prepare()
+        self.stats.saves += 1
+        if not self.background:
+            write(prepared)
+            return
+        self._thread = threading.Thread(
+            target=self._work, args=(write, prepared), name=self.name, daemon=False
+        )
+        self._thread.start()
+
+    def _work(self, write: Callable[[Any], None], prepared: Any) -> None:
+        try:
+            write(prepared)
+        except BaseException as e:  # kept for the training thread, never lost
+            self._error = e
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Blocks until the save in flight is committed; raises its error, if any."""
+        thread = self._thread
+        if thread is not None:
+            if thread.is_alive():
+                start = time.perf_counter()
+                thread.join()
+                self.stats.waits += 1
+                self.stats.waited_seconds += time.perf_counter() - start
+            self._thread = None
+        self.check()
+
+    def check(self) -> None:
+        """Raises the error of a finished background save, once."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
