@@ -1,7 +1,7 @@
-"""Shared pieces of the benchmark suite: the model, timing statistics, tables and the environment.
+"""Shared pieces of the benchmarks: the model, timing statistics, tables and the environment.
 
-Nothing here is timed itself. The sections (`saving`, `resume`, `listing`, `profile_save`) build on it
-and `run.py` ties them together.
+Nothing here is timed itself. The sections (`saving`, `resume`, `listing`, `profile_save`) build
+on it and `run.py` ties them together.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ INPUT_DIM = 128
 OUTPUT_DIM = 10
 HIDDEN_LAYERS = 4
 BATCH_SIZE = 16
-STEPS_PER_EPOCH = 2
+STEPS_PER_EPOCH = 8
 
 
 def parse_size(text: str) -> int:
@@ -74,12 +74,12 @@ def build_model(params: int, seed: int = 0) -> Any:
     return model
 
 
-def training_data(seed: int = 0) -> tuple[Any, Any]:
-    """Random inputs for STEPS_PER_EPOCH batches: the training part of a fit stays short."""
+def training_data(steps: int = STEPS_PER_EPOCH, seed: int = 0) -> tuple[Any, Any]:
+    """Random inputs for `steps` batches per epoch: one epoch is the training between two saves."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    n = BATCH_SIZE * STEPS_PER_EPOCH
+    n = BATCH_SIZE * steps
     x = rng.standard_normal((n, INPUT_DIM), dtype=np.float32)
     y = rng.standard_normal((n, OUTPUT_DIM), dtype=np.float32)
     return x, y
@@ -173,7 +173,8 @@ def ratio_cell(numerator: Stat, denominator: Stat, paired: bool = True) -> tuple
     data: dict[str, Any] = {"ratio_of_medians": value}
     text = fmt(value, "x")
     if paired and len(numerator.samples) == len(denominator.samples) > 1:
-        per_rep = [a / b for a, b in zip(numerator.samples, denominator.samples) if b > 0]
+        pairs = zip(numerator.samples, denominator.samples, strict=True)
+        per_rep = [a / b for a, b in pairs if b > 0]
         if per_rep:
             data["per_rep"] = per_rep
             text += f" ({min(per_rep):.2f}-{max(per_rep):.2f})"
@@ -276,7 +277,8 @@ def plain_text(table: Table) -> str:
     """The table as Markdown (what the README shows)."""
     lines = [f"### {table.title}", ""]
     lines.append("| " + " | ".join(table.columns) + " |")
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|")
+    aligns = ["---" if i == 0 else "---:" for i in range(len(table.columns))]
+    lines.append("|" + "|".join(aligns) + "|")
     for row in table.rows:
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")

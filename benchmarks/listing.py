@@ -23,8 +23,7 @@ format written by the real code. For each count N (10, 1,000, 10,000):
 - open for writing: a fresh manager's `open_for_writing()` (lock and recovery scan), what each
   callback pays in `on_train_begin`.
 - prune (dry run): a fresh manager deciding `KeepLast(3) | KeepBest(3, "val_loss")`, scan included.
-- prune (delete): deleting the oldest `min(10, N // 2)` checkpoints, once (it is destructive);
-  reported per deleted checkpoint.
+- prune (delete): deleting the oldest `min(10, N // 2)` checkpoints, once (it is destructive).
 
 The "per checkpoint" column divides by N; linear means it stays flat as N grows.
 
@@ -38,6 +37,7 @@ import os
 import random
 import statistics
 import time
+from functools import partial
 from typing import Any
 from unittest import mock
 
@@ -113,6 +113,26 @@ def _commit_many(manager: Any, count: int) -> list[float]:
     return commit_times
 
 
+def _list(directory: str) -> list[Any]:
+    from keras_ckpt import CheckpointManager
+
+    return CheckpointManager(directory).checkpoints()
+
+
+def _open_and_close(directory: str) -> None:
+    from keras_ckpt import CheckpointManager
+
+    manager = CheckpointManager(directory)
+    manager.open_for_writing()
+    manager.close()
+
+
+def _dry_prune(directory: str, policy: Any) -> Any:
+    from keras_ckpt import CheckpointManager
+
+    return CheckpointManager(directory).prune(policy, dry_run=True)
+
+
 def run(
     root: str,
     counts: tuple[int, ...] = DEFAULT_COUNTS,
@@ -142,27 +162,18 @@ def run(
         build_wall = time.perf_counter() - start
 
         listing, opening, dry_prune = Stat(), Stat(), Stat()
+        policy = KeepLast(3) | KeepBest(3, "val_loss")
         for _ in range(reps):
-            seconds, records = timed(lambda: CheckpointManager(directory).checkpoints())
+            seconds, records = timed(partial(_list, directory))
             assert len(records) == count, (len(records), count)
             listing.add(seconds)
-
-            def open_and_close() -> None:
-                manager = CheckpointManager(directory)
-                manager.open_for_writing()
-                manager.close()
-
-            opening.add(timed(open_and_close)[0])
-            policy = KeepLast(3) | KeepBest(3, "val_loss")
-            dry_prune.add(
-                timed(lambda: CheckpointManager(directory).prune(policy, dry_run=True))[0]
-            )
+            opening.add(timed(partial(_open_and_close, directory))[0])
+            dry_prune.add(timed(partial(_dry_prune, directory, policy))[0])
         doomed = min(10, count // 2)
         with CheckpointManager(directory) as manager:
             manager.open_for_writing()
-            seconds, result = timed(lambda: manager.prune(KeepLast(count - doomed)))
+            seconds, result = timed(partial(manager.prune, KeepLast(count - doomed)))
         assert len(result.deleted) == doomed, (len(result.deleted), doomed)
-        delete_each = seconds / doomed
 
         first = last = commit_total = None
         if commit_times:
@@ -185,14 +196,20 @@ def run(
             )
         table.add("list (fresh manager)", f"{count:,}", listing.cell(), fmt(listing.median / count))
         table.add(
-            "open for writing (lock + scan)", f"{count:,}", opening.cell(),
+            "open for writing (lock + scan)",
+            f"{count:,}",
+            opening.cell(),
             fmt(opening.median / count),
         )
         table.add(
-            "prune dry run (scan + policy)", f"{count:,}", dry_prune.cell(),
+            "prune dry run (scan + policy)",
+            f"{count:,}",
+            dry_prune.cell(),
             fmt(dry_prune.median / count),
         )
-        table.add(f"prune deleting {doomed}", f"{count:,}", fmt(seconds), f"{fmt(delete_each)} each")
+        table.add(
+            f"prune deleting the oldest {doomed}", f"{count:,}", fmt(seconds), fmt(seconds / count)
+        )
         per_item_list[count] = listing.median / count
         results[str(count)] = {
             "build": build,

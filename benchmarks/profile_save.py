@@ -6,11 +6,13 @@ imports, h5py setup). pyinstrument samples the Python stack every millisecond; e
 charged to the innermost frame that belongs to a category below, so time inside h5py called from
 Keras's saving code counts as h5py, an `os.fsync` inside `seal_file` counts as fsync, and so on:
 
-- write() syscalls: the bytes going into the page cache (h5py writes into the `.keras` zip entry
-  through `zipfile`, so this is where the data lands), and zipfile's own zlib.crc32 of every byte
+- h5 bytes into BytesIO: for `.keras`, Keras has h5py write the weights file into an
+  `io.BytesIO` (growing, so copied more than once), then copies it into the zip
+- write() to the file: the bytes going into the page cache; zipfile's own zlib.crc32 of every byte
 - h5py / zip archive: their Python and library overhead around those writes
 - keras saving: Keras's own Python (config JSON, walking layers, `saving_lib`)
-- tf -> numpy and host copy: reading variable values into NumPy arrays
+- variables -> NumPy: Keras reading each variable's value into a NumPy array (`convert_to_numpy`)
+- host copy: keras-ckpt's snapshot (only in async saves; a sync save writes from the live model)
 - read file back / crc32c: `seal_file` reading the file again and computing its crc32c
 - fsync, rename, record, staging: the rest of the commit protocol
 
@@ -33,24 +35,27 @@ CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
     ("crc32c (checksum)", lambda fn, path: "crc32c" in path or fn == "update"),
     ("zlib.crc32 (zipfile's own)", lambda fn, path: fn == "crc32"),
     ("read file back (checksum pass)", lambda fn, path: fn in ("read", "readinto")),
-    ("write() syscalls (to page cache)", lambda fn, path: fn in ("write", "pwrite")),
+    ("h5 bytes into an in-memory BytesIO", lambda fn, path: fn.startswith("BytesIO.")),
+    ("write() to the file (page cache)", lambda fn, path: fn.rsplit(".", 1)[-1] == "write"),
     ("rename (os.replace)", lambda fn, path: fn == "replace"),
     ("record JSON + write", lambda fn, path: fn in ("to_json", "write_atomic")),
     ("staging folder (mkdir, rmtree)", lambda fn, path: fn in ("staging", "rmtree", "makedirs")),
     ("zip archive (zipfile python)", lambda fn, path: "zipfile" in path),
     ("h5py (python + HDF5)", lambda fn, path: "/h5py/" in path),
-    ("tf -> numpy (variable reads)", lambda fn, path: "tensorflow" in path or fn == "numpy"),
-    ("host copy (np.array in keras_ckpt.snapshot)",
-     lambda fn, path: "snapshot" in path or fn == "array"),
+    ("host copy (keras_ckpt.snapshot)", lambda fn, path: "keras_ckpt/snapshot" in path),
+    (
+        "variables -> NumPy (TF reads, np.array)",
+        lambda fn, path: "tensorflow" in path or fn in ("numpy", "array", "convert_to_numpy"),
+    ),
     ("keras saving (python)", lambda fn, path: "/keras/" in path),
     ("keras-ckpt (other)", lambda fn, path: "keras_ckpt" in path),
 ]
 
 
 def _category(function: str, path: str) -> str | None:
-    function = function.rsplit(".", 1)[-1]  # "FileIO.read" -> "read"
+    short = function.rsplit(".", 1)[-1]  # "FileIO.read" -> "read"
     for name, test in CATEGORIES:
-        if test(function, path):
+        if test(function, path) or test(short, path):
             return name
     return None
 
@@ -65,8 +70,13 @@ def _attribute(frame: Any, inherited: str, totals: dict[str, float]) -> None:
         _attribute(child, own, totals)
 
 
-def run(model: Any, root: str, label: str, out_dir: str | None = None,
-        log: Callable[[str], None] = print) -> Table:
+def run(
+    model: Any,
+    root: str,
+    label: str,
+    out_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Table:
     from pyinstrument import Profiler
 
     import keras_ckpt
@@ -96,7 +106,7 @@ def run(model: Any, root: str, label: str, out_dir: str | None = None,
     root_frame = session.root_frame()
     _attribute(root_frame, "other", totals)
     total = sum(totals.values())
-    text = profiler.output_text(unicode=False, color=False, show_all=False)
+    text = profiler.output_text(unicode=False, color=False, show_all=True)
     target_dir = out_dir or root
     os.makedirs(target_dir, exist_ok=True)
     tree_path = os.path.join(target_dir, f"profile-sync-save-{label}.txt")

@@ -1,4 +1,4 @@
-"""Resume time: loading a checkpoint back through keras-ckpt against plain Keras, same files, same run.
+"""Resume time: loading through keras-ckpt against plain Keras, same files, same run.
 
 Pairs, each timed `reps` times with the order rotating between repetitions:
 
@@ -19,7 +19,6 @@ both sides pay the same read and the ratio shrinks.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import time
@@ -35,7 +34,6 @@ def _prepare(model: Any, x: Any, y: Any, root: str) -> dict[str, str]:
     import keras
 
     import keras_ckpt
-
     from benchmarks.saving import _fit, sync_kwargs
 
     paths = {
@@ -64,20 +62,29 @@ def _prepare(model: Any, x: Any, y: Any, root: str) -> dict[str, str]:
             ),
         )
         _fit(
-            model, x, y, 1,
+            model,
+            x,
+            y,
+            1,
             keras_ckpt.ModelCheckpoint(
                 os.path.join(paths["ours_model"], "m-{epoch:03d}.keras"),
                 **sync_kwargs(keras_ckpt.ModelCheckpoint),
             ),
         )
         _fit(
-            model, x, y, 1,
+            model,
+            x,
+            y,
+            1,
             keras.callbacks.BackupAndRestore(paths["keras_backup"], delete_checkpoint=False),
         )
         backup = getattr(keras_ckpt, "BackupAndRestore", None)
         if backup is not None:
             _fit(
-                model, x, y, 1,
+                model,
+                x,
+                y,
+                1,
                 backup(paths["ours_backup"], delete_checkpoint=False, **sync_kwargs(backup)),
             )
     settle()
@@ -142,8 +149,9 @@ def run(
                 "backup",
                 "keras BackupAndRestore.on_train_begin",
                 lambda: _backup_resume(
-                    keras.callbacks.BackupAndRestore(paths["keras_backup"],
-                                                     delete_checkpoint=False),
+                    keras.callbacks.BackupAndRestore(
+                        paths["keras_backup"], delete_checkpoint=False
+                    ),
                     target,
                 )(),
                 "keras-ckpt BackupAndRestore.on_train_begin",
@@ -182,26 +190,30 @@ def run(
                 start = time.perf_counter()
                 fn()
                 stats[name].add(time.perf_counter() - start)
-    with contextlib.suppress(AttributeError):
-        target._initial_epoch = None  # BackupAndRestore sets it; harmless here, tidy anyway
-    del target
     settle(root)
 
     table = Table(
         title=f"Resume time, {label} model, {reps} repetitions (files in page cache)",
-        columns=["what", "Keras", "time median (min-max)", "keras-ckpt", "time median (min-max)",
-                 "keras-ckpt / Keras"],
+        columns=[
+            "what",
+            "Keras",
+            "time median (min-max)",
+            "keras-ckpt",
+            "time median (min-max)",
+            "keras-ckpt / Keras",
+        ],
     )
     data: dict[str, Any] = {}
     for what, keras_name, _, ours_name, _ in pairs:
         ratio, ratio_data = ratio_cell(stats[ours_name], stats[keras_name])
-        table.add(what, keras_name, stats[keras_name].cell(), ours_name, stats[ours_name].cell(),
-                  ratio)
+        table.add(
+            what, keras_name, stats[keras_name].cell(), ours_name, stats[ours_name].cell(), ratio
+        )
         data[what] = {
             "keras": {"name": keras_name, **stats[keras_name].to_json()},
             "ours": {"name": ours_name, **stats[ours_name].to_json()},
             "ratio": ratio_data,
         }
     table.notes += notes
-    table.data = data
+    table.data = {"model": label, "pairs": data}
     return table
