@@ -56,61 +56,80 @@ def assert_same(reference, resumed, context):
     )
 
 
+def _pick(seed, kills):
+    return sorted(random.Random(seed).sample(range(1, STEPS + 1), kills))
+
+
+# name: (input, save_freq, [(step, signal), ...] sent before the final, uninterrupted run).
+# SIGKILL steps are random (seeded, so a failure reproduces); None marks a reference run.
+SCENARIOS = {
+    "ref-numpy": ("numpy", None, []),
+    "ref-tfdata": ("tfdata", None, []),
+    "ref-pydataset": ("pydataset", None, []),
+    "numpy-int-2kills": ("numpy", "3", [(s, signal.SIGKILL) for s in _pick(2, 2)]),
+    "numpy-epoch-1kill": ("numpy", "epoch", [(s, signal.SIGKILL) for s in _pick(3, 1)]),
+    "numpy-epoch-2kills": ("numpy", "epoch", [(s, signal.SIGKILL) for s in _pick(4, 2)]),
+    "tfdata-int-1kill": ("tfdata", "4", [(s, signal.SIGKILL) for s in _pick(5, 1)]),
+    "pydataset-epoch-1kill": ("pydataset", "epoch", [(s, signal.SIGKILL) for s in _pick(6, 1)]),
+    "sigterm": ("numpy", "5", [(8, signal.SIGTERM)]),
+    "sigint": ("numpy", "5", [(15, signal.SIGINT)]),
+}
+
+
+def _run_scenario(root, name):
+    kind, save_freq, interruptions = SCENARIOS[name]
+    folder = root / name
+    folder.mkdir()
+    args = ["--input", kind]
+    args += ["--no-backup"] if save_freq is None else ["--save-freq", save_freq]
+    runs = []
+    for step, signum in interruptions:
+        code, out, err = run_child(
+            folder / "b", folder / "x.npz", *args, signal_at=step, signum=signum
+        )
+        latest = keras_ckpt.CheckpointManager(folder / "b").latest(owner=OWNER)
+        runs.append((code, out, err, latest))
+    code, out, err = run_child(folder / "b", folder / "out.npz", *args)
+    runs.append((code, out, err, None))
+    return runs, folder / "out.npz"
+
+
 @pytest.fixture(scope="module")
-def references(tmp_path_factory):
-    """Final weights of uninterrupted runs (no BackupAndRestore at all), per input type."""
-    root = tmp_path_factory.mktemp("references")
-
-    def one(kind):
-        out = root / f"{kind}.npz"
-        code, _, err = run_child(root / kind, out, "--input", kind, "--no-backup")
-        assert code == 0, err
-        return kind, out
-
-    with ThreadPoolExecutor(3) as pool:
-        return dict(pool.map(one, ["numpy", "tfdata", "pydataset"]))
+def outcomes(tmp_path_factory):
+    """Every subprocess scenario, run two at a time (the machine has 2 cores)."""
+    root = tmp_path_factory.mktemp("scenarios")
+    pool = ThreadPoolExecutor(2)
+    futures = {name: pool.submit(_run_scenario, root, name) for name in SCENARIOS}
+    yield lambda name: futures[name].result()
+    pool.shutdown(cancel_futures=True)
 
 
-# (input, save_freq, trial seed, number of SIGKILLs before the final run)
-TRIALS = [
-    ("numpy", "3", 1, 1),
-    ("numpy", "3", 2, 2),
-    ("numpy", "epoch", 3, 1),
-    ("numpy", "epoch", 4, 2),
-    ("tfdata", "4", 5, 1),
-    ("pydataset", "5", 6, 1),
-]
+def _final(outcomes, name):
+    runs, out = outcomes(name)
+    code, _, err, _ = runs[-1]
+    assert code == 0, err
+    reference_runs, reference = outcomes(f"ref-{SCENARIOS[name][0]}")
+    assert reference_runs[-1][0] == 0, reference_runs[-1][2]
+    return runs, out, reference
 
 
-@pytest.mark.parametrize("kind,save_freq,seed,kills", TRIALS)
-def test_sigkill_at_random_steps_resumes_bit_identical(
-    tmp_path, references, kind, save_freq, seed, kills
-):
-    steps = sorted(random.Random(seed).sample(range(1, STEPS + 1), kills))
-    args = ["--input", kind, "--save-freq", save_freq]
-    for step in steps:
-        code, _, err = run_child(tmp_path / "b", tmp_path / "x.npz", *args, signal_at=step)
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if "kill" in n])
+def test_sigkill_at_random_steps_resumes_bit_identical(outcomes, name):
+    runs, out, reference = _final(outcomes, name)
+    for code, _, err, _ in runs[:-1]:
         assert code == -signal.SIGKILL, err
-    code, _, err = run_child(tmp_path / "b", tmp_path / "out.npz", *args)
-    assert code == 0, err
-    assert_same(references[kind], tmp_path / "out.npz", f"{kind} save_freq={save_freq} {steps}")
+    assert_same(reference, out, f"{name} killed at {[s for s, _ in SCENARIOS[name][2]]}")
 
 
-@pytest.mark.parametrize("signum,step", [(signal.SIGTERM, 8), (signal.SIGINT, 15)])
-def test_signal_backs_up_at_next_step_stops_cleanly_and_resumes_exactly(
-    tmp_path, references, signum, step
-):
-    args = ["--save-freq", "5", "--input", "numpy"]
-    code, out, err = run_child(
-        tmp_path / "b", tmp_path / "x.npz", *args, signal_at=step, signum=signum
-    )
+@pytest.mark.parametrize("name", ["sigterm", "sigint"])
+def test_signal_backs_up_at_next_step_stops_cleanly_and_resumes_exactly(outcomes, name):
+    runs, out, reference = _final(outcomes, name)
+    ((step, signum),) = SCENARIOS[name][2]
+    code, stdout, err, latest = runs[0]
     assert code == 0, err
-    assert f"INTERRUPTED {int(signum)}" in out
-    latest = keras_ckpt.CheckpointManager(tmp_path / "b").latest(owner=OWNER)
+    assert f"INTERRUPTED {int(signum)}" in stdout
     assert (latest.global_step, latest.epoch, latest.step) == (step, step // 6, step % 6)
-    code, _, err = run_child(tmp_path / "b", tmp_path / "out.npz", *args)
-    assert code == 0, err
-    assert_same(references["numpy"], tmp_path / "out.npz", f"{signum!r} at {step}")
+    assert_same(reference, out, f"{name} at {step}")
 
 
 # ---------------------------------------------------------------- in-process behaviour
