@@ -6,12 +6,32 @@ of interrupted training, as drop-in callbacks for `model.fit`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from keras_ckpt import errors, policies
-from keras_ckpt.callbacks import BackupAndRestore, ModelCheckpoint
 from keras_ckpt.manager import CheckpointManager, KeptCheckpoint, PruneResult, VerifyResult
 from keras_ckpt.records import FileEntry, Record
 
+if TYPE_CHECKING:
+    from keras_ckpt.callbacks import BackupAndRestore, ModelCheckpoint
+
 __version__ = "0.1.0"
+
+_CALLBACKS = ("BackupAndRestore", "ModelCheckpoint")
+
+
+def __getattr__(name: str) -> Any:
+    # The callbacks import Keras (and its backend, seconds for TensorFlow); the manager, the
+    # policies and the CLI's `list`/`verify` do not need it, so it loads on first use.
+    if name in _CALLBACKS:
+        from keras_ckpt import callbacks
+
+        return getattr(callbacks, name)
+    raise AttributeError(f"module 'keras_ckpt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "BackupAndRestore",
