@@ -56,6 +56,14 @@ class Progress:
     def end_epoch(self, epoch_index: int) -> None:
         self.epoch, self.step = epoch_index + 1, 0
 
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.global_step = int(state["global_step"])
+
 
 @dataclass
 class Schedule:
@@ -126,11 +134,3 @@ class Schedule:
     def set_state(self, state: dict[str, Any]) -> None:
         self._last_step = int(state.get("last_step", self._last_step))
         self._last_time = self.clock()
-
-    def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        self.global_step = int(state["global_step"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -504,3 +505,16 @@ def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path
         seen_steps.update(r.global_step for r in records)
     assert (tmp_path / "last.keras").exists()
     assert len(seen_steps) > 3  # the kills really fell among saves
+
+
+def test_checkpoint_state_round_trip_for_resume(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b-{epoch}-{batch}.keras"), monitor="loss",
+                                    save_best_only=True, save_freq=3)
+    fit(build_model(), data, [cb], epochs=2)
+    state = cb.get_checkpoint_state()
+    assert state["progress"] == {"epoch": 2, "step": 0, "global_step": 8}
+    restored = keras_ckpt.ModelCheckpoint(str(tmp_path / "b-{epoch}-{batch}.keras"),
+                                          monitor="loss", save_best_only=True, save_freq=3)
+    restored.set_checkpoint_state(json.loads(json.dumps(state)))  # survives JSON
+    assert restored.get_checkpoint_state() == state
+    assert restored.best == cb.best
