@@ -8,7 +8,7 @@ EXTRAS := test,cli,plot,remote,tensorflow-cpu,dev
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo quickstart lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
+	$(PY) examples/resume_demo.py
+
+quickstart: $(STAMP)
 	$(PY) examples/quickstart.py
 
 lint: $(STAMP)
