@@ -1,0 +1,151 @@
+"""Which process of a multi-worker job writes checkpoints: the chief, and only the chief.
+
+In data-parallel training every process holds the same variables, so one copy on disk is enough and
+two writers would corrupt each other's records and retention. Both callbacks ask `is_chief(model)`
+before they lock, stage, commit, prune or delete; every process still reads the same backup when
+it resumes (reading takes no lock).
+
+How the chief is found, per Keras backend:
+
+- TensorFlow: the cluster resolver of the model's `tf.distribute` strategy
+  (`MultiWorkerMirroredStrategy`), else the `TF_CONFIG` environment variable. The task of type
+  `"chief"` is the chief; without one, `"worker"` 0 is. `"evaluator"` and `"ps"` tasks never are.
+- JAX: `jax.process_index() == 0`; `keras.distribution.initialize(...)` numbers the processes.
+- PyTorch: rank 0 of `torch.distributed` if it is initialised, else the `RANK` variable `torchrun`
+  sets.
+
+A single process, without any of these, is its own chief.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+__all__ = ["is_chief", "worker_id"]
+
+_TRAINING_TASKS = ("chief", "worker")
+
+
+def is_chief(model: Any = None) -> bool:
+    """True in the one process that writes checkpoints (always True outside multi-worker jobs).
+
+    Args:
+        model: The model being trained. On TensorFlow its `distribute_strategy` names the cluster;
+            without it, the strategy in scope or `TF_CONFIG` does.
+    """
+    task_type, task_id, cluster = _task(model)
+    if task_type not in _TRAINING_TASKS:
+        return False
+    return _rank(task_type, task_id, cluster) == 0
+
+
+def worker_id(model: Any = None) -> int:
+    """This process's rank among the processes that train; 0 is the chief.
+
+    On TensorFlow the chief task is 0 and worker `i` is `i + 1` when the cluster has a chief,
+    else `i` (the numbering `MultiWorkerMirroredStrategy` uses).
+
+    Raises:
+        ValueError: this TensorFlow task does not train (`"evaluator"`, `"ps"`).
+    """
+    task_type, task_id, cluster = _task(model)
+    if task_type not in _TRAINING_TASKS:
+        raise ValueError(
+            f"This process is a {task_type!r} task; only 'chief' and 'worker' tasks train and "
+            "have a worker id."
+        )
+    return _rank(task_type, task_id, cluster)
+
+
+def _rank(task_type: str, task_id: int, cluster: dict[str, Any]) -> int:
+    if task_type == "chief":
+        return 0
+    return task_id + (1 if cluster.get("chief") else 0)
+
+
+def _task(model: Any) -> tuple[str, int, dict[str, Any]]:
+    """(task type, task index, cluster dict), in TensorFlow's terms, for any backend."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "worker", int(jax.process_index()), {}
+    if backend == "torch":
+        return "worker", _torch_rank(), {}
+    if backend == "tensorflow":
+        found = _strategy_task(model)
+        if found is not None:
+            return found
+    return _tf_config_task(os.environ.get("TF_CONFIG"))
+
+
+def _strategy_task(model: Any) -> tuple[str, int, dict[str, Any]] | None:
+    """The task of the model's (or the current) strategy, if it runs in a multi-worker cluster."""
+    import tensorflow as tf
+
+    strategy = getattr(model, "distribute_strategy", None) if model is not None else None
+    if strategy is None:
+        strategy = tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if resolver is None or task_type is None:
+        return None
+    cluster = resolver.cluster_spec().as_dict()
+    return task_type, int(resolver.task_id or 0), cluster
+
+
+def _tf_config_task(text: str | None) -> tuple[str, int, dict[str, Any]]:
+    """(task type, index, cluster) from a `TF_CONFIG` value; `("chief", 0, {})` when unset.
+
+    Raises:
+        ValueError: `TF_CONFIG` is not JSON of the form TensorFlow documents
+            (`{"cluster": {...}, "task": {"type": ..., "index": ...}}`).
+    """
+    if not text:
+        return "chief", 0, {}
+    example = '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+    try:
+        config = json.loads(text)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"TF_CONFIG is not a JSON object like {example}. Received: TF_CONFIG={text!r}"
+        )
+    cluster = config.get("cluster", {})
+    task = config.get("task", {})
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError(
+            f"TF_CONFIG needs `cluster` and `task` objects, like {example}. "
+            f"Received: TF_CONFIG={text!r}"
+        )
+    task_type = task.get("type")
+    if task_type is None:
+        return "chief", 0, cluster  # a cluster without a task: TensorFlow runs it as one process
+    index = task.get("index", 0)
+    if not isinstance(task_type, str) or isinstance(index, bool) or not isinstance(index, int):
+        raise ValueError(
+            "TF_CONFIG `task` needs a string `type` and an int `index`, like "
+            f'{{"type": "worker", "index": 0}}. Received: task={task!r}'
+        )
+    if index < 0:
+        raise ValueError(f"TF_CONFIG task index must be 0 or more. Received: task={task!r}")
+    return task_type, index, cluster
+
+
+def _torch_rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    rank = os.environ.get("RANK", "0")
+    try:
+        return int(rank)
+    except ValueError:
+        raise ValueError(
+            f"The RANK environment variable must be an int (torchrun sets it). Received: {rank!r}"
+        ) from None
