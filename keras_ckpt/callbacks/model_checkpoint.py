@@ -8,8 +8,8 @@ from typing import Any
 
 import keras
 
+from keras_ckpt import distribute, snapshot
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
-from keras_ckpt import snapshot
 from keras_ckpt.callbacks._monitor import Monitor
 from keras_ckpt.callbacks._naming import format_name, split_filepath, template_fields
 from keras_ckpt.errors import ForeignFileError
@@ -141,6 +141,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self._owner = f"ModelCheckpoint:{self.template}"
         self._last_saved_step: int | None = None
         self._resolved = False
+        self._chief = True
 
     # --------------------------------------------------------------- validation
 
@@ -215,7 +216,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
     # --------------------------------------------------------------- fit hooks
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.manager.open_for_writing()
+        # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
+        # and skip every save. Keras 3 saving reads mirrored variables locally, no collective.
+        self._chief = distribute.is_chief(self.model)
+        if self._chief:
+            self.manager.open_for_writing()
         own = self.manager.checkpoints(owner=self._owner)
         if own:
             self._remember(own[-1])
@@ -288,6 +293,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
         name = format_name(self.template, epoch_index, batch_index, logs)
         display = f"{self.directory.rstrip('/')}/{name}" if self.directory != "." else name
         if self.save_best_only and not self._improved(epoch_index, logs, display):
+            return
+        if not self._chief:  # multi-worker: the chief writes this checkpoint
+            self._last_saved_step = self._progress.global_step
             return
         if self.verbose and not self.save_best_only:
             print(f"\nEpoch {epoch_index + 1}: saving model to {display}")
