@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -142,6 +143,13 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self._last_saved_step: int | None = None
         self._resolved = False
         self._chief = True
+        # Keras runs batch-end hooks in a thread pool on JAX and PyTorch unless a callback
+        # overrides `on_train_batch_end` without `async_safe`. With epoch-end saves only, our hook
+        # just counts steps, safely off the training thread; step saves must run on it, between
+        # steps, to save that step's state (a worker thread races the next steps, and on JAX its
+        # `model` sync would write an older state back under the trainer).
+        self.async_safe = not self._schedule.needs_batch_hooks
+        self._count_lock = threading.Lock()
 
     # --------------------------------------------------------------- validation
 
@@ -255,6 +263,12 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # `_model`, not `model`: on JAX the property syncs all variables, too slow per batch.
         if is_replaying(self._model):
+            return
+        if self.async_safe:
+            # Maybe in a worker thread, out of order; Keras waits for all before `on_epoch_end`.
+            with self._count_lock:
+                if batch + 1 > self._progress.step:
+                    self._progress.end_batch(batch)
             return
         self._writer.check()
         self._progress.end_batch(batch)
