@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -161,13 +162,20 @@ def clear_initial_epoch(model: Any) -> None:
 
 
 def capture_host_rng() -> dict[str, Any]:
-    """Python `random` and NumPy's global RNG state, as JSON."""
+    """Python `random`, NumPy's and (PyTorch backend) torch's global CPU RNG state, as JSON.
+
+    On PyTorch, Keras shuffles array inputs with `torch.utils.data.RandomSampler`, which draws
+    from torch's global generator: without it a resumed epoch sees other batches."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
+    state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
     }
+    torch_state = capture_torch_rng()
+    if torch_state is not None:
+        state["torch"] = torch_state
+    return state
 
 
 def restore_host_rng(state: dict[str, Any]) -> None:
@@ -175,6 +183,33 @@ def restore_host_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    restore_torch_rng(state.get("torch"))
+
+
+def capture_torch_rng() -> list[int] | None:
+    """torch's global CPU RNG state (PyTorch backend only, else None).
+
+    Keras's PyTorch `Dropout` without a seed draws from it at every step, so a resumed run needs
+    it as it was at the backup's step too, not only at the epoch's start (see `start_replay`)."""
+    if _backend() != "torch":
+        return None
+    import torch
+
+    return [int(x) for x in torch.get_rng_state().tolist()]
+
+
+def restore_torch_rng(state: list[int] | None) -> None:
+    if state is None or _backend() != "torch":
+        return
+    import torch
+
+    torch.set_rng_state(torch.tensor(state, dtype=torch.uint8))
+
+
+def _backend() -> str:
+    import keras
+
+    return str(keras.backend.backend())
 
 
 def capture_tf_rng() -> list[int] | None:
@@ -194,6 +229,8 @@ def restore_tf_rng(state: list[int] | None) -> None:
 
 
 def _tf_global_generator() -> Any:
+    if "tensorflow" not in sys.modules:
+        return None  # never imported, so no generator; importing TF costs seconds on JAX/torch
     try:
         from tensorflow.python.ops import stateful_random_ops
     except ImportError:
@@ -302,27 +339,46 @@ def needs_input_protocol(epoch_iterator: Any) -> bool:
 # ------------------------------------------------------------------ replay
 
 
-def start_replay(model: Any, batches: int) -> None:
+def start_replay(model: Any, batches: int, on_done: Callable[[], None] | None = None) -> None:
     """Makes the next `fit` steps pull `batches` batches from the input without training.
 
-    `fit` calls `model.train_function(iterator)` at every step; until `batches` batches are
-    consumed it is replaced by a function that only calls `next(iterator)` (`steps_per_execution`
-    times) and returns the current metrics, so the data order and any randomness inside the input
-    pipeline advance exactly as in the interrupted run. `is_replaying(model)` is True until
-    `stop_replay`. TensorFlow backend (its `train_function` takes the iterator).
+    `fit` calls `model.train_function` at every step; until `batches` batches are consumed it is
+    replaced by a function that only pulls the step's batches and returns the current metrics, so
+    the data order and any randomness inside the input pipeline advance exactly as in the
+    interrupted run. `is_replaying(model)` is True until `stop_replay`. Each backend's `fit` calls
+    it differently: TensorFlow `train_function(iterator)`; JAX `train_function(state, iterator)`
+    -> `(logs, state)`, the state living outside the variables (which are purged mid-epoch);
+    PyTorch `train_function(batches)`, the batches already pulled by the epoch iterator.
+    `on_done` runs once the last replayed batch is pulled, before the first real step.
     """
     if batches <= 0:
         return
     real = getattr(model, _REAL_TRAIN_FUNCTION, None) or model.train_function
     per_call = int(getattr(model, "steps_per_execution", 1) or 1)
     remaining = [batches]
+    backend = _backend()
 
-    def replay(iterator: Any) -> Any:
-        for _ in range(min(per_call, remaining[0])):
-            next(iterator)
+    def advance(iterator: Any) -> None:
+        if iterator is not None:
+            for _ in range(min(per_call, remaining[0])):
+                next(iterator)
         remaining[0] -= per_call
         if remaining[0] <= 0:
             model.train_function = real
+            if on_done is not None:
+                on_done()
+
+    def replay(*args: Any) -> Any:
+        if backend == "jax":
+            state, iterator = args
+            advance(iterator)
+            import keras
+
+            # Metric values live in `state`, not in the (purged) variables.
+            mapping = list(zip(model.metrics_variables, state[3], strict=True))
+            with keras.StatelessScope(state_mapping=mapping):
+                return model.get_metrics_result(), state
+        advance(None if backend == "torch" else args[0])
         return model.get_metrics_result()
 
     setattr(model, _REAL_TRAIN_FUNCTION, real)

@@ -175,11 +175,13 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._epoch_save_logs = None
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if st.is_replaying(self.model) and batch >= self._progress.step:
+        # `_model` in the per-batch checks: on JAX, `model` syncs every variable out of the
+        # trainer's state at each call (measured: fit took twice as long per step).
+        if st.is_replaying(self._model) and batch >= self._progress.step:
             st.stop_replay(self.model)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if st.is_replaying(self.model):
+        if st.is_replaying(self._model):
             if self._signal_pending is not None:
                 self._stop(save=False)  # the backup resumed from holds exactly this state
             return
@@ -260,6 +262,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             "iterations": st.optimizer_iterations(self.model),
             "epoch_start": self._epoch_start,
             "tf_rng": st.capture_tf_rng(),
+            "torch_rng": st.capture_torch_rng(),
             "schedule_step": progress.global_step,
             "callbacks": callbacks,
         }
@@ -340,6 +343,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._counter is not None:
             self._counter.restore_num_batches(start.get("num_batches"))
             self._counter.catch_up(start.get("iterators", 0))
+            # PyTorch's DataLoader draws from torch's RNG whenever an iterator starts: undo the
+            # draws of the iterators catch_up created.
+            st.restore_torch_rng(start["rng"].get("torch"))
             holder = st.input_state_holder(self._counter.epoch_iterator)
             if holder is not None and "input" in start:
                 holder.set_checkpoint_state(start["input"])
@@ -349,7 +355,10 @@ class BackupAndRestore(keras.callbacks.Callback):
             if id(variable) in metric_ids:
                 variable.assign(arrays[f"var_{i}"])
         self._restore_callbacks(state["callbacks"], arrays)
-        st.start_replay(self.model, pending["step"])
+        # PyTorch: unseeded Dropout draws from torch's global RNG at every trained step, which
+        # replay does not repeat; put it where the interrupted run had it at the backup.
+        torch_rng = state.get("torch_rng")
+        st.start_replay(self.model, pending["step"], lambda: st.restore_torch_rng(torch_rng))
 
     def _restore_callbacks(self, saved: list[dict[str, Any]], arrays: dict[str, Any]) -> None:
         callbacks = self._stateful_callbacks()
