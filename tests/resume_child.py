@@ -21,7 +21,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import keras_ckpt  # noqa: E402
 
@@ -87,6 +86,19 @@ class Pause(keras.callbacks.Callback):
         self.step = state["step"]
 
 
+def make_deterministic() -> None:
+    """Deterministic CPU kernels: TensorFlow needs op determinism, PyTorch deterministic
+    algorithms; JAX (XLA) on the CPU is deterministic as it is."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("backup_dir")
@@ -100,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
 
     keras.utils.set_random_seed(1)
-    tf.config.experimental.enable_op_determinism()
+    make_deterministic()
     model = keras.Sequential(
         [
             keras.Input((FEATURES,)),
@@ -115,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.input == "numpy":
         fit_args.update(x=x, y=y, batch_size=BATCH, shuffle=True)
     elif args.input == "tfdata":
+        import tensorflow as tf
+
         dataset = tf.data.Dataset.from_tensor_slices((x, y))
         dataset = dataset.shuffle(SAMPLES, seed=7, reshuffle_each_iteration=True).batch(BATCH)
         fit_args.update(x=dataset)

@@ -19,9 +19,10 @@ import keras_ckpt
 from keras_ckpt.callbacks.backup_and_restore import OWNER
 
 CHILD = Path(__file__).with_name("resume_child.py")
+BACKEND = keras.backend.backend()  # the children train on the backend these tests run on
 ENV = {
     **os.environ,
-    "KERAS_BACKEND": "tensorflow",
+    "KERAS_BACKEND": BACKEND,
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "PYTHONHASHSEED": "0",
 }
@@ -76,6 +77,23 @@ SCENARIOS = {
 }
 
 
+def _runs_here(name):
+    """tf.data input is resumed exactly on TensorFlow only (see `TFDATA_ELSEWHERE`)."""
+    return BACKEND == "tensorflow" or SCENARIOS[name][0] != "tfdata"
+
+
+TFDATA_ELSEWHERE = (
+    f"tf.data input on the {BACKEND} backend: Keras wraps the tf.data iterator in a lazy "
+    "generator there, so the resumed run's catch-up draws no reshuffle seeds and the data order "
+    "differs (measured max abs difference 0.05 on JAX, 0.11 on PyTorch); TensorFlow only"
+)
+
+
+def _kill_param(name):
+    skip = pytest.mark.skipif(not _runs_here(name), reason=TFDATA_ELSEWHERE)
+    return pytest.param(name, marks=skip)
+
+
 def _run_scenario(root, name):
     kind, save_freq, interruptions = SCENARIOS[name]
     folder = root / name
@@ -99,7 +117,9 @@ def outcomes(tmp_path_factory):
     """Every subprocess scenario, run two at a time (the machine has 2 cores)."""
     root = tmp_path_factory.mktemp("scenarios")
     pool = ThreadPoolExecutor(2)
-    futures = {name: pool.submit(_run_scenario, root, name) for name in SCENARIOS}
+    futures = {
+        name: pool.submit(_run_scenario, root, name) for name in SCENARIOS if _runs_here(name)
+    }
     yield lambda name: futures[name].result()
     pool.shutdown(cancel_futures=True)
 
@@ -113,7 +133,7 @@ def _final(outcomes, name):
     return runs, out, reference
 
 
-@pytest.mark.parametrize("name", [n for n in SCENARIOS if "kill" in n])
+@pytest.mark.parametrize("name", [_kill_param(n) for n in SCENARIOS if "kill" in n])
 def test_sigkill_at_random_steps_resumes_bit_identical(outcomes, name):
     runs, out, reference = _final(outcomes, name)
     for code, _, err, _ in runs[:-1]:
@@ -170,8 +190,10 @@ def test_second_crash_after_a_resume_does_not_restart_at_epoch_zero(tmp_path, da
     backup = lambda: keras_ckpt.BackupAndRestore(tmp_path, save_freq=2)  # noqa: E731
     with pytest.raises(RuntimeError):
         fit(model, data, [backup(), Crash(6)], epochs=4)  # 4 steps per epoch: dies in epoch 1
+    second = backup()
     with pytest.raises(RuntimeError):
-        fit(model, data, [backup(), Crash(5)], epochs=4)  # resumed at step 6, dies at step 11
+        fit(model, data, [second, Crash(5)], epochs=4)  # resumed at step 6, dies at step 11
+    second.wait_until_finished()  # fit raised: its last background save may still be landing
     latest = keras_ckpt.CheckpointManager(tmp_path).latest(owner=OWNER)
     assert (latest.epoch, latest.step, latest.global_step) == (2, 2, 10)
     probe = Probe()

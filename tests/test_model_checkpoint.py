@@ -481,7 +481,7 @@ def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path
     Half the runs save inline, half in the background: both must leave only loadable files.
     """
     child = os.path.join(os.path.dirname(__file__), "mc_crash_child.py")
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     rng = random.Random(1234)
     kills = 0
     seen_steps = set()
