@@ -26,7 +26,9 @@ __all__ = [
     "clear_initial_epoch",
     "find_fit_context",
     "input_state_holder",
+    "is_preempted",
     "is_replaying",
+    "mark_preempted",
     "restore_host_rng",
     "set_callback_state",
     "set_initial_epoch",
@@ -36,6 +38,7 @@ __all__ = [
 ]
 
 _REPLAY_FLAG = "_keras_ckpt_replaying"
+_PREEMPTED_FLAG = "_keras_ckpt_preempted"
 _REAL_TRAIN_FUNCTION = "_keras_ckpt_real_train_function"
 
 
@@ -70,6 +73,20 @@ class CheckpointStateful(Protocol):
     def get_checkpoint_state(self) -> dict[str, Any]: ...
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None: ...
+
+
+def mark_preempted(model: Any, preempted: bool) -> None:
+    """Records that a signal stopped this `fit` mid-epoch (the epoch end that follows is not real)."""
+    setattr(model, _PREEMPTED_FLAG, preempted)
+
+
+def is_preempted(model: Any) -> bool:
+    """True after `BackupAndRestore` stopped `fit` on SIGTERM/SIGINT, until the next `fit`.
+
+    Keras still runs validation and `on_epoch_end` for the cut-short epoch; callbacks that save
+    at epoch ends should skip it, since the resumed run will finish that epoch for real.
+    """
+    return bool(getattr(model, _PREEMPTED_FLAG, False))
 
 
 def is_replaying(model: Any) -> bool:

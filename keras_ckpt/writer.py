@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,12 +32,27 @@ class WriterStats:
 class Writer:
     """Inline (`background=False`) or single-thread background execution of saves."""
 
+    _all: weakref.WeakSet[Writer] = weakref.WeakSet()
+
     def __init__(self, background: bool, name: str = "keras-ckpt-writer"):
         self.background = background
         self.name = name
         self.stats = WriterStats()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        Writer._all.add(self)
+
+    @classmethod
+    def settle_all(cls) -> None:
+        """Waits for every save in flight in this process, whichever callback started it.
+
+        A `fit` that raised skips `on_train_end` (TensorFlow, PyTorch), so its last save may still
+        be running when the next `fit` (a notebook re-run) reads the same directory.
+        """
+        for writer in list(cls._all):
+            thread = writer._thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
 
     def run(self, prepare: Callable[[], Any], write: Callable[[Any], None]) -> None:
         self.wait()
@@ -54,6 +71,13 @@ class Writer:
             write(prepared)
         except BaseException as e:  # kept for the training thread, never lost
             self._error = e
+            # Also said at once: if fit has already ended by an exception, no hook will raise it.
+            warnings.warn(
+                f"keras-ckpt background save failed: {type(e).__name__}: {e} (raised again at "
+                "the next batch or epoch end of the callback that started it)",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
     @property
     def busy(self) -> bool:

@@ -272,6 +272,7 @@ def test_damaged_newest_backup_is_reported_and_the_previous_one_used(tmp_path, d
     )
     with pytest.raises(RuntimeError):
         fit(model, data, [backup, Crash(7)])
+    backup.wait_until_finished()
     manager = keras_ckpt.CheckpointManager(tmp_path)
     names = [r.name for r in manager.checkpoints(owner=OWNER)]
     assert names == ["backup-000000004", "backup-000000006"]

@@ -13,6 +13,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_ckpt import distribute
+from keras_ckpt import snapshot as snap
 from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
 from keras_ckpt.errors import ResumeError
@@ -20,6 +22,7 @@ from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
+from keras_ckpt.writer import Writer
 
 __all__ = ["BackupAndRestore"]
 
@@ -39,7 +42,7 @@ class _Snapshot:
     arrays: dict[str, np.ndarray]
     state: dict[str, Any]
     metrics: dict[str, float]
-    weights_path: str
+    weights: snap.Snapshot
 
 
 class BackupAndRestore(keras.callbacks.Callback):
@@ -79,8 +82,10 @@ class BackupAndRestore(keras.callbacks.Callback):
             the last backup.
         keep_last: How many backups to keep. Defaults to 2 with `double_checkpoint=True`, else 1.
         save_on_interrupt: Back up and stop on SIGTERM/SIGINT. Defaults to `True`.
-        async_save: Reserved for writing backups in a background thread; accepted now, backups
-            are written inline. Defaults to `False`.
+        async_save: Write backups in a background thread: training pauses only to copy the state
+            to host memory. At most one backup is in flight; an error in the background is raised
+            at the next batch or epoch end, and `fit` (also when stopped by a signal) returns only
+            after the last backup is committed. Defaults to `True`.
 
     Raises:
         ValueError: an argument is invalid, or `keep_last < 2` with `double_checkpoint=True`.
@@ -107,7 +112,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         every_seconds: float | None = None,
         keep_last: int | None = None,
         save_on_interrupt: bool = True,
-        async_save: bool = False,
+        async_save: bool = True,
     ):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
@@ -117,6 +122,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.delete_checkpoint = check_bool("delete_checkpoint", delete_checkpoint)
         self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
         self.async_save = check_bool("async_save", async_save)
+        self._writer = Writer(background=self.async_save, name="keras-ckpt-backup")
         keep_last = check_optional_count("keep_last", keep_last)
         if keep_last is None:
             keep_last = 2 if double_checkpoint else 1
@@ -128,6 +134,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.backup_dir = os.fspath(backup_dir)
         self.manager = CheckpointManager(self.backup_dir)
         self.interrupted: int | None = None
+        self._chief = True
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -144,8 +151,12 @@ class BackupAndRestore(keras.callbacks.Callback):
     # ------------------------------------------------------------------ fit hooks
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        Writer.settle_all()  # a save of an earlier fit in this process must land before we read
         self._reset_run()
         self.interrupted = None
+        # Multi-worker: every worker restores the same backup below; only the chief writes.
+        self._chief = distribute.is_chief(self.model)
+        st.mark_preempted(self.model, False)
         st.stop_replay(self.model)
         self._context = st.find_fit_context(self.model)
         if self._context.epoch_iterator is not None:
@@ -164,6 +175,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._install_signal_handlers()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._writer.check()
         st.clear_initial_epoch(self.model)
         pending, self._pending = self._pending, None
         if pending is not None and pending["epoch"] == epoch:
@@ -185,6 +197,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             if self._signal_pending is not None:
                 self._stop(save=False)  # the backup resumed from holds exactly this state
             return
+        self._writer.check()
         self._progress.end_batch(batch)
         due = self._schedule.due_after_batch(self._progress.global_step)
         if self._signal_pending is not None:
@@ -209,15 +222,22 @@ class BackupAndRestore(keras.callbacks.Callback):
         st.stop_replay(self.model)
         st.clear_initial_epoch(self.model)
         self._restore_signal_handlers()
-        completed = not self._stopped_by_signal
-        if self._epoch_save_logs is not None and not (completed and self.delete_checkpoint):
-            self._epoch_start = self._capture_epoch_start()
-            self._save(self._epoch_save_logs)
-        self._epoch_save_logs = None
-        if self.delete_checkpoint and completed:
-            for record in self.manager.checkpoints(OWNER):
-                self.manager.delete(record.name)
-        self.manager.close()
+        try:
+            completed = not self._stopped_by_signal
+            if self._epoch_save_logs is not None and not (completed and self.delete_checkpoint):
+                self._epoch_start = self._capture_epoch_start()
+                self._save(self._epoch_save_logs)
+            self._epoch_save_logs = None
+            self._writer.wait()
+            if self.delete_checkpoint and completed and self._chief:
+                for record in self.manager.checkpoints(OWNER):
+                    self.manager.delete(record.name)
+        finally:
+            self.manager.close()
+
+    def wait_until_finished(self) -> None:
+        """Blocks until the last backup is committed; raises its error if it failed."""
+        self._writer.wait()
 
     # ------------------------------------------------------------------ saving
 
@@ -232,24 +252,30 @@ class BackupAndRestore(keras.callbacks.Callback):
                 start["input"] = holder.get_checkpoint_state()
         return start
 
-    def _save(self, logs: dict[str, Any] | None) -> Record:
+    def _save(self, logs: dict[str, Any] | None) -> None:
+        if not self._chief:
+            # Multi-worker: reading the metric variables (SyncOnRead under
+            # MultiWorkerMirroredStrategy) is an all-reduce every worker must join, so the others
+            # capture too, then drop the copy; only the chief writes and prunes.
+            self._capture(logs)
+            return
+        self._writer.run(lambda: self._capture(logs), self._write_and_prune)
+
+    def _write_and_prune(self, snapshot: _Snapshot) -> None:
         with self.manager.stage() as folder:
-            snapshot = self._capture(folder, logs)
-            record = self._write(snapshot, folder)
+            self._write(snapshot, folder)
         self.manager.prune(KeepLast(self.keep_last), owner=OWNER)
-        return record
 
-    def _capture(self, folder: str, logs: dict[str, Any] | None) -> _Snapshot:
-        """Host copies of everything a backup holds: the only part that must block training.
-
-        The Keras weights file is written here too (Keras writes it from the live model).
-        """
+    def _capture(self, logs: dict[str, Any] | None) -> _Snapshot:
+        """Host copies of everything a backup holds: the only part that must block training."""
         progress = Progress(**vars(self._progress))
         name = f"backup-{progress.global_step:09d}"
-        weights_path = os.path.join(folder, WEIGHTS_FILE)
+        weights = snap.take(self.model, weights_only=True)
         variables = st.training_variables(self.model)
-        self.model.save_weights(weights_path)
-        arrays = {f"var_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
+        arrays = {
+            f"var_{i}": np.array(keras.ops.convert_to_numpy(v), copy=True)
+            for i, v in enumerate(variables)
+        }
         callbacks = []
         for index, callback in enumerate(self._stateful_callbacks()):
             cb_state, cb_arrays = st.callback_state(callback)
@@ -267,9 +293,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             "callbacks": callbacks,
         }
         json.dumps(state)  # fail here, not in the writer, on a callback state JSON cannot hold
-        return _Snapshot(name, progress, arrays, state, clean_metrics(logs), weights_path)
+        return _Snapshot(name, progress, arrays, state, clean_metrics(logs), weights)
 
     def _write(self, snapshot: _Snapshot, folder: str) -> Record:
+        weights_path = os.path.join(folder, WEIGHTS_FILE)
+        snap.write(snapshot.weights, weights_path)
         arrays_path = os.path.join(folder, ARRAYS_FILE)
         state_path = os.path.join(folder, STATE_FILE)
         with open(arrays_path, "wb") as f:
@@ -279,7 +307,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         progress = snapshot.progress
         return self.manager.commit(
             {
-                f"{snapshot.name}/{WEIGHTS_FILE}": snapshot.weights_path,
+                f"{snapshot.name}/{WEIGHTS_FILE}": weights_path,
                 f"{snapshot.name}/{ARRAYS_FILE}": arrays_path,
                 f"{snapshot.name}/{STATE_FILE}": state_path,
             },
@@ -290,7 +318,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             global_step=progress.global_step,
             metrics=snapshot.metrics,
             owner=OWNER,
-            owner_state={"iterations": snapshot.state["iterations"]},
+            owner_state={
+                "callback": OWNER,
+                "iterations": snapshot.state["iterations"],
+                "retention": {"keep_last": self.keep_last},
+            },
         )
 
     def _stateful_callbacks(self) -> list[Any]:
@@ -417,7 +449,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     def _stop(self, *, save: bool, logs: dict[str, Any] | None = None) -> None:
         if save:
             self._save(logs)
+        self._writer.wait()  # a preempted job may be killed soon: commit before stopping
         self._stopped_by_signal = True
+        st.mark_preempted(self.model, True)
         self.model.stop_training = True
 
 

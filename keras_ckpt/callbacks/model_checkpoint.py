@@ -18,7 +18,7 @@ from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepBest, KeepEvery, KeepLast, MaxTotalBytes, Policy
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
-from keras_ckpt.state import is_replaying
+from keras_ckpt.state import is_preempted, is_replaying
 from keras_ckpt.writer import Writer
 
 __all__ = ["ModelCheckpoint"]
@@ -224,6 +224,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
     # --------------------------------------------------------------- fit hooks
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        Writer.settle_all()  # a save of an earlier fit in this process must land before we read
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
         # and skip every save. Keras 3 saving reads mirrored variables locally, no collective.
         self._chief = distribute.is_chief(self.model)
@@ -279,6 +280,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._writer.check()
+        if is_preempted(self.model):
+            return  # a signal cut this epoch short; the resumed run finishes it for real
         steps_in_epoch = self._progress.step
         self._progress.end_epoch(epoch)
         if self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step):
