@@ -8,7 +8,12 @@ EXTRAS := test,cli,plot,remote,tensorflow-cpu,dev
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND ?= tensorflow
 
-.PHONY: test demo quickstart lint bench clean
+# JAX and PyTorch: the callback and resume tests run again on each (the whole suite runs on
+# TensorFlow). Same venv: tensorflow-cpu, jax and the torch CPU build install side by side.
+BACKEND_STAMP := $(VENV)/.installed-backends
+BACKEND_TESTS := tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backends.py
+
+.PHONY: test test-backends demo quickstart lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +23,15 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# constraints/backends.txt pins torch to the CPU build on local disk (unpinned: GBs of CUDA).
+$(BACKEND_STAMP): $(STAMP) constraints/backends.txt
+	$(PY) -m pip install --quiet -c constraints/backends.txt -e ".[$(EXTRAS),jax,torch]"
+	touch $(BACKEND_STAMP)
+
+test-backends: $(BACKEND_STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest -q $(BACKEND_TESTS)
+	KERAS_BACKEND=torch $(PY) -m pytest -q $(BACKEND_TESTS)
 
 demo: $(STAMP)
 	$(PY) examples/resume_demo.py
