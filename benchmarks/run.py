@@ -261,9 +261,18 @@ def _targets(tables: list[Table]) -> Table:
         columns=["target", "model", "measured", "limit", "verdict"],
     )
 
-    def verdict(value: float | None, limit: float, aim: float | None = None) -> str:
+    def verdict(
+        value: float | None, limit: float, aim: float | None = None, spread: Any = None
+    ) -> str:
         if value is None:
             return "not measured"
+        per_rep = (spread or {}).get("per_rep") or []
+        if per_rep and min(per_rep) <= limit < max(per_rep):
+            state = "met" if value <= limit else "missed"
+            return (
+                f"inconclusive: median {state}, but per-repetition ratios "
+                f"{min(per_rep):.2f}-{max(per_rep):.2f}x straddle the limit"
+            )
         if value <= limit:
             extra = f"; aim {aim:.2f}x {'met' if value <= aim else 'missed'}" if aim else ""
             return f"met ({(1 - value / limit):.0%} under){extra}"
@@ -275,8 +284,11 @@ def _targets(tables: list[Table]) -> Table:
             label = data["model"]
             ratios = data["ratios"]
 
-            def get(name: str, key: str, ratios: dict = ratios) -> float | None:
-                return ratios.get(name, {}).get(key, {}).get("ratio_of_medians")
+            def spread(name: str, key: str, ratios: dict = ratios) -> dict:
+                return ratios.get(name, {}).get(key, {})
+
+            def get(name: str, key: str) -> float | None:
+                return spread(name, key).get("ratio_of_medians")
 
             value = get("keras-ckpt ModelCheckpoint .keras (async)", "keras_keras")
             limit, aim = TARGETS["async"]
@@ -285,7 +297,12 @@ def _targets(tables: list[Table]) -> Table:
                 label,
                 _x(value),
                 f"{limit:.2f}x",
-                verdict(value, limit, aim),
+                verdict(
+                    value,
+                    limit,
+                    aim,
+                    spread("keras-ckpt ModelCheckpoint .keras (async)", "keras_keras"),
+                ),
             )
             value = get("keras-ckpt ModelCheckpoint .weights.h5 (async)", "keras_keras")
             if value is not None:
@@ -294,7 +311,12 @@ def _targets(tables: list[Table]) -> Table:
                     label,
                     _x(value),
                     f"{limit:.2f}x",
-                    verdict(value, limit, aim),
+                    verdict(
+                        value,
+                        limit,
+                        aim,
+                        spread("keras-ckpt ModelCheckpoint .weights.h5 (async)", "keras_keras"),
+                    ),
                 )
             for name, what in (
                 ("keras-ckpt ModelCheckpoint .keras (sync)", "sync+fsync .keras / Keras .keras"),
@@ -309,7 +331,7 @@ def _targets(tables: list[Table]) -> Table:
                     label,
                     _x(value),
                     f"{TARGETS['sync']:.2f}x",
-                    verdict(value, TARGETS["sync"]),
+                    verdict(value, TARGETS["sync"], spread=spread(name, "same_format")),
                 )
         elif t.title.startswith("Resume"):
             label = data["model"]
@@ -326,7 +348,7 @@ def _targets(tables: list[Table]) -> Table:
                         label,
                         _x(value),
                         f"{TARGETS['resume']:.2f}x",
-                        verdict(value, TARGETS["resume"]),
+                        verdict(value, TARGETS["resume"], spread=pairs[what]["ratio"]),
                     )
         elif t.title.startswith("Listing"):
             listed = data.get("10000", {}).get("list")
