@@ -6,6 +6,7 @@ of interrupted training, as drop-in callbacks for `model.fit`.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import errors, policies
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _CALLBACKS = ("BackupAndRestore", "ModelCheckpoint")
+_LAZY_MODULES = ("callbacks", "distribute", "state")
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +29,8 @@ def __getattr__(name: str) -> Any:
         from keras_ckpt import callbacks
 
         return getattr(callbacks, name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"keras_ckpt.{name}")
     raise AttributeError(f"module 'keras_ckpt' has no attribute {name!r}")
 
 
@@ -42,7 +46,9 @@ __all__ = [
     "PruneResult",
     "Record",
     "VerifyResult",
+    "distribute",
     "errors",
     "policies",
+    "state",
     "__version__",
 ]
