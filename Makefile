@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# Two workers (the machine has 2 cores); whole files per worker keep module fixtures shared.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # constraints/backends.txt pins torch to the CPU build on local disk (unpinned: GBs of CUDA).
 $(BACKEND_STAMP): $(STAMP) constraints/backends.txt
@@ -30,8 +31,8 @@ $(BACKEND_STAMP): $(STAMP) constraints/backends.txt
 	touch $(BACKEND_STAMP)
 
 test-backends: $(BACKEND_STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q $(BACKEND_TESTS)
-	KERAS_BACKEND=torch $(PY) -m pytest -q $(BACKEND_TESTS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 --dist loadfile $(BACKEND_TESTS)
+	KERAS_BACKEND=torch $(PY) -m pytest -q -n 2 --dist loadfile $(BACKEND_TESTS)
 
 demo: $(STAMP)
 	$(PY) examples/resume_demo.py
@@ -45,6 +46,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/checksums.py
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
