@@ -71,12 +71,40 @@ class PruneResult:
 
 @dataclass
 class _WriterState:
-    """State shared by every writing manager of one directory in this process."""
+    """State shared by every writing manager of one directory in this process.
+
+    Besides the records it keeps which record names each file and the last sequence number, so a
+    commit costs the same with 10 or 10,000 checkpoints in the directory.
+    """
 
     lock: DirectoryLockHandle
-    records: dict[str, Record]
+    records: dict[str, Record] = field(default_factory=dict)
     users: int = 0
     mutex: threading.RLock = field(default_factory=threading.RLock)
+    _owner_of: dict[str, str] = field(default_factory=dict)
+    _sequence: int = 0
+
+    def put(self, record: Record) -> None:
+        self.drop(record.name)
+        self.records[record.name] = record
+        for entry in record.files:
+            self._owner_of[entry.path] = record.name
+        self._sequence = max(self._sequence, record.sequence)
+
+    def drop(self, name: str) -> Record | None:
+        record = self.records.pop(name, None)
+        if record is not None:
+            for entry in record.files:
+                if self._owner_of.get(entry.path) == name:
+                    del self._owner_of[entry.path]
+        return record
+
+    def owner_of(self, path: str) -> str | None:
+        """Name of the record that names file `path`, if any."""
+        return self._owner_of.get(path)
+
+    def next_sequence(self) -> int:
+        return self._sequence + 1
 
 
 _writers: dict[str, _WriterState] = {}
@@ -381,7 +409,7 @@ class CheckpointManager:
             if state is None:
                 lock = self.storage.lock()
                 try:
-                    state = _WriterState(lock=lock, records={})
+                    state = _WriterState(lock=lock)
                     self._recover(state)
                 except BaseException:
                     lock.release()
@@ -413,7 +441,8 @@ class CheckpointManager:
         records, problems = self._scan()
         for _source, error in problems:
             warnings.warn(f"Skipping checkpoint: {error}", stacklevel=3)
-        state.records = {r.name: r for r in records}
+        for record in records:
+            state.put(record)
         for file_name in self.storage.list_files(_PENDING):
             relpath = f"{_PENDING}/{file_name}"
             try:
@@ -426,7 +455,7 @@ class CheckpointManager:
                 # delete, which had not removed a file yet).
                 self.storage.write_atomic(_record_path(pending.name), pending.to_json().encode())
                 previous = state.records.get(pending.name)
-                state.records[pending.name] = pending
+                state.put(pending)
                 if previous is not None:
                     self._remove_unnamed(state, previous.files)
             else:
@@ -440,7 +469,7 @@ class CheckpointManager:
                         stacklevel=3,
                     )
                     self.storage.remove(_record_path(previous.name))
-                    del state.records[previous.name]
+                    state.drop(previous.name)
                     self._remove_unnamed(state, previous.files)
                 # It died half-way through publishing (or deleting) these files: remove the ones no
                 # record names; they were placed there by the interrupted operation.
@@ -448,9 +477,8 @@ class CheckpointManager:
             self.storage.remove(relpath)
 
     def _remove_unnamed(self, state: _WriterState, entries: tuple[FileEntry, ...]) -> None:
-        named = {f.path for r in state.records.values() for f in r.files}
         for entry in entries:
-            if entry.path not in named:
+            if state.owner_of(entry.path) is None:
                 self.storage.remove(entry.path)
 
     @contextlib.contextmanager
@@ -525,7 +553,7 @@ class CheckpointManager:
                 metrics=clean_metrics(metrics),
                 owner=owner,
                 owner_state=dict(owner_state or {}),
-                sequence=max((r.sequence for r in state.records.values()), default=0) + 1,
+                sequence=state.next_sequence(),
                 **_keras_identity(),
             )
             data = record.to_json().encode()  # fails here, before any file moves
@@ -538,7 +566,7 @@ class CheckpointManager:
             except BaseException:
                 self._abandon(state, record)
                 raise
-            state.records[name] = record
+            state.put(record)
             if previous is not None:
                 self._remove_unnamed(state, previous.files)
             self.storage.remove(_pending_path(name))
@@ -552,16 +580,14 @@ class CheckpointManager:
         """
         with contextlib.suppress(OSError):
             self._remove_unnamed(state, record.files)
-            named = {f.path for r in state.records.values() for f in r.files}
-            if not any(f.path in named for f in record.files):
+            if not any(state.owner_of(f.path) is not None for f in record.files):
                 self.storage.remove(_pending_path(record.name))
 
     def _check_targets(
         self, state: _WriterState, name: str, files: Mapping[str, object]
     ) -> None:
-        owners = {f.path: r.name for r in state.records.values() for f in r.files}
         for relpath in files:
-            holder = owners.get(relpath)
+            holder = state.owner_of(relpath)
             if holder is not None and holder != name:
                 raise ForeignFileError(
                     f"Cannot write {relpath} for checkpoint {name!r}: it belongs to checkpoint "
@@ -629,7 +655,7 @@ class CheckpointManager:
                 raise CheckpointNotFoundError(f"No checkpoint named {name!r} in {self.directory}")
             self.storage.write_atomic(_pending_path(name), record.to_json().encode())
             self.storage.remove(_record_path(name))
-            del state.records[name]
+            state.drop(name)
             self._remove_unnamed(state, record.files)
             self.storage.remove(_pending_path(name))
 
@@ -639,9 +665,11 @@ class CheckpointManager:
         state = self._writer
         assert state is not None
         with state.mutex:
+            if name not in state.records:
+                raise CheckpointNotFoundError(f"No checkpoint named {name!r} in {self.directory}")
             record = replace(state.records[name], owner_state=dict(owner_state))
             self.storage.write_atomic(_record_path(name), record.to_json().encode())
-            state.records[name] = record
+            state.put(record)
             return record
 
 
