@@ -23,7 +23,7 @@ from keras_ckpt.errors import (
     ForeignFileError,
     RecordFormatError,
 )
-from keras_ckpt.policies import Policy, infer_mode
+from keras_ckpt.policies import Policy, infer_mode, ranked_metrics
 from keras_ckpt.records import (
     KINDS,
     FileEntry,
@@ -368,7 +368,8 @@ class CheckpointManager:
         return settled, problems
 
     def _scan(self) -> tuple[list[Record], list[tuple[str, Exception]]]:
-        records, problems = [], []
+        records: list[Record] = []
+        problems: list[tuple[str, Exception]] = []
         for file_name in self.storage.list_files(META_DIR):
             if not file_name.endswith(".json"):
                 continue
@@ -538,10 +539,17 @@ class CheckpointManager:
         with state.mutex:
             previous = state.records.get(name)
             self._check_targets(state, name, files)
+            if previous is not None and len(previous.files) > 1:
+                raise ValueError(
+                    f"Cannot replace checkpoint {name!r} in {self.directory} in place: it has "
+                    f"{len(previous.files)} files, and a kill between their renames would leave "
+                    "neither version whole. Commit it under a new name."
+                )
             entries = []
             for relpath, source in files.items():
                 sealed = seal_file(source)
                 entries.append(FileEntry(relpath, sealed.size, sealed.checksum))
+            keras_version, backend = _keras_identity()
             record = Record(
                 name=name,
                 kind=kind,
@@ -554,7 +562,8 @@ class CheckpointManager:
                 owner=owner,
                 owner_state=dict(owner_state or {}),
                 sequence=state.next_sequence(),
-                **_keras_identity(),
+                keras_version=keras_version,
+                backend=backend,
             )
             data = record.to_json().encode()  # fails here, before any file moves
             # The pending record announces the commit: if this process dies before the record is
@@ -624,9 +633,17 @@ class CheckpointManager:
         if not dry_run:
             self.open_for_writing()
         records = self.checkpoints(owner)
+        recorded = set().union(*(r.metrics for r in records)) if records else set()
+        for metric in sorted(ranked_metrics(policy) - recorded):
+            if records:
+                raise ValueError(
+                    f"KeepBest ranks by {metric!r}, which no checkpoint in {self.directory} "
+                    f"records (metrics recorded: {', '.join(sorted(recorded)) or 'none'}). "
+                    "Nothing was deleted; check the metric's name."
+                )
         verdicts = policy.reasons(records)
         kept, doomed = [], []
-        for i, (record, reasons) in enumerate(zip(records, verdicts)):
+        for i, (record, reasons) in enumerate(zip(records, verdicts, strict=True)):
             if i == len(records) - 1:
                 reasons = ("newest",) + tuple(reasons)
             if record.name in self._protected:
@@ -681,10 +698,10 @@ def _pending_path(name: str) -> str:
     return f"{_PENDING}/{name}.json"
 
 
-def _keras_identity() -> dict[str, str]:
+def _keras_identity() -> tuple[str, str]:
+    """(Keras version, backend) of the writer; empty for tools that write without Keras."""
     try:
         import keras
-
-        return {"keras_version": keras.__version__, "backend": keras.backend.backend()}
-    except ImportError:  # records can be written by tools without Keras
-        return {"keras_version": "", "backend": ""}
+    except ImportError:
+        return "", ""
+    return keras.__version__, keras.backend.backend()

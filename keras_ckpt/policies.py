@@ -32,7 +32,11 @@ __all__ = [
     "KeepEvery",
     "MaxTotalBytes",
     "AnyOf",
+    "from_json",
+    "from_keep_args",
     "infer_mode",
+    "ranked_metrics",
+    "to_json",
 ]
 
 Reasons = tuple[str, ...]
@@ -241,3 +245,71 @@ class AnyOf(Policy):
             for i, reasons in enumerate(policy.reasons(records)):
                 merged[i] += reasons
         return merged
+
+
+def from_keep_args(
+    *,
+    keep_last: int | None = None,
+    keep_best: int | None = None,
+    monitor: str | None = None,
+    mode: str = "auto",
+    keep_every_n_epochs: int | None = None,
+    max_total_bytes: int | None = None,
+) -> Policy | None:
+    """The union the callbacks' `keep_*` arguments (and the CLI's `--keep-*`) stand for.
+
+    None when no argument is set: nothing is pruned.
+    """
+    parts: list[Policy] = []
+    if keep_best is not None:
+        if not monitor:
+            raise invalid("monitor", "a metric name to rank `keep_best` by", monitor)
+        parts.append(KeepBest(keep_best, monitor, mode))
+    if keep_last is not None:
+        parts.append(KeepLast(keep_last))
+    if keep_every_n_epochs is not None:
+        parts.append(KeepEvery(epochs=keep_every_n_epochs))
+    if max_total_bytes is not None:
+        parts.append(MaxTotalBytes(max_total_bytes))
+    policy: Policy | None = None
+    for part in parts:
+        policy = part if policy is None else policy | part
+    return policy
+
+
+_TYPES: dict[str, type[Policy]] = {
+    cls.__name__: cls for cls in (KeepLast, KeepBest, KeepEvery, MaxTotalBytes, AnyOf)
+}
+
+
+def to_json(policy: Policy) -> dict[str, object] | None:
+    """A JSON description of a built-in policy (for records), or None for a user's own class."""
+    if type(policy) not in _TYPES.values():
+        return None
+    if isinstance(policy, AnyOf):
+        parts = [to_json(p) for p in policy.policies]
+        if any(p is None for p in parts):
+            return None
+        return {"type": "AnyOf", "policies": parts}
+    fields = {k: v for k, v in vars(policy).items() if v is not None}
+    return {"type": type(policy).__name__, **fields}
+
+
+def from_json(data: object) -> Policy:
+    """The policy `to_json` described; `ValueError` for anything else."""
+    if not isinstance(data, dict) or data.get("type") not in _TYPES:
+        raise invalid("policy description", f"a dict with a type among {sorted(_TYPES)}", data)
+    fields = {k: v for k, v in data.items() if k != "type"}
+    if data["type"] == "AnyOf":
+        return AnyOf(tuple(from_json(p) for p in fields.get("policies", ())))
+    try:
+        return _TYPES[str(data["type"])](**fields)
+    except TypeError as e:
+        raise invalid("policy description", f"the fields of {data['type']}", data) from e
+
+
+def ranked_metrics(policy: Policy) -> set[str]:
+    """The metrics `KeepBest` parts of `policy` rank by."""
+    if isinstance(policy, AnyOf):
+        return set().union(*(ranked_metrics(p) for p in policy.policies))
+    return {policy.monitor} if isinstance(policy, KeepBest) else set()

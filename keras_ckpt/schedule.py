@@ -75,12 +75,14 @@ class Schedule:
         every_n_epochs: At the end of every n-th epoch.
         every_seconds: At the first batch or epoch end after this many seconds since the last
             save (or since training started).
+        on_demand: No trigger is needed: the owner saves on its own occasions (a signal).
         clock: Monotonic clock, for tests.
     """
 
     save_freq: str | int | None = "epoch"
     every_n_epochs: int | None = None
     every_seconds: float | None = None
+    on_demand: bool = False
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     _last_step: int = field(default=0, init=False)
     _last_time: float = field(default=0.0, init=False)
@@ -89,7 +91,12 @@ class Schedule:
         check_save_freq(self.save_freq, allow_none=True)
         check_optional_count("every_n_epochs", self.every_n_epochs)
         self.every_seconds = check_seconds("every_seconds", self.every_seconds)
-        if self.save_freq is None and self.every_n_epochs is None and self.every_seconds is None:
+        if (
+            self.save_freq is None
+            and self.every_n_epochs is None
+            and self.every_seconds is None
+            and not self.on_demand
+        ):
             raise ValueError(
                 "Nothing would ever be saved: `save_freq=None` needs `every_n_epochs` or "
                 "`every_seconds`. Received: save_freq=None, every_n_epochs=None, "

@@ -41,6 +41,7 @@ class Writer:
         self.stats = WriterStats()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._error_lock = threading.Lock()
         Writer._all.add(self)
 
     @classmethod
@@ -72,7 +73,8 @@ class Writer:
         try:
             write(prepared)
         except BaseException as e:  # kept for the training thread, never lost
-            self._error = e
+            with self._error_lock:
+                self._error = e
             # Also said at once: if fit has already ended by an exception, no hook will raise it.
             warnings.warn(
                 f"keras-ckpt background save failed: {type(e).__name__}: {e} (raised again at "
@@ -99,7 +101,8 @@ class Writer:
 
     def check(self) -> None:
         """Raises the error of a finished background save, once."""
-        error, self._error = self._error, None
+        with self._error_lock:
+            error, self._error = self._error, None
         if error is not None:
             raise error
 

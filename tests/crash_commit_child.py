@@ -53,8 +53,12 @@ def commit_loop(directory: str) -> None:
         size = (1 + counter % 4) * MB
         with manager.stage() as staging:
             files = {}
-            # Two files per checkpoint, so that a kill can fall between publishing them.
-            for relpath, nbytes in ((f"{name}/data.bin", size), (f"{name}/extra.bin", 4096)):
+            # New names get two files, so that a kill can fall between publishing them; the fixed
+            # name is replaced in place, which the manager allows for one-file checkpoints only.
+            parts = [(f"{name}/data.bin", size)]
+            if not fixed:
+                parts.append((f"{name}/extra.bin", 4096))
+            for relpath, nbytes in parts:
                 local = os.path.join(staging, relpath.replace("/", "_"))
                 with open(local, "wb") as f:
                     f.write(payload(counter, nbytes))

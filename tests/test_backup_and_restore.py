@@ -309,7 +309,8 @@ def test_every_seconds_and_keep_last(tmp_path, data):
     )
     fit(build_model(), data, [backup], epochs=2)
     steps = [r.global_step for r in keras_ckpt.CheckpointManager(tmp_path).checkpoints()]
-    assert steps == [6, 7, 8]
+    # The last step backup and the epoch-end backup after it share global step 8.
+    assert steps == [7, 8, 8]
 
 
 def test_pydataset_without_the_protocol_warns(tmp_path, data):
@@ -361,3 +362,78 @@ def test_invalid_backup_dir_is_rejected():
 )
 def test_nearest_valid_arguments_are_accepted(tmp_path, kwargs):
     keras_ckpt.BackupAndRestore(tmp_path, **kwargs)
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def test_epoch_end_backup_after_a_step_backup_at_the_same_step_gets_its_own_name(tmp_path, data):
+    backup = keras_ckpt.BackupAndRestore(
+        tmp_path, every_seconds=1e-9, keep_last=10, delete_checkpoint=False
+    )
+    fit(build_model(), data, [backup], epochs=2)
+    manager = keras_ckpt.CheckpointManager(tmp_path)
+    records = manager.checkpoints(owner=OWNER)
+    names = [r.name for r in records]
+    assert len(names) == len(set(names))
+    assert "backup-000000004" in names and "backup-000000004-epoch-00001-step-000000" in names
+    assert all(r.ok for r in manager.verify())
+
+
+def test_a_multi_file_checkpoint_is_never_replaced_in_place(tmp_path):
+    manager = keras_ckpt.CheckpointManager(tmp_path)
+    for _ in range(2):
+        with manager.stage() as folder:
+            files = {}
+            for part in ("a", "b"):
+                (Path(folder) / part).write_bytes(part.encode())
+                files[f"ckpt/{part}"] = str(Path(folder) / part)
+            if manager.checkpoints():
+                with pytest.raises(ValueError, match="Cannot replace checkpoint 'ckpt' .* in place"):
+                    manager.commit(files, name="ckpt", kind="training_state")
+            else:
+                manager.commit(files, name="ckpt", kind="training_state")
+    manager.close()
+    assert (tmp_path / "ckpt" / "a").read_bytes() == b"a"
+
+
+def test_save_freq_false_backs_up_only_on_a_signal(tmp_path, data):
+    backup = keras_ckpt.BackupAndRestore(tmp_path, save_freq=False, delete_checkpoint=False)
+    fit(build_model(), data, [backup])
+    assert keras_ckpt.CheckpointManager(tmp_path).checkpoints() == []
+
+
+def test_save_freq_false_without_any_way_to_save_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="Nothing would ever be backed up"):
+        keras_ckpt.BackupAndRestore(tmp_path, save_freq=False, save_on_interrupt=False)
+
+
+def test_a_signal_after_a_failed_fit_goes_to_the_previous_handler(tmp_path, data):
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        with pytest.raises(RuntimeError):
+            fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path), Crash(3)])
+        # on_train_end never ran, so our handler is still installed; it must not swallow Ctrl-C.
+        signal.raise_signal(signal.SIGINT)
+        assert received == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_directory_locked_by_another_process_fails_before_training(tmp_path, data):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, keras_ckpt; keras_ckpt.CheckpointManager(sys.argv[1]).open_for_writing();"
+         " print('locked', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        model = build_model()
+        with pytest.raises(keras_ckpt.errors.DirectoryLockedError, match=f"process {holder.pid}"):
+            fit(model, data, [keras_ckpt.BackupAndRestore(tmp_path)])
+        assert int(model.optimizer.iterations) == 0
+    finally:
+        holder.kill()
+        holder.wait()

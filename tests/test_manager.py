@@ -373,9 +373,16 @@ def test_replacing_a_checkpoint_leaves_no_pending_record(tmp_path, manager):
 
 
 def test_replacing_a_checkpoint_removes_the_files_it_no_longer_has(tmp_path, manager):
-    commit(manager, "backup", {"backup/a.bin": b"a", "backup/old.bin": b"o"})
+    commit(manager, "backup", {"backup/old.bin": b"o"})
     commit(manager, "backup", {"backup/a.bin": b"a2"})
     assert os.listdir(tmp_path / "backup") == ["a.bin"]
+
+
+def test_a_multi_file_checkpoint_is_not_replaced_in_place(tmp_path, manager):
+    commit(manager, "backup", {"backup/a.bin": b"a", "backup/b.bin": b"b"})
+    with pytest.raises(ValueError, match="Commit it under a new name"):
+        commit(manager, "backup", {"backup/a.bin": b"a2"})
+    assert (tmp_path / "backup" / "a.bin").read_bytes() == b"a"
 
 
 def test_delete_removes_the_record_and_the_files(tmp_path, manager):
@@ -586,3 +593,11 @@ def test_load_weights_restores_the_optimizer_of_a_model_never_trained(manager, f
 def test_a_reader_loads_while_a_writer_holds_the_directory(tmp_path, manager, fitted):
     save_into(manager, fitted, "model.keras", "model")
     assert_same_weights(reader(tmp_path).load_model("model.keras"), fitted)
+
+
+def test_prune_refuses_a_keep_best_metric_no_checkpoint_records(tmp_path, manager):
+    commit(manager, "a", metrics={"val_loss": 0.5})
+    commit(manager, "b", metrics={"val_loss": 0.7})
+    with pytest.raises(ValueError, match=r"'val_acc', which no checkpoint .* \(metrics recorded: val_loss\)"):
+        manager.prune(KeepBest(1, monitor="val_acc", mode="max"))
+    assert [r.name for r in reader(tmp_path).checkpoints()] == ["a", "b"]

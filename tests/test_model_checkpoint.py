@@ -522,3 +522,50 @@ def test_checkpoint_state_round_trip_for_resume(tmp_path, data):
     restored.set_checkpoint_state(json.loads(json.dumps(state)))  # survives JSON
     assert restored.get_checkpoint_state() == state
     assert restored.best == cb.best
+
+
+def test_a_non_finite_monitor_value_is_never_an_improvement(tmp_path, data):
+    class Diverge(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["loss"] = float("nan")
+
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b.keras"), monitor="loss", save_best_only=True)
+    with pytest.warns(UserWarning, match="`loss` is nan"):
+        fit(build_model(), data, [Diverge(), cb], epochs=2)
+    assert names(tmp_path) == []
+
+
+@pytest.mark.parametrize("threshold", [float("inf"), float("-inf"), float("nan")])
+def test_a_non_finite_initial_value_threshold_is_refused(tmp_path, threshold):
+    with pytest.raises(ValueError, match="argument `initial_value_threshold`. Expected a finite"):
+        keras_ckpt.ModelCheckpoint(str(tmp_path / "b.keras"), initial_value_threshold=threshold)
+
+
+def test_a_numpy_initial_value_threshold_is_accepted_as_in_keras(tmp_path):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b.keras"), initial_value_threshold=np.float32(0.5))
+    assert cb.best == 0.5
+
+
+def test_a_legacy_h5_full_model_is_written_by_keras_even_with_async_save(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.h5"), async_save=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format
+        fit(build_model(), data, [cb], epochs=1)
+        loaded = keras.saving.load_model(tmp_path / "m-1.h5")
+    assert loaded.count_params() == build_model().count_params()
+
+
+def test_keep_best_with_a_metric_missing_from_the_logs_warns_and_prunes_nothing(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor="val_acc",
+                                    mode="max", keep_best=1)
+    with pytest.warns(UserWarning, match="`keep_best` ranks by `val_acc`, which is not in the logs"):
+        fit(build_model(), data, [cb], epochs=3, validation_split=0.25)
+    assert names(tmp_path) == ["m-1.keras", "m-2.keras", "m-3.keras"]
+
+
+def test_retention_policy_object_is_recorded_for_the_cli(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"),
+                                    retention=KeepBest(1, "loss") | KeepLast(1))
+    fit(build_model(), data, [cb], epochs=1)
+    recorded = keras_ckpt.CheckpointManager(tmp_path).latest().owner_state["retention"]
+    assert keras_ckpt.policies.from_json(recorded) == KeepBest(1, "loss") | KeepLast(1)

@@ -29,11 +29,15 @@ class Monitor:
         ):
             raise invalid("min_delta", "a finite number >= 0", min_delta)
         self.min_delta = float(min_delta)
-        if best is not None and (
-            isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)
-        ):
-            raise invalid("initial_value_threshold", "a number or None", best)
-        self.best = None if best is None else float(best)
+        if best is not None:
+            try:
+                number = float(best)  # numpy scalars too, as Keras accepts
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(best, (bool, str)) or not math.isfinite(number):
+                raise invalid("initial_value_threshold", "a finite number or None", best)
+            best = number
+        self.best = best
 
     def resolve(self, model: Any) -> str:
         """Settles `"auto"` from the compiled metric's direction, then from the name.

@@ -8,7 +8,7 @@ import signal
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import keras
 import numpy as np
@@ -19,7 +19,7 @@ from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
 from keras_ckpt.errors import ResumeError
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import KeepLast
+from keras_ckpt.policies import KeepLast, to_json
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.writer import Writer
@@ -72,8 +72,10 @@ class BackupAndRestore(keras.callbacks.Callback):
     Args:
         backup_dir: Path (or fsspec URL) of the folder holding the backups. Other files there are
             left alone.
-        save_freq: `"epoch"` (at every epoch end) or a positive int: every that many training
-            steps, counted across epochs. Defaults to `"epoch"`.
+        save_freq: `"epoch"` (at every epoch end), a positive int (every that many training
+            steps, counted across epochs), or `False` as in Keras: no scheduled backups, only on
+            SIGTERM/SIGINT (`save_on_interrupt=True`) or by `every_seconds`.
+            Defaults to `"epoch"`.
         double_checkpoint: Keep the previous backup too, so a damaged newest one can be skipped.
             Same as `keep_last=2`. Defaults to `False`.
         delete_checkpoint: Delete this callback's backups (and nothing else) when `fit` completes.
@@ -105,7 +107,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     def __init__(
         self,
         backup_dir: str | os.PathLike[str],
-        save_freq: str | int = "epoch",
+        save_freq: str | int | bool = "epoch",
         double_checkpoint: bool = False,
         delete_checkpoint: bool = True,
         *,
@@ -117,10 +119,19 @@ class BackupAndRestore(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
             raise invalid("backup_dir", "a non-empty path or URL", backup_dir)
-        self.save_freq = check_save_freq(save_freq)
+        self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
+        if save_freq is False:
+            if not self.save_on_interrupt and every_seconds is None:
+                raise ValueError(
+                    "Nothing would ever be backed up: save_freq=False needs "
+                    "save_on_interrupt=True or `every_seconds`. Received: save_freq=False, "
+                    "save_on_interrupt=False, every_seconds=None"
+                )
+            self.save_freq: str | int | bool | None = False
+        else:
+            self.save_freq = check_save_freq(save_freq)
         self.double_checkpoint = check_bool("double_checkpoint", double_checkpoint)
         self.delete_checkpoint = check_bool("delete_checkpoint", delete_checkpoint)
-        self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
         self.async_save = check_bool("async_save", async_save)
         self._writer = Writer(background=self.async_save, name="keras-ckpt-backup")
         keep_last = check_optional_count("keep_last", keep_last)
@@ -130,7 +141,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             raise invalid("keep_last", "at least 2 with `double_checkpoint=True`", keep_last)
         self.keep_last = keep_last
         self.every_seconds = every_seconds
-        self._schedule = Schedule(save_freq=self.save_freq, every_seconds=every_seconds)
+        self._schedule = Schedule(
+            save_freq=None if save_freq is False else self.save_freq,
+            every_seconds=every_seconds,
+            on_demand=save_freq is False,
+        )
         self.backup_dir = os.fspath(backup_dir)
         self.manager = CheckpointManager(self.backup_dir)
         self.interrupted: int | None = None
@@ -168,6 +183,10 @@ class BackupAndRestore(keras.callbacks.Callback):
                     "(e.g. reshuffles an index), a resumed run will not see the same batches.",
                     stacklevel=2,
                 )
+        if self._chief:
+            # Lock first: it also completes or undoes what a killed writer left half-done, before
+            # we read; and a second run on this directory fails now, not at its first backup.
+            self.manager.open_for_writing()
         if self.manager.checkpoints(OWNER):
             self._restore(self.manager.resolve("latest", owner=OWNER))
         self._schedule.start(self._progress.global_step)
@@ -269,7 +288,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     def _capture(self, logs: dict[str, Any] | None) -> _Snapshot:
         """Host copies of everything a backup holds: the only part that must block training."""
         progress = Progress(**vars(self._progress))
-        name = f"backup-{progress.global_step:09d}"
+        name = self._backup_name(progress)
         weights = snap.take(self.model, weights_only=True)
         variables = st.training_variables(self.model)
         arrays = {
@@ -295,13 +314,22 @@ class BackupAndRestore(keras.callbacks.Callback):
         json.dumps(state)  # fail here, not in the writer, on a callback state JSON cannot hold
         return _Snapshot(name, progress, arrays, state, clean_metrics(logs), weights)
 
+    def _backup_name(self, progress: Progress) -> str:
+        """`backup-<global step>`, made unique: an epoch-end backup can follow a step backup at
+        the same global step, and replacing a multi-file backup in place is never safe."""
+        name = f"backup-{progress.global_step:09d}"
+        taken = {r.name for r in self.manager.checkpoints(OWNER)}
+        if name in taken:
+            name = f"{name}-epoch-{progress.epoch:05d}-step-{progress.step:06d}"
+        return name
+
     def _write(self, snapshot: _Snapshot, folder: str) -> Record:
         weights_path = os.path.join(folder, WEIGHTS_FILE)
         snap.write(snapshot.weights, weights_path)
         arrays_path = os.path.join(folder, ARRAYS_FILE)
         state_path = os.path.join(folder, STATE_FILE)
         with open(arrays_path, "wb") as f:
-            np.savez(f, **snapshot.arrays)
+            np.savez(f, **cast(dict[str, Any], snapshot.arrays))
         with open(state_path, "w") as f:
             json.dump(snapshot.state, f)
         progress = snapshot.progress
@@ -321,7 +349,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             owner_state={
                 "callback": OWNER,
                 "iterations": snapshot.state["iterations"],
-                "retention": {"keep_last": self.keep_last},
+                "retention": to_json(KeepLast(self.keep_last)),
             },
         )
 
@@ -436,9 +464,18 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._previous_handlers = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if not _inside_fit(frame, self.model):
+            # A fit that raised never reached on_train_end (TF, PyTorch): our handler outlived it.
+            # Give the signal to whoever had it before, now.
+            self._second_signal(signum, frame)
+            return
         if self._signal_pending is None:
             self._signal_pending = self.interrupted = signum
             return
+        self._second_signal(signum, frame)
+
+    def _second_signal(self, signum: int, frame: Any) -> None:
+        """Restores the previous handlers and hands them this signal (a double Ctrl-C)."""
         previous = self._previous_handlers.get(signum, signal.SIG_DFL)
         self._restore_signal_handlers()
         if callable(previous):
@@ -453,6 +490,16 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._stopped_by_signal = True
         st.mark_preempted(self.model, True)
         self.model.stop_training = True
+
+
+def _inside_fit(frame: Any, model: Any) -> bool:
+    """True if `frame` (where a signal landed) is inside `model.fit`: a frame of a method `fit`
+    whose `self` is the model. Signals land in the main thread, which runs fit."""
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _first_difference(saved: list[Any], current: list[Any]) -> str:

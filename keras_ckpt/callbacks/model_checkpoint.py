@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -15,7 +16,7 @@ from keras_ckpt.callbacks._monitor import Monitor
 from keras_ckpt.callbacks._naming import format_name, split_filepath, template_fields
 from keras_ckpt.errors import ForeignFileError
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import KeepBest, KeepEvery, KeepLast, MaxTotalBytes, Policy
+from keras_ckpt.policies import Policy, from_keep_args, ranked_metrics, to_json
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying
@@ -136,7 +137,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
             )
         self._retention = retention
         self.async_save = check_bool("async_save", async_save)
-        self._writer = Writer(background=self.async_save)
+        # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
+        self._legacy_h5 = not self.save_weights_only and not self.template.endswith(".keras")
+        self._writer = Writer(background=self.async_save and not self._legacy_h5)
         self._check_conflicts()
         self.manager = CheckpointManager(self.directory)
         self._owner = f"ModelCheckpoint:{self.template}"
@@ -194,19 +197,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
         if self._retention is not None:
             return self._retention
         args = self._retention_args
-        parts: list[Policy] = []
-        if args["keep_last"]:
-            parts.append(KeepLast(args["keep_last"]))
-        if args["keep_best"]:
-            parts.append(KeepBest(args["keep_best"], self._monitor.monitor, self._mode()))
-        if args["keep_every_n_epochs"]:
-            parts.append(KeepEvery(epochs=args["keep_every_n_epochs"]))
-        if args["max_total_bytes"]:
-            parts.append(MaxTotalBytes(args["max_total_bytes"]))
-        policy = None
-        for part in parts:
-            policy = part if policy is None else policy | part
-        return policy
+        return from_keep_args(
+            **args,
+            monitor=self._monitor.monitor,
+            mode=self._mode() if args["keep_best"] else "auto",
+        )
 
     @property
     def owner(self) -> str:
@@ -314,6 +309,13 @@ class ModelCheckpoint(keras.callbacks.Callback):
         if not self._chief:  # multi-worker: the chief writes this checkpoint
             self._last_saved_step = self._progress.global_step
             return
+        if self._retention_args["keep_best"] and self._monitor.monitor not in logs:
+            warnings.warn(
+                f"ModelCheckpoint: `keep_best` ranks by `{self._monitor.monitor}`, which is not in "
+                f"the logs of this save (keys: {', '.join(sorted(logs)) or 'none'}); checkpoints "
+                "without it are not ranked, and nothing is pruned until one has it.",
+                stacklevel=3,
+            )
         if self.verbose and not self.save_best_only:
             print(f"\nEpoch {epoch_index + 1}: saving model to {display}")
         fields = {
@@ -327,18 +329,24 @@ class ModelCheckpoint(keras.callbacks.Callback):
             "owner_state": self._owner_state(),
         }
         self._last_saved_step = self._progress.global_step
-        if self.async_save:
+        # Settled here, on the training thread: the writer thread must not touch `self.model`
+        # (on JAX that property syncs the trainer's state into the variables).
+        policy = self.retention_policy()
+        if self._writer.background:
             self._writer.run(
                 lambda: snapshot.take(self.model, weights_only=self.save_weights_only),
-                lambda snap: self._commit(snap, fields, epoch_index, display),
+                lambda snap: self._commit(snap, fields, policy, epoch_index, display),
             )
         else:
-            self._writer.run(lambda: None, lambda _: self._commit(None, fields, epoch_index, display))
+            self._writer.run(
+                lambda: None, lambda _: self._commit(None, fields, policy, epoch_index, display)
+            )
 
     def _commit(
         self,
         snap: snapshot.Snapshot | None,
         fields: dict[str, Any],
+        policy: Policy | None,
         epoch_index: int,
         display: str,
     ) -> None:
@@ -358,12 +366,20 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self.manager.commit({name: staged}, **fields)
         if self.verbose:
             print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
-        policy = self.retention_policy()
-        if policy is not None:
+        if policy is not None and self._can_rank(policy):
             result = self.manager.prune(policy, owner=self._owner)
             if self.verbose and result.deleted:
                 names = ", ".join(r.name for r in result.deleted)
                 print(f"Epoch {epoch_index + 1}: retention removed {names}")
+
+    def _can_rank(self, policy: Policy) -> bool:
+        """False while `keep_best`'s metric is in none of our records (say, validation has not
+        run yet): pruning then would rank nothing and delete what it cannot judge."""
+        wanted = ranked_metrics(policy)
+        if not wanted:
+            return True
+        own = self.manager.checkpoints(owner=self._owner)
+        return all(any(m in r.metrics for r in own) for m in wanted)
 
     def _improved(self, epoch_index: int, logs: dict[str, Any], display: str) -> bool:
         monitor = self._monitor.monitor
@@ -381,6 +397,13 @@ class ModelCheckpoint(keras.callbacks.Callback):
                 f"ModelCheckpoint monitors `{monitor}`, which must be a scalar. "
                 f"Received: {logs[monitor]!r}"
             ) from None
+        if not math.isfinite(current):
+            warnings.warn(
+                f"ModelCheckpoint did not save: `{monitor}` is {current} (training diverged?); "
+                "a non-finite value never counts as an improvement.",
+                stacklevel=3,
+            )
+            return False
         self._mode()
         best_str = "None" if self._monitor.best is None else f"{self._monitor.best:.5f}"
         if not self._monitor.is_improvement(current):
@@ -406,7 +429,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             "mode": mode,
             "best": self._monitor.best,
             "save_best_only": self.save_best_only,
-            "retention": {k: v for k, v in self._retention_args.items() if v is not None},
+            "retention": _describe(self.retention_policy()),
         }
 
     # --------------------------------------------------------------- resume protocol
@@ -427,3 +450,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._monitor.mode = state["mode"]
         if self._monitor.mode != "auto":
             self._monitor.best = self._monitor.better_of(self._monitor.best, state.get("best"))
+
+
+def _describe(policy: Policy | None) -> dict[str, Any]:
+    """The retention policy as recorded (`keras-ckpt list --why` re-applies it)."""
+    if policy is None:
+        return {}
+    return to_json(policy) or {"custom": repr(policy)}

@@ -51,8 +51,9 @@ class Printer:
             raise CliError(
                 "Tables need the rich package: pip install 'keras-ckpt[cli]' (or use --json)."
             ) from None
-        piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-        self.console = Console(width=160 if piped else None, highlight=False)
+        # A pipe or a file has no width; whatever COLUMNS says, never cut a name or a value there.
+        piped = not sys.stdout.isatty()
+        self.console = Console(width=200 if piped else None, highlight=False)
 
     def print(self, *renderables: Any) -> None:
         if self.console.is_terminal:

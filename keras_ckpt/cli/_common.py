@@ -9,14 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import (
-    KeepBest,
-    KeepEvery,
-    KeepLast,
-    MaxTotalBytes,
-    Policy,
-    infer_mode,
-)
+from keras_ckpt.policies import Policy, from_json, from_keep_args, infer_mode
 from keras_ckpt.records import Record
 from keras_ckpt.storage import META_DIR
 
@@ -99,25 +92,16 @@ def build_policy(
     max_total_bytes: int | None = None,
 ) -> Policy | None:
     """The `keras_ckpt.policies` union for the callbacks' `keep_*` arguments (None: none set)."""
-    parts: list[Policy] = []
-    if keep_best is not None:
-        if not monitor:
-            raise CliError(
-                "--keep-best needs the metric to rank by: pass --monitor (e.g. val_loss)."
-            )
-        parts.append(KeepBest(keep_best, monitor=monitor, mode=resolve_mode(monitor, mode)))
-    if keep_last is not None:
-        parts.append(KeepLast(keep_last))
-    if keep_every_n_epochs is not None:
-        parts.append(KeepEvery(epochs=keep_every_n_epochs))
-    if max_total_bytes is not None:
-        parts.append(MaxTotalBytes(max_total_bytes))
-    if not parts:
-        return None
-    policy = parts[0]
-    for part in parts[1:]:
-        policy = policy | part
-    return policy
+    if keep_best is not None and not monitor:
+        raise CliError("--keep-best needs the metric to rank by: pass --monitor (e.g. val_loss).")
+    return from_keep_args(
+        keep_last=keep_last,
+        keep_best=keep_best,
+        monitor=monitor,
+        mode=resolve_mode(monitor, mode) if keep_best is not None and monitor else "auto",
+        keep_every_n_epochs=keep_every_n_epochs,
+        max_total_bytes=max_total_bytes,
+    )
 
 
 def policy_from_owner_state(owner_state: Mapping[str, Any]) -> Policy | None:
@@ -125,6 +109,8 @@ def policy_from_owner_state(owner_state: Mapping[str, Any]) -> Policy | None:
     spec = owner_state.get(RETENTION_KEY)
     if not isinstance(spec, Mapping):
         return None
+    if "type" in spec:  # a built-in policy, as keras_ckpt.policies.to_json describes it
+        return from_json(dict(spec))
     return build_policy(
         **{k: spec[k] for k in RETENTION_FIELDS if spec.get(k) is not None},
         monitor=spec.get("monitor") or owner_state.get("monitor"),
