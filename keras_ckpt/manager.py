@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 import warnings
@@ -238,8 +239,16 @@ class CheckpointManager:
         monitor: str | None = None,
         mode: str = "auto",
         owner: str | None = None,
+        kind: str | None = None,
     ) -> Record:
         """The verified record for a name, `"latest"` or `"best"`.
+
+        Args:
+            which: A checkpoint name, `"latest"` or `"best"`.
+            monitor: For `"best"`: the metric; defaults to the one the writing callback monitored.
+            mode: For `"best"`: `"min"`, `"max"` or `"auto"` (from the metric's name).
+            owner: Consider only the checkpoints of this callback (`ModelCheckpoint.owner`).
+            kind: Consider only checkpoints of this kind (`"model"` for `load_model`).
 
         For `"latest"` and `"best"` a damaged checkpoint is skipped with a warning that names the
         damaged file, and the next one that verifies is used. A damaged named checkpoint raises.
@@ -262,6 +271,8 @@ class CheckpointManager:
         else:
             monitor = monitor or self._default_monitor(owner)
             candidates = self._ranked_by(monitor, mode, owner)
+        if kind is not None:
+            candidates = [r for r in candidates if r.kind == kind]
         if not candidates:
             raise CheckpointNotFoundError(
                 f"No checkpoint in {self.directory} to use as {which!r}"
@@ -298,6 +309,7 @@ class CheckpointManager:
         *,
         monitor: str | None = None,
         mode: str = "auto",
+        owner: str | None = None,
         **load_kwargs: Any,
     ) -> Any:
         """Loads a full-model checkpoint with `keras.saving.load_model`.
@@ -306,12 +318,17 @@ class CheckpointManager:
             which: A checkpoint name, `"latest"` or `"best"`.
             monitor: For `"best"`: the metric; defaults to the one the writing callback monitored.
             mode: For `"best"`: `"min"`, `"max"` or `"auto"`.
+            owner: Only this callback's checkpoints (`ModelCheckpoint.owner`); `"latest"` and
+                `"best"` consider full-model checkpoints only.
             **load_kwargs: Passed to `keras.saving.load_model` (`custom_objects`, `compile`, ...).
 
         Raises:
             ValueError: the checkpoint holds weights only (use `load_weights` on a built model).
         """
-        record = self.resolve(which, monitor=monitor, mode=mode)
+        record = self.resolve(
+            which, monitor=monitor, mode=mode, owner=owner,
+            kind="model" if which in ("latest", "best") else None,
+        )
         if record.kind != "model":
             raise ValueError(
                 f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, not a full "
@@ -329,13 +346,20 @@ class CheckpointManager:
         *,
         monitor: str | None = None,
         mode: str = "auto",
+        owner: str | None = None,
     ) -> Record:
         """Loads a checkpoint's weights (and optimizer state) into `model`; returns its record.
 
         Unlike a bare `model.load_weights`, the optimizer of a compiled model is built first, so its
-        state (step count, moments) is restored instead of silently skipped.
+        state (step count, moments) is restored instead of silently skipped. Any kind of
+        checkpoint works: a full model, weights, or a `BackupAndRestore` backup.
+
+        Args:
+            model: A built Keras model with the checkpoint's architecture.
+            which: A checkpoint name, `"latest"` or `"best"`.
+            monitor, mode, owner: As for `load_model`.
         """
-        record = self.resolve(which, monitor=monitor, mode=mode)
+        record = self.resolve(which, monitor=monitor, mode=mode, owner=owner)
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
@@ -699,9 +723,9 @@ def _pending_path(name: str) -> str:
 
 
 def _keras_identity() -> tuple[str, str]:
-    """(Keras version, backend) of the writer; empty for tools that write without Keras."""
-    try:
-        import keras
-    except ImportError:
+    """(Keras version, backend) of the writer; empty when the writer has not loaded Keras (a tool
+    writing records needs no Keras, and importing it costs seconds of TensorFlow start-up)."""
+    keras = sys.modules.get("keras")
+    if keras is None:
         return "", ""
     return keras.__version__, keras.backend.backend()

@@ -601,3 +601,35 @@ def test_prune_refuses_a_keep_best_metric_no_checkpoint_records(tmp_path, manage
     with pytest.raises(ValueError, match=r"'val_acc', which no checkpoint .* \(metrics recorded: val_loss\)"):
         manager.prune(KeepBest(1, monitor="val_acc", mode="max"))
     assert [r.name for r in reader(tmp_path).checkpoints()] == ["a", "b"]
+
+
+def test_load_model_latest_skips_weights_only_checkpoints_of_another_callback(tmp_path, data):
+    import keras
+
+    model = build_model()
+    x, y = data
+    model.fit(x, y, epochs=1, verbose=0)
+    manager = CheckpointManager(tmp_path)
+    with manager.stage() as folder:
+        model.save(os.path.join(folder, "m.keras"))
+        manager.commit({"m.keras": os.path.join(folder, "m.keras")}, name="m.keras", kind="model")
+    with manager.stage() as folder:
+        model.save_weights(os.path.join(folder, "w.weights.h5"))
+        manager.commit({"w.weights.h5": os.path.join(folder, "w.weights.h5")},
+                       name="w.weights.h5", kind="weights")
+    manager.close()
+    loaded = reader(tmp_path).load_model("latest")  # the newest is weights-only
+    assert isinstance(loaded, keras.Model)
+
+
+def test_commit_without_keras_loaded_records_no_version(tmp_path):
+    code = (
+        "import sys, os, keras_ckpt; m = keras_ckpt.CheckpointManager(sys.argv[1]);\n"
+        "with m.stage() as d:\n"
+        "    open(os.path.join(d, 'f'), 'wb').write(b'x')\n"
+        "    r = m.commit({'f.bin': os.path.join(d, 'f')}, name='f.bin', kind='weights')\n"
+        "print(r.keras_version == '' and 'keras' not in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "True"
