@@ -33,6 +33,8 @@ $(BACKEND_STAMP): $(STAMP) constraints/backends.txt
 test-backends: $(BACKEND_STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 --dist loadfile $(BACKEND_TESTS)
 	KERAS_BACKEND=torch $(PY) -m pytest -q -n 2 --dist loadfile $(BACKEND_TESTS)
+	# The chief decision for JAX and PyTorch jobs (skipped by `make test`, which has neither).
+	$(PY) -m pytest -q tests/test_distribute.py -k "jax or torch"
 
 demo: $(STAMP)
 	$(PY) examples/resume_demo.py
