@@ -60,8 +60,14 @@ def train(backup_dir: str, out: str) -> None:
     tf.config.experimental.enable_op_determinism()
     x = np.random.default_rng(0).normal(size=(96, 6)).astype("float32")
     y = (x[:, 0] * x[:, 1] > 0).astype("int32")
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dropout(0.25), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.25),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     curriculum = Curriculum()
     backup = keras_ckpt.BackupAndRestore(backup_dir, save_freq=5, delete_checkpoint=False)
@@ -76,8 +82,13 @@ def train(backup_dir: str, out: str) -> None:
 
 def run(*args: str) -> subprocess.Popen:
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, __file__, "--train", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, __file__, "--train", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main() -> None:
@@ -97,11 +108,15 @@ def main() -> None:
     out, _ = resumed.communicate()
     print("3. " + next(line for line in out.splitlines() if line.startswith("restored")))
     reference.communicate()
-    with np.load(os.path.join(work, "reference.npz")) as a, \
-            np.load(os.path.join(work, "resumed.npz")) as b:
+    with (
+        np.load(os.path.join(work, "reference.npz")) as a,
+        np.load(os.path.join(work, "resumed.npz")) as b,
+    ):
         same = all(np.array_equal(a[k], b[k]) for k in a.files)
-    with open(os.path.join(work, "reference.npz.json")) as f1, \
-            open(os.path.join(work, "resumed.npz.json")) as f2:
+    with (
+        open(os.path.join(work, "reference.npz.json")) as f1,
+        open(os.path.join(work, "resumed.npz.json")) as f2,
+    ):
         states = json.load(f1), json.load(f2)
     print(f"4. final curriculum: uninterrupted {states[0]}, resumed {states[1]}")
     print(f"   final weights bit-identical: {same}")

@@ -47,8 +47,9 @@ def main(run_dir: str) -> None:
         keep_last=1,
     )
     for run in (1, 2):  # the second run continues into the same folder, e.g. after a restart
-        model.fit(x, y, epochs=8, batch_size=64, validation_split=0.25, verbose=0,
-                  callbacks=[checkpoint])
+        model.fit(
+            x, y, epochs=8, batch_size=64, validation_split=0.25, verbose=0, callbacks=[checkpoint]
+        )
         kept = keras_ckpt.CheckpointManager(run_dir).checkpoints(owner=checkpoint.owner)
         print(f"after fine-tuning run {run}: kept {len(kept)} checkpoints")
     verdict = keras_ckpt.CheckpointManager(run_dir).prune(
@@ -56,8 +57,10 @@ def main(run_dir: str) -> None:
     )
     for kept in verdict.kept:
         r = kept.record
-        print(f"  {r.name}  val_accuracy {r.metrics['val_accuracy']:.4f}  kept: "
-              + ", ".join(kept.reasons))
+        print(
+            f"  {r.name}  val_accuracy {r.metrics['val_accuracy']:.4f}  kept: "
+            + ", ".join(kept.reasons)
+        )
     best = keras_ckpt.CheckpointManager(run_dir).best("val_accuracy", owner=checkpoint.owner)
     print(f"best: {best.name} (mode resolved to {best.owner_state['mode']})")
 

@@ -29,8 +29,10 @@ def local_s3_server() -> str:
     server.start()
     host, port = server.get_host_and_port()
     os.environ.update(
-        AWS_ACCESS_KEY_ID="example", AWS_SECRET_ACCESS_KEY="example",
-        AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=f"http://{host}:{port}",
+        AWS_ACCESS_KEY_ID="example",
+        AWS_SECRET_ACCESS_KEY="example",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL_S3=f"http://{host}:{port}",
     )
     import fsspec
 
@@ -50,21 +52,25 @@ def main(url: str) -> None:
     x = rng.normal(size=(256, 8)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     callbacks = [
         keras_ckpt.ModelCheckpoint(f"{url}/model-{{epoch:02d}}.keras", keep_last=2),
         keras_ckpt.BackupAndRestore(f"{url}/backup", save_freq=5, delete_checkpoint=False),
     ]
-    model.fit(x, y, epochs=4, batch_size=32, validation_split=0.25, verbose=0,
-              callbacks=callbacks)
+    model.fit(x, y, epochs=4, batch_size=32, validation_split=0.25, verbose=0, callbacks=callbacks)
 
     manager = keras_ckpt.CheckpointManager(url)
     print(f"models in {url}: {[r.name for r in manager.checkpoints()]}")
     print(f"all verify: {all(r.ok for r in manager.verify())}")
     restored = manager.load_model("latest")  # downloaded to a temp file, loaded by plain Keras
-    same = all(np.array_equal(a, b) for a, b in zip(restored.get_weights(), model.get_weights()))
+    same = all(np.array_equal(a, b) for a, b in zip(restored.get_weights(), model.get_weights(), strict=False))
     print(f"latest model reloaded from S3 equals the trained one: {same}")
     backups = keras_ckpt.CheckpointManager(f"{url}/backup").checkpoints()
     print(f"backups in {url}/backup: {[r.name for r in backups]}")

@@ -37,6 +37,7 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
+
 __all__ = [
     "BackupAndRestore",
     "CheckpointManager",

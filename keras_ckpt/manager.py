@@ -181,9 +181,7 @@ class CheckpointManager:
         records = self.checkpoints(owner)
         return records[-1] if records else None
 
-    def best(
-        self, monitor: str, mode: str = "auto", owner: str | None = None
-    ) -> Record | None:
+    def best(self, monitor: str, mode: str = "auto", owner: str | None = None) -> Record | None:
         """The checkpoint with the best `monitor` value (newest on ties), or None.
 
         Args:
@@ -222,9 +220,7 @@ class CheckpointManager:
                 continue
             sealed = self.storage.seal(entry.path)
             if sealed.size != entry.size:
-                problems.append(
-                    f"{entry.path}: size {sealed.size} bytes, record says {entry.size}"
-                )
+                problems.append(f"{entry.path}: size {sealed.size} bytes, record says {entry.size}")
             elif sealed.checksum != entry.checksum:
                 problems.append(
                     f"{entry.path}: checksum mismatch ({sealed.checksum}, "
@@ -326,7 +322,10 @@ class CheckpointManager:
             ValueError: the checkpoint holds weights only (use `load_weights` on a built model).
         """
         record = self.resolve(
-            which, monitor=monitor, mode=mode, owner=owner,
+            which,
+            monitor=monitor,
+            mode=mode,
+            owner=owner,
             kind="model" if which in ("latest", "best") else None,
         )
         if record.kind != "model":
@@ -616,9 +615,7 @@ class CheckpointManager:
             if not any(state.owner_of(f.path) is not None for f in record.files):
                 self.storage.remove(_pending_path(record.name))
 
-    def _check_targets(
-        self, state: _WriterState, name: str, files: Mapping[str, object]
-    ) -> None:
+    def _check_targets(self, state: _WriterState, name: str, files: Mapping[str, object]) -> None:
         for relpath in files:
             holder = state.owner_of(relpath)
             if holder is not None and holder != name:

@@ -30,9 +30,7 @@ def build_model(dropout: float = 0.0, seed: int = 0):
         layers.append(keras.layers.Dropout(dropout))
     layers.append(keras.layers.Dense(3, activation="softmax"))
     model = keras.Sequential(layers)
-    model.compile(
-        optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 

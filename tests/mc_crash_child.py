@@ -28,7 +28,9 @@ def main(directory: str, mode: str) -> None:
     x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
     callbacks = [
-        keras_ckpt.ModelCheckpoint(os.path.join(directory, "last.keras"), save_freq=1, async_save=async_save),
+        keras_ckpt.ModelCheckpoint(
+            os.path.join(directory, "last.keras"), save_freq=1, async_save=async_save
+        ),
         keras_ckpt.ModelCheckpoint(
             os.path.join(directory, "step-{batch:04d}-{epoch:03d}.keras"),
             save_freq=1,

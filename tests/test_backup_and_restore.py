@@ -389,7 +389,9 @@ def test_a_multi_file_checkpoint_is_never_replaced_in_place(tmp_path):
                 (Path(folder) / part).write_bytes(part.encode())
                 files[f"ckpt/{part}"] = str(Path(folder) / part)
             if manager.checkpoints():
-                with pytest.raises(ValueError, match="Cannot replace checkpoint 'ckpt' .* in place"):
+                with pytest.raises(
+                    ValueError, match="Cannot replace checkpoint 'ckpt' .* in place"
+                ):
                     manager.commit(files, name="ckpt", kind="training_state")
             else:
                 manager.commit(files, name="ckpt", kind="training_state")
@@ -423,10 +425,15 @@ def test_a_signal_after_a_failed_fit_goes_to_the_previous_handler(tmp_path, data
 
 def test_a_directory_locked_by_another_process_fails_before_training(tmp_path, data):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time, keras_ckpt; keras_ckpt.CheckpointManager(sys.argv[1]).open_for_writing();"
-         " print('locked', flush=True); time.sleep(60)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, keras_ckpt; keras_ckpt.CheckpointManager(sys.argv[1]).open_for_writing();"
+            " print('locked', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -14,10 +14,21 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 ENV.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
 
 EXPECTED = {
-    "quickstart.py": ["kept: newest, last 1", "reloaded with plain Keras", "All checkpoints verify: True"],
-    "finetune_best_k.py": ["kept 3 checkpoints", "best 3 by val_accuracy (max)", "mode resolved to max"],
-    "s3_checkpoints.py": ["started a local S3 server at http://127.0.0.1:", "all verify: True",
-                          "equals the trained one: True"],
+    "quickstart.py": [
+        "kept: newest, last 1",
+        "reloaded with plain Keras",
+        "All checkpoints verify: True",
+    ],
+    "finetune_best_k.py": [
+        "kept 3 checkpoints",
+        "best 3 by val_accuracy (max)",
+        "mode resolved to max",
+    ],
+    "s3_checkpoints.py": [
+        "started a local S3 server at http://127.0.0.1:",
+        "all verify: True",
+        "equals the trained one: True",
+    ],
     "custom_callback_resume.py": ["sending SIGTERM", "restored curriculum", "bit-identical: True"],
     "resume_demo.py": ["Sent SIGKILL", "bit-identical: True"],
 }
@@ -30,8 +41,12 @@ def test_every_example_is_tested():
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs(script, tmp_path):
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script)], cwd=tmp_path, env=ENV,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, str(EXAMPLES / script)],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     for line in EXPECTED[script]:

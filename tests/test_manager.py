@@ -598,7 +598,9 @@ def test_a_reader_loads_while_a_writer_holds_the_directory(tmp_path, manager, fi
 def test_prune_refuses_a_keep_best_metric_no_checkpoint_records(tmp_path, manager):
     commit(manager, "a", metrics={"val_loss": 0.5})
     commit(manager, "b", metrics={"val_loss": 0.7})
-    with pytest.raises(ValueError, match=r"'val_acc', which no checkpoint .* \(metrics recorded: val_loss\)"):
+    with pytest.raises(
+        ValueError, match=r"'val_acc', which no checkpoint .* \(metrics recorded: val_loss\)"
+    ):
         manager.prune(KeepBest(1, monitor="val_acc", mode="max"))
     assert [r.name for r in reader(tmp_path).checkpoints()] == ["a", "b"]
 
@@ -615,8 +617,11 @@ def test_load_model_latest_skips_weights_only_checkpoints_of_another_callback(tm
         manager.commit({"m.keras": os.path.join(folder, "m.keras")}, name="m.keras", kind="model")
     with manager.stage() as folder:
         model.save_weights(os.path.join(folder, "w.weights.h5"))
-        manager.commit({"w.weights.h5": os.path.join(folder, "w.weights.h5")},
-                       name="w.weights.h5", kind="weights")
+        manager.commit(
+            {"w.weights.h5": os.path.join(folder, "w.weights.h5")},
+            name="w.weights.h5",
+            kind="weights",
+        )
     manager.close()
     loaded = reader(tmp_path).load_model("latest")  # the newest is weights-only
     assert isinstance(loaded, keras.Model)
@@ -630,6 +635,7 @@ def test_commit_without_keras_loaded_records_no_version(tmp_path):
         "    r = m.commit({'f.bin': os.path.join(d, 'f')}, name='f.bin', kind='weights')\n"
         "print(r.keras_version == '' and 'keras' not in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "True"

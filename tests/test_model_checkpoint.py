@@ -78,7 +78,7 @@ def test_full_model_file_loads_in_plain_keras_with_optimizer_state(tmp_path, dat
     fit(model, data, [keras_ckpt.ModelCheckpoint(str(tmp_path / "m.keras"))])
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 12
-    for a, b in zip(loaded.get_weights(), model.get_weights()):
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)
 
 
@@ -88,7 +88,7 @@ def test_weights_file_loads_in_plain_keras(tmp_path, data):
     fit(model, data, [cb])
     fresh = build_model(seed=1)
     fresh.load_weights(tmp_path / "m.weights.h5")
-    for a, b in zip(fresh.get_weights(), model.get_weights()):
+    for a, b in zip(fresh.get_weights(), model.get_weights(), strict=False):
         np.testing.assert_array_equal(a, b)
 
 
@@ -145,7 +145,9 @@ def test_auto_mode_that_cannot_be_inferred_says_to_set_mode(tmp_path, data):
 
     model = build_model()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=[custom])
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b.keras"), monitor="custom", save_best_only=True)
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "b.keras"), monitor="custom", save_best_only=True
+    )
     with pytest.raises(ValueError, match='Pass mode="min" or mode="max"'):
         fit(model, data, [cb], epochs=1)
     assert names(tmp_path) == []
@@ -186,12 +188,18 @@ def test_template_key_missing_at_save_time_lists_the_keys_that_exist(tmp_path, d
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"save_freq": 0}, r'argument `save_freq`. Expected "epoch" or a positive int. Received: save_freq=0'),
+        (
+            {"save_freq": 0},
+            r'argument `save_freq`. Expected "epoch" or a positive int. Received: save_freq=0',
+        ),
         ({"save_freq": -5}, r"Received: save_freq=-5"),
         ({"save_freq": True}, r"Received: save_freq=True"),
         ({"save_freq": "batch"}, r"Received: save_freq='batch'"),
         ({"save_freq": 2.5}, r"Received: save_freq=2.5"),
-        ({"mode": "bogus"}, r'argument `mode`. Expected "auto" or "min" or "max". Received: mode=\'bogus\''),
+        (
+            {"mode": "bogus"},
+            r'argument `mode`. Expected "auto" or "min" or "max". Received: mode=\'bogus\'',
+        ),
         ({"keep_last": 0}, r"argument `keep_last`. Expected a positive int. Received: keep_last=0"),
         ({"keep_best": True}, r"Received: keep_best=True"),
         ({"keep_every_n_epochs": -1}, r"Received: keep_every_n_epochs=-1"),
@@ -288,8 +296,9 @@ def test_save_on_train_end_saves_the_final_state_once(tmp_path, data):
 
 
 def test_keep_last_over_a_long_run_keeps_exactly_n(tmp_path, data):
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch:02d}.weights.h5"),
-                                    save_weights_only=True, keep_last=3)
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch:02d}.weights.h5"), save_weights_only=True, keep_last=3
+    )
     fit(build_model(), data, [cb], epochs=20)
     assert names(tmp_path) == ["m-18.weights.h5", "m-19.weights.h5", "m-20.weights.h5"]
 
@@ -297,7 +306,10 @@ def test_keep_last_over_a_long_run_keeps_exactly_n(tmp_path, data):
 def test_keep_best_and_keep_last_keep_the_union(tmp_path, data):
     cb = keras_ckpt.ModelCheckpoint(
         str(tmp_path / "m-{epoch:02d}.weights.h5"),
-        save_weights_only=True, monitor="val_loss", keep_best=2, keep_last=1,
+        save_weights_only=True,
+        monitor="val_loss",
+        keep_best=2,
+        keep_last=1,
     )
     fit(build_model(), data, [cb], epochs=8, validation_split=0.25)
     manager = keras_ckpt.CheckpointManager(tmp_path)
@@ -309,19 +321,25 @@ def test_keep_best_and_keep_last_keep_the_union(tmp_path, data):
 
 
 def test_keep_every_n_epochs_keeps_the_milestones(tmp_path, data):
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.weights.h5"),
-                                    save_weights_only=True, keep_every_n_epochs=3)
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.weights.h5"), save_weights_only=True, keep_every_n_epochs=3
+    )
     fit(build_model(), data, [cb], epochs=7)
     assert names(tmp_path) == ["m-3.weights.h5", "m-6.weights.h5", "m-7.weights.h5"]
 
 
 def test_max_total_bytes_keeps_the_newest_that_fit(tmp_path, data):
     template = str(tmp_path / "m-{epoch}.weights.h5")
-    fit(build_model(), data, [keras_ckpt.ModelCheckpoint(template, save_weights_only=True)],
-        epochs=1)
+    fit(
+        build_model(),
+        data,
+        [keras_ckpt.ModelCheckpoint(template, save_weights_only=True)],
+        epochs=1,
+    )
     size = keras_ckpt.CheckpointManager(tmp_path).latest().size
-    cb = keras_ckpt.ModelCheckpoint(template, save_weights_only=True,
-                                    max_total_bytes=2 * size + size // 2)
+    cb = keras_ckpt.ModelCheckpoint(
+        template, save_weights_only=True, max_total_bytes=2 * size + size // 2
+    )
     fit(build_model(), data, [cb], epochs=5)
     assert names(tmp_path) == ["m-4.weights.h5", "m-5.weights.h5"]
 
@@ -339,8 +357,9 @@ def test_retention_never_touches_foreign_files_or_other_callbacks(tmp_path, data
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "m-1.keras.bak").write_bytes(b"also mine")
     last = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), keep_last=1)
-    best = keras_ckpt.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="loss",
-                                      save_best_only=True)
+    best = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "best.keras"), monitor="loss", save_best_only=True
+    )
     fit(build_model(), data, [last, best], epochs=4)
     assert names(tmp_path) == ["best.keras", "m-1.keras.bak", "m-4.keras", "notes.txt"]
 
@@ -350,8 +369,12 @@ def test_retention_never_touches_foreign_files_or_other_callbacks(tmp_path, data
 
 def test_restarted_save_best_only_never_overwrites_a_better_model(tmp_path, data):
     path = str(tmp_path / "best.keras")
-    fit(build_model(), data, [keras_ckpt.ModelCheckpoint(path, monitor="loss",
-                                                         save_best_only=True)], epochs=30)
+    fit(
+        build_model(),
+        data,
+        [keras_ckpt.ModelCheckpoint(path, monitor="loss", save_best_only=True)],
+        epochs=30,
+    )
     before = (tmp_path / "best.keras").read_bytes()
     best = keras_ckpt.CheckpointManager(tmp_path).latest().owner_state["best"]
     restarted = keras_ckpt.ModelCheckpoint(path, monitor="loss", save_best_only=True)
@@ -363,11 +386,19 @@ def test_restarted_save_best_only_never_overwrites_a_better_model(tmp_path, data
 def test_keras_forgets_its_best_after_a_restart(tmp_path, data):
     """The fault we fix, shown on Keras itself (issue keras-team/keras#17012)."""
     path = str(tmp_path / "best.keras")
-    fit(build_model(), data, [keras.callbacks.ModelCheckpoint(path, monitor="loss",
-                                                              save_best_only=True)], epochs=30)
+    fit(
+        build_model(),
+        data,
+        [keras.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=True)],
+        epochs=30,
+    )
     before = (tmp_path / "best.keras").read_bytes()
-    fit(build_model(seed=1), data, [keras.callbacks.ModelCheckpoint(
-        path, monitor="loss", save_best_only=True)], epochs=1)
+    fit(
+        build_model(seed=1),
+        data,
+        [keras.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=True)],
+        epochs=1,
+    )
     assert (tmp_path / "best.keras").read_bytes() != before
 
 
@@ -403,8 +434,12 @@ def test_replacing_a_fixed_path_updates_its_record(tmp_path, data):
 def test_async_saves_hold_the_same_weights_as_sync_saves(tmp_path, data):
     template = "w-{epoch}-{batch}.weights.h5"
     callbacks = [
-        keras_ckpt.ModelCheckpoint(str(tmp_path / mode / template), save_weights_only=True,
-                                   save_freq=2, async_save=mode == "async")
+        keras_ckpt.ModelCheckpoint(
+            str(tmp_path / mode / template),
+            save_weights_only=True,
+            save_freq=2,
+            async_save=mode == "async",
+        )
         for mode in ("async", "sync")
     ]
     fit(build_model(dropout=0.5), data, callbacks, epochs=2)
@@ -413,10 +448,14 @@ def test_async_saves_hold_the_same_weights_as_sync_saves(tmp_path, data):
     def datasets(path):
         out = {}
         with h5py.File(path, "r") as f:
-            f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+            f.visititems(
+                lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None
+            )
         return out
 
-    assert names(tmp_path / "async") == names(tmp_path / "sync") and len(names(tmp_path / "sync")) == 4
+    assert (
+        names(tmp_path / "async") == names(tmp_path / "sync") and len(names(tmp_path / "sync")) == 4
+    )
     for name in names(tmp_path / "sync"):
         ours, theirs = datasets(tmp_path / "async" / name), datasets(tmp_path / "sync" / name)
         assert sorted(ours) == sorted(theirs)
@@ -425,8 +464,12 @@ def test_async_saves_hold_the_same_weights_as_sync_saves(tmp_path, data):
 
 
 @pytest.mark.parametrize("async_save", [True, False])
-@pytest.mark.parametrize("errno_, message", [(28, "No space left on device"), (13, "Permission denied")])
-def test_a_failed_save_raises_in_fit_and_commits_nothing(tmp_path, data, mocker, async_save, errno_, message):
+@pytest.mark.parametrize(
+    "errno_, message", [(28, "No space left on device"), (13, "Permission denied")]
+)
+def test_a_failed_save_raises_in_fit_and_commits_nothing(
+    tmp_path, data, mocker, async_save, errno_, message
+):
     from keras_ckpt.storage import LocalStorage
 
     real_publish = LocalStorage.publish
@@ -491,8 +534,12 @@ def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path
     seen_steps = set()
     while kills < 10:
         mode = ("sync", "async")[kills % 2]
-        proc = subprocess.Popen([sys.executable, child, str(tmp_path), mode], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, child, str(tmp_path), mode],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
@@ -512,13 +559,15 @@ def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path
 
 
 def test_checkpoint_state_round_trip_for_resume(tmp_path, data):
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b-{epoch}-{batch}.keras"), monitor="loss",
-                                    save_best_only=True, save_freq=3)
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "b-{epoch}-{batch}.keras"), monitor="loss", save_best_only=True, save_freq=3
+    )
     fit(build_model(), data, [cb], epochs=2)
     state = cb.get_checkpoint_state()
     assert state["progress"] == {"epoch": 2, "step": 0, "global_step": 8}
-    restored = keras_ckpt.ModelCheckpoint(str(tmp_path / "b-{epoch}-{batch}.keras"),
-                                          monitor="loss", save_best_only=True, save_freq=3)
+    restored = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "b-{epoch}-{batch}.keras"), monitor="loss", save_best_only=True, save_freq=3
+    )
     restored.set_checkpoint_state(json.loads(json.dumps(state)))  # survives JSON
     assert restored.get_checkpoint_state() == state
     assert restored.best == cb.best
@@ -542,7 +591,9 @@ def test_a_non_finite_initial_value_threshold_is_refused(tmp_path, threshold):
 
 
 def test_a_numpy_initial_value_threshold_is_accepted_as_in_keras(tmp_path):
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "b.keras"), initial_value_threshold=np.float32(0.5))
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "b.keras"), initial_value_threshold=np.float32(0.5)
+    )
     assert cb.best == 0.5
 
 
@@ -556,16 +607,20 @@ def test_a_legacy_h5_full_model_is_written_by_keras_even_with_async_save(tmp_pat
 
 
 def test_keep_best_with_a_metric_missing_from_the_logs_warns_and_prunes_nothing(tmp_path, data):
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor="val_acc",
-                                    mode="max", keep_best=1)
-    with pytest.warns(UserWarning, match="`keep_best` ranks by `val_acc`, which is not in the logs"):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), monitor="val_acc", mode="max", keep_best=1
+    )
+    with pytest.warns(
+        UserWarning, match="`keep_best` ranks by `val_acc`, which is not in the logs"
+    ):
         fit(build_model(), data, [cb], epochs=3, validation_split=0.25)
     assert names(tmp_path) == ["m-1.keras", "m-2.keras", "m-3.keras"]
 
 
 def test_retention_policy_object_is_recorded_for_the_cli(tmp_path, data):
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"),
-                                    retention=KeepBest(1, "loss") | KeepLast(1))
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), retention=KeepBest(1, "loss") | KeepLast(1)
+    )
     fit(build_model(), data, [cb], epochs=1)
     recorded = keras_ckpt.CheckpointManager(tmp_path).latest().owner_state["retention"]
     assert keras_ckpt.policies.from_json(recorded) == KeepBest(1, "loss") | KeepLast(1)

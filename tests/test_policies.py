@@ -393,7 +393,8 @@ class Directory:
 
 def refused(directory, policy, records) -> bool:
     """True (after checking it) when prune must refuse: KeepBest's metric is in no record."""
-    recorded = set().union(*(r.metrics for r in records)) if records else set()
+    # Records keep finite metrics only (records.clean_metrics drops NaN).
+    recorded = {k for r in records for k, v in r.metrics.items() if math.isfinite(v)}
     if not records or not (ranked_metrics(policy) - recorded):
         return False
     before = directory.names()

@@ -107,7 +107,9 @@ def test_schedule_state_round_trip_keeps_the_step_count():
 
 @pytest.mark.parametrize("value", [0, -5, True, False, 2.0, "batch", None])
 def test_check_save_freq_rejects(value):
-    with pytest.raises(ValueError, match=r'Expected "epoch" or a positive int\. Received: save_freq='):
+    with pytest.raises(
+        ValueError, match=r'Expected "epoch" or a positive int\. Received: save_freq='
+    ):
         check_save_freq(value)
 
 

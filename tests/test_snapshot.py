@@ -23,7 +23,11 @@ def trained(data, dropout=0.0):
 def h5_datasets(path):
     out = {}
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
     return out
 
 
@@ -31,7 +35,10 @@ def test_weights_snapshot_writes_the_same_datasets_as_save_weights(tmp_path, dat
     model = trained(data)
     model.save_weights(tmp_path / "keras.weights.h5")
     snapshot.write(snapshot.take(model, weights_only=True), str(tmp_path / "ours.weights.h5"))
-    theirs, ours = h5_datasets(tmp_path / "keras.weights.h5"), h5_datasets(tmp_path / "ours.weights.h5")
+    theirs, ours = (
+        h5_datasets(tmp_path / "keras.weights.h5"),
+        h5_datasets(tmp_path / "ours.weights.h5"),
+    )
     assert sorted(theirs) == sorted(ours) and len(ours) > 4
     for name in theirs:
         np.testing.assert_array_equal(theirs[name], ours[name])
@@ -47,7 +54,7 @@ def test_snapshot_is_frozen_while_training_goes_on(tmp_path, data):
     fresh = build_model(seed=7)
     fresh.optimizer.build(fresh.trainable_variables)
     fresh.load_weights(tmp_path / "then.weights.h5")
-    for a, b in zip(fresh.weights, frozen):
+    for a, b in zip(fresh.weights, frozen, strict=False):
         np.testing.assert_array_equal(a.numpy(), b)
 
 
@@ -58,7 +65,7 @@ def test_full_model_snapshot_is_a_keras_file_plain_keras_loads(tmp_path, data):
         assert sorted(archive.namelist()) == ["config.json", "metadata.json", "model.weights.h5"]
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations)
-    for a, b in zip(loaded.weights, model.weights):
+    for a, b in zip(loaded.weights, model.weights, strict=False):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -67,7 +74,10 @@ def test_assets_are_carried_into_the_keras_file(tmp_path):
     model = keras.Sequential([keras.Input((1,), dtype="string"), lookup])
     snapshot.write(snapshot.take(model, weights_only=False), str(tmp_path / "m.keras"))
     model.save(tmp_path / "keras.keras")
-    with zipfile.ZipFile(tmp_path / "m.keras") as ours, zipfile.ZipFile(tmp_path / "keras.keras") as theirs:
+    with (
+        zipfile.ZipFile(tmp_path / "m.keras") as ours,
+        zipfile.ZipFile(tmp_path / "keras.keras") as theirs,
+    ):
         assert sorted(ours.namelist()) == sorted(theirs.namelist())
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.layers[-1].get_vocabulary() == lookup.get_vocabulary()
@@ -85,6 +95,11 @@ def test_snapshot_records_its_size(data):
 def test_recording_store_is_accepted_by_keras_saving_walk():
     # Keras type-checks the store; if it stops accepting our subclass, this names the cause.
     with pytest.raises(ValueError, match="weights_store"):
-        snapshot.saving_lib._save_state(build_model(), weights_store=object(), assets_store=None,
-                                        inner_path="", visited_saveables=set())
+        snapshot.saving_lib._save_state(
+            build_model(),
+            weights_store=object(),
+            assets_store=None,
+            inner_path="",
+            visited_saveables=set(),
+        )
     assert isinstance(snapshot._RecordingStore(), snapshot.saving_lib.H5IOStore)

@@ -36,7 +36,9 @@ def test_next_save_waits_for_the_one_in_flight_and_counts_the_wait():
     release = threading.Event()
     order = []
     writer = Writer(background=True)
-    writer.run(lambda: order.append("prepare 1"), lambda _: (release.wait(5), order.append("write 1")))
+    writer.run(
+        lambda: order.append("prepare 1"), lambda _: (release.wait(5), order.append("write 1"))
+    )
     threading.Timer(0.2, release.set).start()
     writer.run(lambda: order.append("prepare 2"), lambda _: order.append("write 2"))
     writer.wait()

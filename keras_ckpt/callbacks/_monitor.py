@@ -24,8 +24,10 @@ class Monitor:
             raise invalid("monitor", "a metric name such as 'val_loss'", monitor)
         self.monitor = monitor
         self.mode = check_choice("mode", mode, ("auto", "min", "max"))
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not (
-            math.isfinite(min_delta) and min_delta >= 0
+        if (
+            isinstance(min_delta, bool)
+            or not isinstance(min_delta, (int, float))
+            or not (math.isfinite(min_delta) and min_delta >= 0)
         ):
             raise invalid("min_delta", "a finite number >= 0", min_delta)
         self.min_delta = float(min_delta)
