@@ -15,7 +15,8 @@ ENV.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
 
 EXPECTED = {
     "quickstart.py": [
-        "kept: newest, last 1",
+        "kept: newest,",
+        "best 2 by val_loss (min)",
         "reloaded with plain Keras",
         "All checkpoints verify: True",
     ],
