@@ -34,6 +34,17 @@ def is_chief(model: Any = None) -> bool:
     Args:
         model: The model being trained. On TensorFlow its `distribute_strategy` names the cluster;
             without it, the strategy in scope or `TF_CONFIG` does.
+
+    Example:
+
+    >>> import json, os
+    >>> os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+    ...                                       "task": {"type": "worker", "index": 1}})
+    >>> is_chief(), worker_id()  # worker 1 of a cluster without a chief task
+    (False, 1)
+    >>> del os.environ["TF_CONFIG"]
+    >>> is_chief()  # a single process is its own chief
+    True
     """
     task_type, task_id, cluster = _task(model)
     if task_type not in _TRAINING_TASKS:
@@ -49,6 +60,11 @@ def worker_id(model: Any = None) -> int:
 
     Raises:
         ValueError: this TensorFlow task does not train (`"evaluator"`, `"ps"`).
+
+    Example:
+
+    >>> worker_id()  # not in a multi-worker job
+    0
     """
     task_type, task_id, cluster = _task(model)
     if task_type not in _TRAINING_TASKS:

@@ -48,6 +48,11 @@ class VerifyResult:
         name: The checkpoint's name, or the record file's path if the record is unreadable.
         ok: True when every file exists with the recorded size and checksum.
         problems: One line per problem, naming the file and what is wrong.
+
+    Example:
+
+    >>> VerifyResult("model-001.keras", False, ("model-001.keras: missing file",)).ok
+    False
     """
 
     name: str
@@ -57,13 +62,29 @@ class VerifyResult:
 
 @dataclass(frozen=True)
 class KeptCheckpoint:
+    """A checkpoint `prune` kept, and every reason it was kept (`"newest"`, `"best 3 by ..."`).
+
+    Example:
+
+    >>> from keras_ckpt.records import FileEntry, Record
+    >>> record = Record("m.keras", "model", (FileEntry("m.keras", 1, "crc32c:00000000"),))
+    >>> KeptCheckpoint(record, ("newest",)).reasons
+    ('newest',)
+    """
+
     record: Record
     reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class PruneResult:
-    """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`)."""
+    """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`).
+
+    Example:
+
+    >>> PruneResult(kept=(), deleted=(), dry_run=True).dry_run
+    True
+    """
 
     kept: tuple[KeptCheckpoint, ...]
     deleted: tuple[Record, ...]
@@ -123,10 +144,24 @@ class CheckpointManager:
 
     Example:
 
-    >>> import keras_ckpt
-    >>> manager = keras_ckpt.CheckpointManager(tmp_dir)  # doctest: +SKIP
-    >>> manager.latest().name  # doctest: +SKIP
-    'model-005.keras'
+    >>> import os, tempfile
+    >>> from keras_ckpt.policies import KeepLast
+    >>> manager = CheckpointManager(tempfile.mkdtemp())
+    >>> for epoch in (1, 2, 3):
+    ...     with manager.stage() as folder:  # write the files here first...
+    ...         path = os.path.join(folder, "w")
+    ...         _ = open(path, "wb").write(b"weights")
+    ...         _ = manager.commit({f"w-{epoch}.bin": path}, name=f"w-{epoch}.bin",
+    ...                            kind="weights", epoch=epoch, metrics={"val_loss": 1 / epoch})
+    >>> [r.name for r in manager.checkpoints()]
+    ['w-1.bin', 'w-2.bin', 'w-3.bin']
+    >>> manager.best("val_loss").name, manager.latest().epoch
+    ('w-3.bin', 3)
+    >>> [r.ok for r in manager.verify()]
+    [True, True, True]
+    >>> [r.name for r in manager.prune(KeepLast(1)).deleted]
+    ['w-1.bin', 'w-2.bin']
+    >>> manager.close()
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, storage: Storage | None = None):

@@ -58,7 +58,21 @@ _MAXIMISED = (
 
 
 class CheckpointInfo(Protocol):
-    """What a policy may look at; `keras_ckpt.records.Record` provides it."""
+    """What a policy may look at; `keras_ckpt.records.Record` provides it.
+
+    Example:
+
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class Info:  # any object with these five attributes will do
+    ...     epoch: int = 0
+    ...     global_step: int = 0
+    ...     wall_time: float = 0.0
+    ...     metrics: dict = field(default_factory=dict)
+    ...     size: int = 1
+    >>> KeepLast(1).reasons([Info(epoch=1), Info(epoch=2)])
+    [(), ('last 1',)]
+    """
 
     @property
     def epoch(self) -> int: ...
@@ -75,6 +89,11 @@ class CheckpointInfo(Protocol):
 def infer_mode(monitor: str) -> str:
     """`"min"` or `"max"` for a metric name, judged by its name alone.
 
+    Example:
+
+    >>> infer_mode("val_loss"), infer_mode("val_accuracy")
+    ('min', 'max')
+
     Raises:
         ValueError: if the name does not tell (pass `mode` explicitly then).
     """
@@ -90,7 +109,23 @@ def infer_mode(monitor: str) -> str:
 
 
 class Policy:
-    """Base class: `reasons(records)` says why each record (oldest first) is kept."""
+    """Base class: `reasons(records)` says why each record (oldest first) is kept.
+
+    A policy of your own subclasses it and returns, for each record, a tuple of reasons (empty:
+    not kept by this policy); it combines with the built-in ones by `|`.
+
+    Example:
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class KeepMilestones(Policy):
+    ...     epochs: tuple
+    ...     def reasons(self, records):
+    ...         return [("milestone",) if r.epoch in self.epochs else () for r in records]
+    >>> policy = KeepMilestones((10, 20)) | KeepLast(1)
+    >>> type(policy).__name__
+    'AnyOf'
+    """
 
     def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
         raise NotImplementedError
@@ -105,7 +140,16 @@ class Policy:
 
 @dataclass(frozen=True)
 class KeepLast(Policy):
-    """Keeps the `n` newest checkpoints."""
+    """Keeps the `n` newest checkpoints.
+
+    Example:
+
+    >>> KeepLast(2)
+    KeepLast(n=2)
+    >>> KeepLast(0)
+    Traceback (most recent call last):
+    ValueError: Invalid value for argument `n`. Expected a positive int. Received: n=0
+    """
 
     n: int
 
@@ -123,7 +167,13 @@ class KeepBest(Policy):
 
     `mode="auto"` (the default) is settled from the name when the policy is built: losses and
     errors are minimised, accuracy-like metrics maximised; any other name needs an explicit mode.
-    Records that lack `monitor` (or hold NaN) are not ranked and so not kept by this policy.
+    Records that lack `monitor` (or hold NaN) are not ranked and so not kept by this policy;
+    `CheckpointManager.prune` refuses a metric that no checkpoint records.
+
+    Example:
+
+    >>> KeepBest(3, monitor="val_accuracy")
+    KeepBest(n=3, monitor='val_accuracy', mode='max')
     """
 
     n: int
@@ -159,6 +209,14 @@ class KeepEvery(Policy):
     sets the interval. `KeepEvery(epochs=5)` with a save per epoch keeps epochs 5, 10, ...
     Seconds count from the Unix epoch (`seconds=3600`: the first checkpoint of each clock hour), not
     from the oldest checkpoint, so what is kept stays kept when older checkpoints are deleted.
+
+    Example:
+
+    >>> KeepEvery(epochs=5)
+    KeepEvery(epochs=5, steps=None, seconds=None)
+    >>> KeepEvery(epochs=5, steps=100)
+    Traceback (most recent call last):
+    ValueError: KeepEvery takes exactly one of `epochs`, `steps` or `seconds`. Received: {'epochs': 5, 'steps': 100}
     """
 
     epochs: int | None = None
@@ -211,6 +269,11 @@ class MaxTotalBytes(Policy):
 
     Combined with other policies by `|`, the union may hold more than `n` bytes; the manager keeps
     the newest checkpoint even when it alone is larger.
+
+    Example:
+
+    >>> MaxTotalBytes(2 * 10**9)
+    MaxTotalBytes(n=2000000000)
     """
 
     n: int
@@ -231,7 +294,13 @@ class MaxTotalBytes(Policy):
 
 @dataclass(frozen=True)
 class AnyOf(Policy):
-    """Keeps what any of `policies` keeps, with all their reasons. Made by `a | b`."""
+    """Keeps what any of `policies` keeps, with all their reasons. Made by `a | b`.
+
+    Example:
+
+    >>> KeepLast(1) | KeepEvery(epochs=10) == AnyOf((KeepLast(1), KeepEvery(epochs=10)))
+    True
+    """
 
     policies: tuple[Policy, ...]
 
@@ -258,6 +327,13 @@ def from_keep_args(
 ) -> Policy | None:
     """The union the callbacks' `keep_*` arguments (and the CLI's `--keep-*`) stand for.
 
+    Example:
+
+    >>> from_keep_args(keep_last=1, keep_best=3, monitor="val_loss")
+    AnyOf(policies=(KeepBest(n=3, monitor='val_loss', mode='min'), KeepLast(n=1)))
+    >>> from_keep_args() is None
+    True
+
     None when no argument is set: nothing is pruned.
     """
     parts: list[Policy] = []
@@ -283,7 +359,13 @@ _TYPES: dict[str, type[Policy]] = {
 
 
 def to_json(policy: Policy) -> dict[str, object] | None:
-    """A JSON description of a built-in policy (for records), or None for a user's own class."""
+    """A JSON description of a built-in policy (for records), or None for a user's own class.
+
+    Example:
+
+    >>> to_json(KeepLast(2) | KeepEvery(epochs=5))
+    {'type': 'AnyOf', 'policies': [{'type': 'KeepLast', 'n': 2}, {'type': 'KeepEvery', 'epochs': 5}]}
+    """
     if type(policy) not in _TYPES.values():
         return None
     if isinstance(policy, AnyOf):
@@ -296,7 +378,13 @@ def to_json(policy: Policy) -> dict[str, object] | None:
 
 
 def from_json(data: object) -> Policy:
-    """The policy `to_json` described; `ValueError` for anything else."""
+    """The policy `to_json` described; `ValueError` for anything else.
+
+    Example:
+
+    >>> from_json({"type": "KeepLast", "n": 2})
+    KeepLast(n=2)
+    """
     if not isinstance(data, dict) or data.get("type") not in _TYPES:
         raise invalid("policy description", f"a dict with a type among {sorted(_TYPES)}", data)
     fields = {k: v for k, v in data.items() if k != "type"}
@@ -309,7 +397,13 @@ def from_json(data: object) -> Policy:
 
 
 def ranked_metrics(policy: Policy) -> set[str]:
-    """The metrics `KeepBest` parts of `policy` rank by."""
+    """The metrics `KeepBest` parts of `policy` rank by.
+
+    Example:
+
+    >>> sorted(ranked_metrics(KeepBest(1, "val_loss") | KeepBest(1, "val_accuracy") | KeepLast(1)))
+    ['val_accuracy', 'val_loss']
+    """
     if isinstance(policy, AnyOf):
         return set().union(*(ranked_metrics(p) for p in policy.policies))
     return {policy.monitor} if isinstance(policy, KeepBest) else set()

@@ -23,7 +23,16 @@ META_DIR = ".keras_ckpt"  # the library's own folder; `storage` re-exports it
 
 
 def validate_name(name: object) -> str:
-    """Returns `name` if it can name a checkpoint (one safe path component), else raises."""
+    """Returns `name` if it can name a checkpoint (one safe path component), else raises.
+
+    Example:
+
+    >>> validate_name("model-001.keras")
+    'model-001.keras'
+    >>> validate_name("../model.keras")
+    Traceback (most recent call last):
+    ValueError: Invalid checkpoint name. ... Received: name='../model.keras'
+    """
     if (
         not isinstance(name, str)
         or not name
@@ -43,6 +52,11 @@ def validate_path(relpath: object) -> str:
 
     A checkpoint's files may not escape the directory (`..`, absolute paths) nor live in the
     library's own folder: records name the files that `prune` deletes.
+    
+    Example:
+
+    >>> validate_path("backup-000000010/model.weights.h5")
+    'backup-000000010/model.weights.h5'
     """
     if (
         not isinstance(relpath, str)
@@ -60,7 +74,13 @@ def validate_path(relpath: object) -> str:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of a checkpoint, relative to the checkpoint directory (POSIX separators)."""
+    """One file of a checkpoint, relative to the checkpoint directory (POSIX separators).
+
+    Example:
+
+    >>> FileEntry("model-001.keras", 81234, "crc32c:6a1b2c3d").path
+    'model-001.keras'
+    """
 
     path: str
     size: int
@@ -87,6 +107,16 @@ class Record:
         backend: Keras backend of the writer.
         sequence: Commit order inside the directory; larger is newer.
         format_version: Version of this record format.
+
+    Example:
+
+    >>> record = Record("model-002.keras", "model",
+    ...                 (FileEntry("model-002.keras", 81234, "crc32c:6a1b2c3d"),),
+    ...                 epoch=2, global_step=40, metrics={"val_loss": 0.31})
+    >>> Record.from_json(record.to_json(), source="example") == record
+    True
+    >>> record.size, record.path
+    (81234, 'model-002.keras')
     """
 
     name: str
@@ -195,7 +225,13 @@ def _reject_constant(name: str) -> Any:
 
 
 def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
-    """The finite scalar entries of Keras `logs`, as floats (JSON cannot hold NaN or tensors)."""
+    """The finite scalar entries of Keras `logs`, as floats (JSON cannot hold NaN or tensors).
+
+    Example:
+
+    >>> clean_metrics({"loss": 0.25, "val_loss": float("nan"), "name": "x"})
+    {'loss': 0.25}
+    """
     out: dict[str, float] = {}
     for key, value in (logs or {}).items():
         if isinstance(value, (str, bytes, bool)):

@@ -53,21 +53,21 @@ class CheckpointStateful(Protocol):
 
     Example:
 
-    ```python
-    class CountEpochs(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seen = 0
+    >>> import keras
+    >>> class CountEpochs(keras.callbacks.Callback):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.seen = 0
+    ...     def on_epoch_end(self, epoch, logs=None):
+    ...         self.seen += 1
+    ...     def get_checkpoint_state(self):
+    ...         return {"seen": self.seen}
+    ...     def set_checkpoint_state(self, state):
+    ...         self.seen = state["seen"]
+    >>> isinstance(CountEpochs(), CheckpointStateful)
+    True
 
-        def on_epoch_end(self, epoch, logs=None):
-            self.seen += 1
-
-        def get_checkpoint_state(self):
-            return {"seen": self.seen}
-
-        def set_checkpoint_state(self, state):
-            self.seen = state["seen"]
-    ```
+    `examples/custom_callback_resume.py` runs such a callback through a real SIGTERM and resume.
     """
 
     def get_checkpoint_state(self) -> dict[str, Any]: ...
@@ -85,6 +85,12 @@ def is_preempted(model: Any) -> bool:
 
     Keras still runs validation and `on_epoch_end` for the cut-short epoch; callbacks that save
     at epoch ends should skip it, since the resumed run will finish that epoch for real.
+
+    Example:
+
+    >>> import keras
+    >>> is_preempted(keras.Sequential())
+    False
     """
     return bool(getattr(model, _PREEMPTED_FLAG, False))
 
@@ -94,6 +100,17 @@ def is_replaying(model: Any) -> bool:
 
     Batch hooks still run for those steps (Keras has no way to skip them); callbacks that count or
     save on batches must ignore them.
+
+    Example:
+
+    >>> import keras
+    >>> class CountSteps(keras.callbacks.Callback):
+    ...     steps = 0
+    ...     def on_train_batch_end(self, batch, logs=None):
+    ...         if not is_replaying(self.model):  # a step trained now, not one re-read
+    ...             self.steps += 1
+    >>> is_replaying(keras.Sequential())
+    False
     """
     return bool(getattr(model, _REPLAY_FLAG, False))
 

@@ -94,14 +94,21 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     Example:
 
-    ```python
-    keras.utils.set_random_seed(1)
-    tf.config.experimental.enable_op_determinism()
-    backup = keras_ckpt.BackupAndRestore("runs/exp1/backup", save_freq=200)
-    model.fit(x, y, epochs=50, callbacks=[backup])
-    if backup.interrupted:
-        sys.exit(0)  # preempted: the backup is written, run the script again to resume
-    ```
+    >>> import keras, numpy as np, keras_ckpt
+    >>> keras.utils.set_random_seed(1)  # with deterministic ops too, resume is bit-exact
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile("adam", "mse")
+    >>> backup = keras_ckpt.BackupAndRestore("runs/doc/backup", save_freq=2,
+    ...                                      delete_checkpoint=False)
+    >>> _ = model.fit(np.ones((8, 4)), np.ones((8, 2)), batch_size=2, epochs=2,
+    ...               callbacks=[backup], verbose=0)
+    >>> backup.interrupted is None  # a signal would have set it: back up, stop, run again
+    True
+    >>> [r.name for r in keras_ckpt.CheckpointManager("runs/doc/backup").checkpoints()]
+    ['backup-000000008']
+    >>> keras_ckpt.BackupAndRestore("runs/doc/backup", save_freq=0)
+    Traceback (most recent call last):
+    ValueError: Invalid value for argument `save_freq`. Expected "epoch" or a positive int. Received: save_freq=0
     """
 
     def __init__(
