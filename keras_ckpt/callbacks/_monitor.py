@@ -78,8 +78,9 @@ class Monitor:
 def _compiled_direction(model: Any, name: str) -> str | None:
     """`"up"`/`"down"` as declared by the compiled Keras metric called `name`, if any.
 
-    Keras keeps the direction in the private `Metric._direction`; reading it is the only touch of a
-    private attribute outside `state.py`, and `tests/test_model_checkpoint.py` checks it still works.
+    Keras keeps the direction in the private `Metric._direction`. Reading it (like the callbacks'
+    reads of `Callback._model` in batch hooks) is a private touch outside `state.py`;
+    `tests/test_model_checkpoint.py` checks that it still works.
     """
     pending = list(getattr(model, "metrics", []) or [])
     while pending:
