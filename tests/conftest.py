@@ -37,3 +37,17 @@ def build_model(dropout: float = 0.0, seed: int = 0):
 @pytest.fixture
 def make_model():
     return build_model
+
+
+def h5_datasets(path) -> dict:
+    """Every dataset of an HDF5 file (a `.weights.h5`), by its path inside the file."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+    return out

@@ -14,7 +14,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import build_model
+from conftest import build_model, h5_datasets
 
 import keras_ckpt
 from keras_ckpt.callbacks._monitor import _compiled_direction
@@ -443,21 +443,12 @@ def test_async_saves_hold_the_same_weights_as_sync_saves(tmp_path, data):
         for mode in ("async", "sync")
     ]
     fit(build_model(dropout=0.5), data, callbacks, epochs=2)
-    import h5py
-
-    def datasets(path):
-        out = {}
-        with h5py.File(path, "r") as f:
-            f.visititems(
-                lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None
-            )
-        return out
-
     assert (
         names(tmp_path / "async") == names(tmp_path / "sync") and len(names(tmp_path / "sync")) == 4
     )
     for name in names(tmp_path / "sync"):
-        ours, theirs = datasets(tmp_path / "async" / name), datasets(tmp_path / "sync" / name)
+        ours = h5_datasets(tmp_path / "async" / name)
+        theirs = h5_datasets(tmp_path / "sync" / name)
         assert sorted(ours) == sorted(theirs)
         for key in ours:
             np.testing.assert_array_equal(ours[key], theirs[key])

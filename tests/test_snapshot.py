@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import zipfile
 
-import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import build_model
+from conftest import build_model, h5_datasets
 
 from keras_ckpt import snapshot
 
@@ -18,17 +17,6 @@ def trained(data, dropout=0.0):
     x, y = data
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     return model
-
-
-def h5_datasets(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: (
-                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
-            )
-        )
-    return out
 
 
 def test_weights_snapshot_writes_the_same_datasets_as_save_weights(tmp_path, data):
