@@ -211,12 +211,9 @@ class FsspecStorage(Storage):
 class _ObjectLockHandle(DirectoryLockHandle):
     def __init__(self, lock: _ObjectLock):
         self._lock = lock
-        self._released = False
 
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._lock.release()
+    def _release(self) -> None:
+        self._lock.release()
 
 
 class _ObjectLock:

@@ -23,6 +23,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import IO
 
 import google_crc32c
 
@@ -66,6 +67,28 @@ def seal_file(path: str | os.PathLike[str], *, sync: bool = True) -> SealedFile:
         if sync:
             os.fsync(f.fileno())
     return SealedFile(size=size, checksum=checksum)
+
+
+@contextlib.contextmanager
+def atomic_local_file(path: str) -> Iterator[IO[bytes]]:
+    """A file that appears at local `path` complete and durable, or not at all.
+
+    Written beside `path` under a temporary name, fsynced, renamed over `path`, and the folder
+    fsynced; on any error the temporary file is removed and `path` is left as it was.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    fsync_dir(folder)
 
 
 def fsync_dir(path: str) -> None:
@@ -125,8 +148,17 @@ class Storage(ABC):
 
 
 class DirectoryLockHandle(ABC):
+    """A held writer lock; `release` gives it back once, later calls do nothing."""
+
+    _released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
+
     @abstractmethod
-    def release(self) -> None: ...
+    def _release(self) -> None: ...
 
 
 class LocalStorage(Storage):
@@ -158,20 +190,9 @@ class LocalStorage(Storage):
 
     def write_atomic(self, relpath: str, data: bytes) -> None:
         final = self._abs(relpath)
-        folder = os.path.dirname(final)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
-        fsync_dir(folder)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        with atomic_local_file(final) as f:
+            f.write(data)
 
     def publish(self, staged: Mapping[str, str]) -> None:
         folders = set()
@@ -227,12 +248,9 @@ class LocalStorage(Storage):
 class _FlockHandle(DirectoryLockHandle):
     def __init__(self, path: str):
         self._path = path
-        self._released = False
 
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            _FlockRegistry.release(self._path)
+    def _release(self) -> None:
+        _FlockRegistry.release(self._path)
 
 
 class _FlockRegistry:

@@ -8,11 +8,10 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from collections.abc import Sequence
+from typing import Any
 
 from keras_ckpt.cli._common import (
     CliError,
@@ -28,7 +27,7 @@ from keras_ckpt.cli._common import (
 )
 from keras_ckpt.policies import infer_mode
 from keras_ckpt.records import Record
-from keras_ckpt.storage import seal_file
+from keras_ckpt.storage import atomic_local_file, seal_file
 
 _COLUMNS = {
     "name": lambda r: r.name,
@@ -282,19 +281,19 @@ def cmd_export(args: argparse.Namespace) -> int:
                     "the architecture a .keras file needs. Export it as OUT.weights.h5 and load it "
                     "with model.load_weights() into a model built by your code."
                 )
-            with open(source, "rb") as src, _atomic_output(out) as dest:
+            with open(source, "rb") as src, atomic_local_file(out) as dest:
                 shutil.copyfileobj(src, dest)
             if seal_file(out).checksum != record.files[0].checksum:
                 os.remove(out)
                 raise CliError(f"The copy of {record.path} changed while exporting; try again.")
         elif is_archive:
-            with zipfile.ZipFile(source) as archive, _atomic_output(out) as dest:
+            with zipfile.ZipFile(source) as archive, atomic_local_file(out) as dest:
                 if "model.weights.h5" not in archive.namelist():
                     raise CliError(f"{record.path} holds no model.weights.h5 to export.")
                 with archive.open("model.weights.h5") as weights:
                     shutil.copyfileobj(weights, dest)
         elif record.path.endswith(".weights.h5"):
-            with open(source, "rb") as src, _atomic_output(out) as dest:
+            with open(source, "rb") as src, atomic_local_file(out) as dest:
                 shutil.copyfileobj(src, dest)
         else:
             raise CliError(f"Checkpoint {record.name} ({record.path}) is not a Keras weights file.")
@@ -305,19 +304,3 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"{out} ({human_size(os.path.getsize(out))}); load it with {loader}({out!r})."
     )
     return 0
-
-
-@contextlib.contextmanager
-def _atomic_output(path: str) -> Iterator[IO[bytes]]:
-    """A file that appears at `path` complete or not at all."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
