@@ -401,6 +401,7 @@ def _table(
     )
     keras_full = overhead.get("Keras ModelCheckpoint .keras")
     keras_weights = overhead.get("Keras ModelCheckpoint .weights.h5")
+    keras_backup = overhead.get("Keras BackupAndRestore")
     floor_sync = floors["write+fsync"]
     data: dict[str, Any] = {"overhead_per_save": {}, "ratios": {}, "floors": {}}
     for kind, reference in (("full", keras_full), ("weights", keras_weights)):
@@ -418,6 +419,8 @@ def _table(
             )
             data["overhead_per_save"][variant.name] = stat.to_json()
             data["ratios"][variant.name] = {"same_format": same_data, "keras_keras": full_data}
+            if variant.ours and "BackupAndRestore" in variant.name and keras_backup:
+                data["ratios"][variant.name]["keras_backup"] = ratio_cell(stat, keras_backup)[1]
     for name, title in (
         ("copy", "floor: np.array of every variable"),
         ("write", "floor: write the same bytes (page cache)"),

@@ -1,0 +1,110 @@
+"""Peak extra memory of a save: what a callback adds to the process's resident set while saving.
+
+Each variant runs in a fresh subprocess (so nothing one variant keeps, such as reused host buffers,
+is charged to another): build the model, train one epoch with no callback (warm-up: tracing,
+first-use allocations), then reset the kernel's peak-RSS mark (`/proc/self/clear_refs` = 5),
+note the resident set, train `saves` epochs with the callback saving at each epoch end, and read
+the peak (`VmHWM`). Peak extra memory = peak - resident set before the timed fit, minus the same
+for a fit with no callback (training's own transient allocations). Linux only; elsewhere the
+section says so and is empty.
+
+A background save holds one host copy of the state while the previous one is written at most, so
+its expected extra memory is about one state size; Keras's `.keras` save builds the HDF5 file in a
+`BytesIO` and copies it into the zip, about two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks._common import Table, fmt
+
+_CHILD = r"""
+import json, os, sys, tempfile, warnings
+sys.path.insert(0, sys.argv[1])
+from benchmarks import _common
+from benchmarks.saving import _fit, variants
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+params, variant_name, saves = int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+model = _common.build_model(params)
+x, y = _common.training_data()
+_fit(model, x, y, 1, None)
+found = {v.name: v for v in variants(include_orbax=False)[0]}
+folder = tempfile.mkdtemp(prefix="keras-ckpt-mem-")
+callback = found[variant_name].make(folder) if variant_name != "none" else None
+reset_peak()
+before = rss("VmRSS")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    _fit(model, x, y, saves, callback)
+print(json.dumps({"extra": rss("VmHWM") - before}))
+"""
+
+VARIANTS = (
+    "Keras ModelCheckpoint .keras",
+    "keras-ckpt ModelCheckpoint .keras (sync)",
+    "keras-ckpt ModelCheckpoint .keras (async)",
+    "Keras ModelCheckpoint .weights.h5",
+    "keras-ckpt ModelCheckpoint .weights.h5 (async)",
+    "Keras BackupAndRestore",
+    "keras-ckpt BackupAndRestore (async)",
+)
+
+
+def _measure(params: int, variant: str, saves: int) -> int:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, root, str(params), variant, str(saves)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["extra"])
+
+
+def run(
+    params: int, label: str, state_bytes: int, saves: int = 3, log: Callable[[str], None] = print
+) -> Table:
+    table = Table(
+        title=f"Peak extra memory while saving, {label} model "
+        f"({state_bytes / 1e6:.0f} MB of state)",
+        columns=["variant", "peak extra RSS", "x state size"],
+    )
+    data: dict[str, Any] = {}
+    if not os.path.exists("/proc/self/clear_refs"):
+        table.notes.append("Needs Linux's /proc/self/clear_refs: not measured here.")
+        table.data = {"model": label, "memory": data}
+        return table
+    log(f"  [{label}] memory: fit with no callback")
+    baseline = _measure(params, "none", saves)
+    for variant in VARIANTS:
+        log(f"  [{label}] memory: {variant}")
+        try:
+            extra = max(0, _measure(params, variant, saves) - baseline)
+        except subprocess.CalledProcessError as e:
+            table.notes.append(f"{variant} failed: {e.stderr.strip().splitlines()[-1:]}")
+            continue
+        data[variant] = extra
+        table.add(variant, fmt(extra, "B"), f"{extra / state_bytes:.2f}x")
+    table.notes.append(
+        f"One subprocess per variant, {saves} saves each; training's own transient memory "
+        f"({fmt(baseline, 'B')}, a fit with no callback) is subtracted."
+    )
+    table.data = {"model": label, "memory": data}
+    return table
