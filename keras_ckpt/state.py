@@ -144,11 +144,14 @@ def training_variables(model: Any) -> list[Any]:
 
 
 def _global_seed_generator() -> Any:
-    """Keras's global `SeedGenerator` (private global attribute), or None if never created."""
+    """Keras's global `SeedGenerator` (private global attribute), or None if never created.
+
+    Keras 3.10 names the attribute with a literal; later releases with `GLOBAL_SEED_GENERATOR`."""
     from keras.src.backend.common import global_state
     from keras.src.random import seed_generator
 
-    return global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
+    key = getattr(seed_generator, "GLOBAL_SEED_GENERATOR", "global_seed_generator")
+    return global_state.get_global_attribute(key)
 
 
 def ensure_global_seed_generator() -> None:
