@@ -13,7 +13,13 @@ export KERAS_BACKEND ?= tensorflow
 BACKEND_STAMP := $(VENV)/.installed-backends
 BACKEND_TESTS := tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backends.py
 
-.PHONY: test test-backends demo quickstart lint bench clean
+# The oldest Keras pyproject admits, in a venv of its own: format, callback and resume tests.
+OLDEST_VENV := .venv-keras-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+OLDEST_TESTS := tests/test_snapshot.py tests/test_state.py tests/test_model_checkpoint.py \
+	tests/test_backup_and_restore.py
+
+.PHONY: test test-backends test-keras-oldest demo quickstart lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +42,16 @@ test-backends: $(BACKEND_STAMP)
 	# The chief decision for JAX and PyTorch jobs (skipped by `make test`, which has neither).
 	$(PY) -m pytest -q tests/test_distribute.py -k "jax or torch"
 
+$(OLDEST_STAMP): pyproject.toml constraints/keras-oldest.txt
+	test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -c constraints/keras-oldest.txt \
+		-e ".[test,tensorflow-cpu]"
+	touch $(OLDEST_STAMP)
+
+test-keras-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -m pytest -q -n 2 --dist loadfile $(OLDEST_TESTS)
+
 demo: $(STAMP)
 	$(PY) examples/resume_demo.py
 
@@ -51,4 +67,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache build *.egg-info
