@@ -292,7 +292,8 @@ class _ObjectLock(HeldLock):
                     f"{self.directory} is being written by {_describe(holder)}. Two writers on one "
                     "checkpoint directory would corrupt each other's retention; give each run its "
                     "own directory or stop the other process. A lock whose holder died is taken "
-                    f"over after {self.timeout:g} s without a heartbeat (at once if it ran on this machine)."
+                    f"over after {self.timeout:g} s without a heartbeat (at once if it ran on "
+                    "this machine)."
                 )
             try:
                 if self.conditional and etag:

@@ -1,8 +1,8 @@
 """What a checkpoint directory's storage offers, whatever holds it, and how to pick one.
 
 `Storage` is the interface the journal writes through: `storage.LocalStorage` for a local disk,
-`remote.FsspecStorage` for URLs (object stores). Both checksum files the same way (`checksum_stream`),
-and neither imports the other: `storage_for` chooses between them.
+`remote.FsspecStorage` for URLs (object stores). Both checksum files the same way
+(`checksum_stream`), and neither imports the other: `storage_for` chooses between them.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Storage(ABC):
 
     @abstractmethod
     def write_atomic(self, relpath: str, data: bytes) -> None:
-        """Writes small data (a record) so that readers see the old or the new bytes, never a mix."""
+        """Writes small data (a record): readers see the old or the new bytes, never a mix."""
 
     @abstractmethod
     def publish(self, staged: Mapping[str, str]) -> None:
