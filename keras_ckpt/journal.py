@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from keras_ckpt import locks
-from keras_ckpt.errors import CheckpointNotFoundError, RecordFormatError
+from keras_ckpt.errors import CheckpointNotFoundError, ForeignFileError, RecordFormatError
 from keras_ckpt.locks import HeldLock
-from keras_ckpt.records import META_DIR, FileEntry, Record
-from keras_ckpt.stores import Storage
+from keras_ckpt.records import META_DIR, FileEntry, Record, clean_metrics
+from keras_ckpt.storage import seal_file
+from keras_ckpt.stores import SealedFile, Storage
 
 __all__ = ["Journal", "decide", "pending_path", "record_path"]
 
@@ -248,7 +253,11 @@ class Journal:
 
     def _live(self) -> _Session:
         session = self.open()
-        session.lock.check()
+        try:
+            session.lock.check()
+        except BaseException:
+            locks.discard(self.storage.url, session)  # a new manager may open the directory anew
+            raise
         return session
 
     @contextlib.contextmanager
@@ -258,20 +267,65 @@ class Journal:
         with self.storage.staging() as folder:
             yield folder
 
-    def commit(self, record: Record, files: Mapping[str, str]) -> None:
-        """Makes `record` and its staged `files` a checkpoint: begin, publish, finish."""
+    def commit(
+        self,
+        files: Mapping[str, str],
+        *,
+        sealed: Mapping[str, SealedFile],
+        name: str,
+        metrics: Mapping[str, Any] | None,
+        **fields: Any,
+    ) -> Record:
+        """Makes staged `files` a checkpoint (seal, begin, publish, finish); returns its record."""
         session = self._live()
         with session.mutex:
-            previous = session.records.get(record.name)
+            previous = session.records.get(name)
+            self._check_targets(session, name, files)
+            if previous is not None and len(previous.files) > 1:
+                raise ValueError(
+                    f"Cannot replace checkpoint {name!r} in {self.label} in place: it has "
+                    f"{len(previous.files)} files, and a kill between their renames would leave "
+                    "neither version whole. Commit it under a new name."
+                )
+            keras_version, backend = _keras_identity()
+            record = Record(
+                name=name,
+                files=tuple(
+                    FileEntry(path, *_seal(source, sealed.get(path)))
+                    for path, source in files.items()
+                ),
+                wall_time=time.time(),
+                metrics=clean_metrics(metrics),
+                sequence=session.next_sequence(),
+                keras_version=keras_version,
+                backend=backend,
+                **fields,
+            )
+            record.to_json()  # fails here (unserialisable state), before any file moves
             self.begin(record)
             try:
                 self.storage.publish(files)
-                session.lock.check()
+                self._live()
                 self.storage.write_atomic(record_path(record.name), record.to_json().encode())
             except BaseException:
                 self.abort(record)
                 raise
             self.finish(record, previous)
+            return record
+
+    def _check_targets(self, session: _Session, name: str, files: Mapping[str, str]) -> None:
+        for relpath in files:
+            holder = session.owner_of(relpath)
+            if holder is not None and holder != name:
+                raise ForeignFileError(
+                    f"Cannot write {relpath} for checkpoint {name!r}: it belongs to checkpoint "
+                    f"{holder!r} in {self.label}."
+                )
+            if holder is None and self.storage.exists(relpath):
+                raise ForeignFileError(
+                    f"Refusing to overwrite {self.label}/{relpath}: keras-ckpt did not write it "
+                    "(no record names it). Move it away or choose another filepath."
+                )
 
     def begin(self, record: Record) -> None:
         """Announces a change: if this process dies now, the next writer settles it."""
@@ -319,12 +373,16 @@ class Journal:
     def deleted(self, record: Record, reason: str | None) -> None:
         """Called once each delete is final (the place for a history log)."""
 
-    def rewrite(self, record: Record) -> None:
-        """Replaces the record of an existing checkpoint whose files do not change."""
+    def rewrite(self, name: str, owner_state: Mapping[str, Any]) -> Record:
+        """Replaces the callback state in the record of an existing checkpoint (files unchanged)."""
         session = self._live()
         with session.mutex:
-            self.storage.write_atomic(record_path(record.name), record.to_json().encode())
+            if name not in session.records:
+                raise CheckpointNotFoundError(f"No checkpoint named {name!r} in {self.label}")
+            record = replace(session.records[name], owner_state=dict(owner_state))
+            self.storage.write_atomic(record_path(name), record.to_json().encode())
             session.put(record)
+            return record
 
     def _remove_unnamed(
         self,
@@ -394,3 +452,24 @@ class Journal:
                     self._remove_unnamed(session, previous.files, only_if=self._matches)
                 self._remove_unnamed(session, pending.files, only_if=self._matches)
             self.storage.remove(relpath)
+
+
+def _seal(source: str, sealed: SealedFile | None) -> tuple[int, str]:
+    """(size, checksum) of a staged file: read back and fsynced, or as its writer sealed it."""
+    if sealed is None:
+        sealed = seal_file(source)
+    elif os.stat(source).st_size != sealed.size:
+        raise ValueError(
+            f"Staged file {source} has {os.stat(source).st_size} bytes, but its writer sealed "
+            f"{sealed.size}: it changed after it was sealed."
+        )
+    return sealed.size, sealed.checksum
+
+
+def _keras_identity() -> tuple[str, str]:
+    """(Keras version, backend) of the writer; empty when the writer has not loaded Keras (a tool
+    writing records needs no Keras, and importing it costs seconds of TensorFlow start-up)."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        return "", ""
+    return keras.__version__, keras.backend.backend()

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["HeldLock", "share", "unshare"]
+__all__ = ["HeldLock", "discard", "share", "unshare"]
 
 
 class HeldLock(ABC):
@@ -76,6 +76,16 @@ def unshare(key: str, value: _Shared) -> None:
         if entry[1] == 0:
             del _held[key]
             entry[0].close()
+
+
+def discard(key: str, value: _Shared) -> None:
+    """Closes a value that went bad (its lock was lost): the next `share` opens a fresh one,
+    while the users still holding this one keep getting its errors."""
+    with _mutex:
+        entry = _held.get(key)
+        if entry is not None and entry[0] is value:
+            del _held[key]
+    value.close()
 
 
 def _forget_all_in_child() -> None:

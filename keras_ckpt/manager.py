@@ -1,83 +1,29 @@
 """`CheckpointManager`: the store both callbacks write through, and that users read from.
 
-It commits checkpoints (files first, record last), lists and verifies them, prunes them by a retention
-policy, and loads them back. Only checkpoints with a committed record exist for it; it never deletes a
-file that no record of its own names.
+It lists and verifies checkpoints, decides what a retention policy prunes, and loads them back;
+commits and deletes go through the directory's crash journal (`journal.py`). Only checkpoints with
+a committed record exist for it; it never deletes a file that no record of its own names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
 from typing import Any
 
 from keras_ckpt._validate import check_choice
-from keras_ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, ForeignFileError
+from keras_ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError
 from keras_ckpt.journal import Journal
 from keras_ckpt.policies import Policy, infer_mode, ranked_metrics
-from keras_ckpt.records import KINDS, FileEntry, Record, clean_metrics, validate_name, validate_path
-from keras_ckpt.storage import seal_file
+from keras_ckpt.records import KINDS, Record, validate_name, validate_path
+from keras_ckpt.results import KeptCheckpoint, PruneResult, VerifyResult
 from keras_ckpt.stores import SealedFile, Storage, storage_for
 
 __all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint"]
 
 _REREADS = 4  # how often a check re-reads a checkpoint that changed under it
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """Outcome of checking one checkpoint (or one unreadable record) against its files.
-
-    Attributes:
-        name: The checkpoint's name, or the record file's path if the record is unreadable.
-        ok: True when every file exists with the recorded size and checksum.
-        problems: One line per problem, naming the file and what is wrong.
-
-    Example:
-
-    >>> VerifyResult("model-001.keras", False, ("model-001.keras: missing file",)).ok
-    False
-    """
-
-    name: str
-    ok: bool
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class KeptCheckpoint:
-    """A checkpoint `prune` kept, and every reason it was kept (`"newest"`, `"best 3 by ..."`).
-
-    Example:
-
-    >>> from keras_ckpt.records import FileEntry, Record
-    >>> record = Record("m.keras", "model", (FileEntry("m.keras", 1, "crc32c:00000000"),))
-    >>> KeptCheckpoint(record, ("newest",)).reasons
-    ('newest',)
-    """
-
-    record: Record
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`).
-
-    Example:
-
-    >>> PruneResult(kept=(), deleted=(), dry_run=True).dry_run
-    True
-    """
-
-    kept: tuple[KeptCheckpoint, ...]
-    deleted: tuple[Record, ...]
-    dry_run: bool = False
 
 
 class CheckpointManager:
@@ -434,7 +380,8 @@ class CheckpointManager:
         validate_name(name)
         if kind not in KINDS:
             raise ValueError(
-                f"Invalid value for argument `kind`. Expected one of {KINDS}. Received: kind={kind!r}"
+                f"Invalid value for argument `kind`. Expected one of {KINDS}. "
+                f"Received: kind={kind!r}"
             )
         if not files:
             raise ValueError("A checkpoint needs at least one file. Received: files={}")
@@ -447,57 +394,21 @@ class CheckpointManager:
                     "Invalid value for argument `sealed`. Expected paths among `files`. "
                     f"Received: sealed={sorted(sealed)!r}"
                 )
-        session = self._journal.open()
-        with session.mutex:
-            previous = session.records.get(name)
-            self._check_targets(name, files)
-            if previous is not None and len(previous.files) > 1:
-                raise ValueError(
-                    f"Cannot replace checkpoint {name!r} in {self.directory} in place: it has "
-                    f"{len(previous.files)} files, and a kill between their renames would leave "
-                    "neither version whole. Commit it under a new name."
-                )
-            entries = [
-                FileEntry(relpath, *_seal(os.fspath(source), sealed.get(relpath)))
-                for relpath, source in files.items()
-            ]
-            keras_version, backend = _keras_identity()
-            record = Record(
-                name=name,
-                kind=kind,
-                files=tuple(entries),
-                epoch=int(epoch),
-                step=int(step),
-                global_step=int(global_step),
-                wall_time=time.time(),
-                metrics=clean_metrics(metrics),
-                owner=owner,
-                owner_state=dict(owner_state or {}),
-                sequence=session.next_sequence(),
-                keras_version=keras_version,
-                backend=backend,
-            )
-            record.to_json()  # fails here (unserialisable state), before any file moves
-            self._journal.commit(record, {p: os.fspath(s) for p, s in files.items()})
-            return record
-
-    def _check_targets(self, name: str, files: Mapping[str, object]) -> None:
-        session = self._journal.open()
-        for relpath in files:
-            holder = session.owner_of(relpath)
-            if holder is not None and holder != name:
-                raise ForeignFileError(
-                    f"Cannot write {relpath} for checkpoint {name!r}: it belongs to checkpoint "
-                    f"{holder!r} in {self.directory}."
-                )
-            if holder is None and self.storage.exists(relpath):
-                raise ForeignFileError(
-                    f"Refusing to overwrite {self.directory.rstrip('/')}/{relpath}: keras-ckpt did "
-                    "not write it (no record names it). Move it away or choose another filepath."
-                )
+        return self._journal.commit(
+            {p: os.fspath(source) for p, source in files.items()},
+            sealed=sealed,
+            name=name,
+            kind=kind,
+            epoch=int(epoch),
+            step=int(step),
+            global_step=int(global_step),
+            metrics=metrics,
+            owner=owner,
+            owner_state=dict(owner_state or {}),
+        )
 
     def protect(self, name: str) -> None:
-        """Never let `prune` delete checkpoint `name` in this manager (e.g. the one resumed from)."""
+        """Never let `prune` delete checkpoint `name` in this manager (the one resumed from, say)."""
         self._protected.add(validate_name(name))
 
     def prune(
@@ -559,31 +470,4 @@ class CheckpointManager:
 
     def update_owner_state(self, name: str, owner_state: Mapping[str, Any]) -> Record:
         """Rewrites a record's callback state (its files are untouched)."""
-        session = self._journal.open()
-        with session.mutex:
-            if name not in session.records:
-                raise CheckpointNotFoundError(f"No checkpoint named {name!r} in {self.directory}")
-            record = replace(session.records[name], owner_state=dict(owner_state))
-            self._journal.rewrite(record)
-            return record
-
-
-def _seal(source: str, sealed: SealedFile | None) -> tuple[int, str]:
-    """(size, checksum) of a staged file: read back and fsynced, or as its writer sealed it."""
-    if sealed is None:
-        sealed = seal_file(source)
-    elif os.stat(source).st_size != sealed.size:
-        raise ValueError(
-            f"Staged file {source} has {os.stat(source).st_size} bytes, but its writer sealed "
-            f"{sealed.size}: it changed after it was sealed."
-        )
-    return sealed.size, sealed.checksum
-
-
-def _keras_identity() -> tuple[str, str]:
-    """(Keras version, backend) of the writer; empty when the writer has not loaded Keras (a tool
-    writing records needs no Keras, and importing it costs seconds of TensorFlow start-up)."""
-    keras = sys.modules.get("keras")
-    if keras is None:
-        return "", ""
-    return keras.__version__, keras.backend.backend()
+        return self._journal.rewrite(name, owner_state)

@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 
+from keras_ckpt import journal
 from keras_ckpt.errors import LockLostError, UnsafeDirectoryError
 from keras_ckpt.journal import pending_path, record_path
 from keras_ckpt.manager import CheckpointManager
@@ -145,6 +146,9 @@ def test_a_writer_whose_directory_was_deleted_fails_loudly_and_recreates_nothing
         with pytest.raises(LockLostError):
             manager.delete("a")
         assert not run.exists()
+    with CheckpointManager(run) as fresh:  # asked for explicitly: a new manager starts anew
+        commit(fresh, "c")
+        assert [r.name for r in fresh.checkpoints()] == ["c"]
 
 
 def test_a_writer_whose_lock_was_replaced_stops_before_the_next_commit(tmp_path):
@@ -164,6 +168,43 @@ def test_a_writer_whose_lock_was_replaced_stops_before_the_next_commit(tmp_path)
             holder.wait()
             holder.stdout.close()
     assert [r.name for r in CheckpointManager(run).checkpoints()] == ["a"]
+
+
+# ----------------------------------------------------------------------------- interface
+
+
+def test_a_sealed_file_is_not_read_back_and_its_size_is_checked(tmp_path, mocker):
+    with CheckpointManager(tmp_path) as manager, manager.stage() as folder:
+        path = os.path.join(folder, "w")
+        with open(path, "wb") as f:
+            f.write(b"weights")
+        sealed = seal_file(path)  # what a format writer computes while writing
+        read_back = mocker.spy(journal, "seal_file")
+        record = manager.commit({"w.bin": path}, name="w", kind="weights", sealed={"w.bin": sealed})
+        assert read_back.call_count == 0
+        assert record.files[0].checksum == sealed.checksum
+        with open(path, "wb") as f:
+            f.write(b"longer weights")
+        with pytest.raises(ValueError, match="changed after it was sealed"):
+            manager.commit({"v.bin": path}, name="v", kind="weights", sealed={"v.bin": sealed})
+        with pytest.raises(ValueError, match="Expected paths among `files`"):
+            manager.commit({"v.bin": path}, name="v", kind="weights", sealed={"x.bin": sealed})
+    assert [r.ok for r in CheckpointManager(tmp_path).verify()] == [True]
+
+
+def test_prune_tells_the_journal_why_it_deletes(tmp_path, mocker):
+    committed = mocker.spy(journal.Journal, "committed")
+    deleted = mocker.spy(journal.Journal, "deleted")
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+        commit(manager, "b")
+        manager.prune(KeepLast(1))
+        manager.delete("b", reason="by hand")
+    assert [c.args[1].name for c in committed.call_args_list] == ["a", "b"]
+    assert [(c.args[1].name, c.args[2]) for c in deleted.call_args_list] == [
+        ("a", "not kept by KeepLast(n=1)"),
+        ("b", "by hand"),
+    ]
 
 
 # ----------------------------------------------------------------------------- forks
@@ -217,7 +258,7 @@ def test_publish_fsyncs_the_parent_of_each_folder_it_creates(tmp_path, mocker):
 def test_names_up_to_255_bytes_commit_read_and_delete(tmp_path, length):
     name = "m" * (length - len(".keras")) + ".keras"
     with CheckpointManager(tmp_path) as manager:
-        record = commit(manager, name, {name: b"model"})
+        commit(manager, name, {name: b"model"})
         commit(manager, name, {name: b"model v2"})  # replaced in place: a pending record too
     assert all(len(p.encode()) <= 255 for p in os.listdir(tmp_path / META_DIR))
     assert len(record_path(name).rsplit("/", 1)[1].encode()) <= 255
