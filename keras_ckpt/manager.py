@@ -408,7 +408,7 @@ class CheckpointManager:
         )
 
     def protect(self, name: str) -> None:
-        """Never let `prune` delete checkpoint `name` in this manager (the one resumed from, say)."""
+        """Never let `prune` delete checkpoint `name` here (the one a run resumed from, say)."""
         self._protected.add(validate_name(name))
 
     def prune(
