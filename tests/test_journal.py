@@ -64,6 +64,16 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_left_whole(tmp_path, ou
     assert (outside / "victim.txt").read_text() == "precious"
 
 
+def test_a_symlinked_library_folder_is_refused_and_nothing_is_written_there(tmp_path, outside):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / META_DIR).symlink_to(outside)
+    with pytest.raises(UnsafeDirectoryError, match=r"\.keras_ckpt is a symbolic link"):
+        CheckpointManager(run).open_for_writing()
+    assert sorted(os.listdir(outside)) == ["victim.txt"]
+    assert CheckpointManager(run).checkpoints() == []  # readers do not follow it either
+
+
 @pytest.mark.parametrize("own", ["pending", "staging"])
 def test_a_symlinked_own_folder_never_touches_outside_and_never_wedges(tmp_path, outside, own):
     run = tmp_path / "run"
