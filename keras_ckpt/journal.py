@@ -152,6 +152,9 @@ class Journal:
             except FileNotFoundError:
                 problems.append(f"{entry.path}: missing file")
                 continue
+            except OSError as e:  # a folder or an unreadable file in its place: damage, reported
+                problems.append(f"{entry.path}: cannot read it ({e.strerror or e})")
+                continue
             if sealed.size != entry.size:
                 problems.append(f"{entry.path}: size {sealed.size} bytes, record says {entry.size}")
             elif sealed.checksum != entry.checksum:

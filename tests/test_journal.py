@@ -143,6 +143,24 @@ def test_recovery_leaves_a_file_whose_bytes_do_not_match_its_pending_record(tmp_
     assert not (tmp_path / pending_path("b")).exists()
 
 
+def test_a_folder_where_a_file_was_is_reported_and_never_wedges_the_directory(tmp_path):
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+        crashed = commit(manager, "b", {"b.bin": b"b"})
+        commit(manager, "c")
+    os.remove(tmp_path / "b.bin")
+    (tmp_path / "b.bin").mkdir()  # odd entries: a folder in place of a file, here and pending
+    write_pending(tmp_path, crashed)
+    assert [(r.name, r.ok) for r in CheckpointManager(tmp_path).verify()] == [
+        ("a", True),
+        ("c", True),
+    ]  # b's pending version is not whole, and neither is b: b is gone for readers
+    with CheckpointManager(tmp_path) as manager:
+        manager.open_for_writing()  # the writer settles it the same way, and opens
+        assert [r.name for r in manager.checkpoints()] == ["a", "c"]
+    assert (tmp_path / "b.bin").is_dir()  # not ours: left alone
+
+
 # ----------------------------------------------------------------------------- lock liveness
 
 
