@@ -301,10 +301,15 @@ class LocalStorage(Storage):
             except OSError as e:
                 if e.errno == errno.ELOOP:
                     raise self._unsafe(f"{META_DIR}/lock") from None
-                raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UnsafeDirectoryError(f"{path} is not a regular file; remove it.")
+                if e.errno != errno.EISDIR:
+                    raise
+                fd = None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                os.close(fd)
+            raise UnsafeDirectoryError(
+                f"{path} is not a regular file. keras-ckpt keeps its writer lock there; remove it."
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -64,6 +64,12 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_left_whole(tmp_path, ou
     assert (outside / "victim.txt").read_text() == "precious"
 
 
+def test_a_folder_in_place_of_the_lock_file_is_refused_clearly(tmp_path):
+    (tmp_path / META_DIR / "lock").mkdir(parents=True)
+    with pytest.raises(UnsafeDirectoryError, match=r"lock is not a regular file"):
+        CheckpointManager(tmp_path).open_for_writing()
+
+
 def test_a_symlinked_library_folder_is_refused_and_nothing_is_written_there(tmp_path, outside):
     run = tmp_path / "run"
     run.mkdir()
