@@ -12,6 +12,8 @@ __all__ = [
     "CorruptCheckpointError",
     "RecordFormatError",
     "DirectoryLockedError",
+    "LockLostError",
+    "UnsafeDirectoryError",
     "ForeignFileError",
     "ResumeError",
 ]
@@ -93,6 +95,34 @@ class DirectoryLockedError(KerasCkptError):
     keras_ckpt.errors.DirectoryLockedError: ... is being written by process ... on host ...
     >>> holder.kill(); _ = holder.wait()
     >>> keras_ckpt.CheckpointManager(folder).open_for_writing()  # its holder died: free at once
+    """
+
+
+class LockLostError(DirectoryLockedError):
+    """The writer lock this process held is gone, so it stops writing before the next change.
+
+    Raised before a commit or a delete when the directory or its `.keras_ckpt/lock` was deleted or
+    replaced (another process may now hold a new lock there), when an object-store lock was taken
+    over, or in a forked child (a data-loader worker) that inherited a writer's manager. Nothing is
+    re-created behind the user's back: open a new `CheckpointManager` to write again.
+
+    Example:
+
+    >>> issubclass(LockLostError, DirectoryLockedError)
+    True
+    """
+
+
+class UnsafeDirectoryError(KerasCkptError):
+    """An entry keras-ckpt must write is a symbolic link (or not a regular file/folder).
+
+    keras-ckpt never writes, truncates or deletes through a link it did not create, so it refuses
+    a `.keras_ckpt` folder or `.keras_ckpt/lock` file that is a link, naming it.
+
+    Example:
+
+    >>> issubclass(UnsafeDirectoryError, KerasCkptError)
+    True
     """
 
 

@@ -1,136 +1,29 @@
 """`CheckpointManager`: the store both callbacks write through, and that users read from.
 
-It commits checkpoints (files first, record last), lists and verifies them, prunes them by a retention
-policy, and loads them back. Only checkpoints with a committed record exist for it; it never deletes a
-file that no record of its own names.
+It lists and verifies checkpoints, decides what a retention policy prunes, and loads them back;
+commits and deletes go through the directory's crash journal (`journal.py`). Only checkpoints with
+a committed record exist for it; it never deletes a file that no record of its own names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import threading
-import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keras_ckpt._validate import check_choice
-from keras_ckpt.errors import (
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
-    ForeignFileError,
-    RecordFormatError,
-)
+from keras_ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError
+from keras_ckpt.journal import Journal
 from keras_ckpt.policies import Policy, infer_mode, ranked_metrics
-from keras_ckpt.records import (
-    KINDS,
-    FileEntry,
-    Record,
-    clean_metrics,
-    validate_name,
-    validate_path,
-)
-from keras_ckpt.storage import META_DIR, DirectoryLockHandle, Storage, seal_file, storage_for
+from keras_ckpt.records import KINDS, Record, validate_name, validate_path
+from keras_ckpt.results import KeptCheckpoint, PruneResult, VerifyResult
+from keras_ckpt.stores import SealedFile, Storage, storage_for
 
 __all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint"]
 
-_PENDING = f"{META_DIR}/pending"
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """Outcome of checking one checkpoint (or one unreadable record) against its files.
-
-    Attributes:
-        name: The checkpoint's name, or the record file's path if the record is unreadable.
-        ok: True when every file exists with the recorded size and checksum.
-        problems: One line per problem, naming the file and what is wrong.
-
-    Example:
-
-    >>> VerifyResult("model-001.keras", False, ("model-001.keras: missing file",)).ok
-    False
-    """
-
-    name: str
-    ok: bool
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class KeptCheckpoint:
-    """A checkpoint `prune` kept, and every reason it was kept (`"newest"`, `"best 3 by ..."`).
-
-    Example:
-
-    >>> from keras_ckpt.records import FileEntry, Record
-    >>> record = Record("m.keras", "model", (FileEntry("m.keras", 1, "crc32c:00000000"),))
-    >>> KeptCheckpoint(record, ("newest",)).reasons
-    ('newest',)
-    """
-
-    record: Record
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`).
-
-    Example:
-
-    >>> PruneResult(kept=(), deleted=(), dry_run=True).dry_run
-    True
-    """
-
-    kept: tuple[KeptCheckpoint, ...]
-    deleted: tuple[Record, ...]
-    dry_run: bool = False
-
-
-@dataclass
-class _WriterState:
-    """State shared by every writing manager of one directory in this process.
-
-    Besides the records it keeps which record names each file and the last sequence number, so a
-    commit costs the same with 10 or 10,000 checkpoints in the directory.
-    """
-
-    lock: DirectoryLockHandle
-    records: dict[str, Record] = field(default_factory=dict)
-    users: int = 0
-    mutex: threading.RLock = field(default_factory=threading.RLock)
-    _owner_of: dict[str, str] = field(default_factory=dict)
-    _sequence: int = 0
-
-    def put(self, record: Record) -> None:
-        self.drop(record.name)
-        self.records[record.name] = record
-        for entry in record.files:
-            self._owner_of[entry.path] = record.name
-        self._sequence = max(self._sequence, record.sequence)
-
-    def drop(self, name: str) -> Record | None:
-        record = self.records.pop(name, None)
-        if record is not None:
-            for entry in record.files:
-                if self._owner_of.get(entry.path) == name:
-                    del self._owner_of[entry.path]
-        return record
-
-    def owner_of(self, path: str) -> str | None:
-        """Name of the record that names file `path`, if any."""
-        return self._owner_of.get(path)
-
-    def next_sequence(self) -> int:
-        return self._sequence + 1
-
-
-_writers: dict[str, _WriterState] = {}
-_writers_mutex = threading.Lock()
+_REREADS = 4  # how often a check re-reads a checkpoint that changed under it
 
 
 class CheckpointManager:
@@ -172,7 +65,7 @@ class CheckpointManager:
             )
         self.directory = os.fspath(directory)
         self.storage = storage if storage is not None else storage_for(self.directory)
-        self._writer: _WriterState | None = None
+        self._journal = Journal(self.storage, self.directory)
         self._protected: set[str] = set()
         self._warned: set[str] = set()
 
@@ -186,11 +79,12 @@ class CheckpointManager:
 
         An unreadable record is skipped with a warning naming its file (`verify` reports it too).
         """
-        if self._writer is not None:
-            with self._writer.mutex:
-                records = list(self._writer.records.values())
+        session = self._journal.session
+        if session is not None:
+            with session.mutex:
+                records = list(session.records.values())
         else:
-            records, problems = self._read()
+            records, problems = self._journal.read()
             for source, error in problems:
                 if source not in self._warned:
                     self._warned.add(source)
@@ -241,27 +135,36 @@ class CheckpointManager:
             name: One checkpoint; all of them (and every unreadable record) when None.
         """
         if name is not None:
-            return [self._verify_record(self.get(name))]
-        records, problems = self._read()
+            checked = self._checked(self.get(name))
+            if checked is None:
+                raise CheckpointNotFoundError(f"Checkpoint {name!r} was deleted meanwhile")
+            return [VerifyResult(checked[0].name, not checked[1], checked[1])]
+        records, problems = self._journal.read()
         results = [VerifyResult(source, False, (str(error),)) for source, error in problems]
-        results += [self._verify_record(r) for r in sorted(records, key=lambda r: r.sequence)]
+        for record in sorted(records, key=lambda r: r.sequence):
+            checked = self._checked(record)
+            if checked is not None:  # None: deleted while we looked
+                results.append(VerifyResult(checked[0].name, not checked[1], checked[1]))
         return results
 
-    def _verify_record(self, record: Record) -> VerifyResult:
-        problems = []
-        for entry in record.files:
-            if not self.storage.exists(entry.path):
-                problems.append(f"{entry.path}: missing file")
-                continue
-            sealed = self.storage.seal(entry.path)
-            if sealed.size != entry.size:
-                problems.append(f"{entry.path}: size {sealed.size} bytes, record says {entry.size}")
-            elif sealed.checksum != entry.checksum:
-                problems.append(
-                    f"{entry.path}: checksum mismatch ({sealed.checksum}, "
-                    f"record says {entry.checksum})"
-                )
-        return VerifyResult(record.name, not problems, tuple(problems))
+    def _checked(self, record: Record) -> tuple[Record, tuple[str, ...]] | None:
+        """A checkpoint as it is now, and its problems; None if it was deleted meanwhile.
+
+        A writer announces a change (pending record) before it touches a file, so a failed check
+        followed by an unchanged record is real damage. A changed record is checked again (a few
+        times at most), a vanished one was deleted, not damaged.
+        """
+        for _ in range(_REREADS):
+            problems = self._journal.problems(record)
+            if not problems:
+                return record, ()
+            again = self._journal.reread(record.name)
+            if again is None:
+                return None
+            if again == record:
+                return record, tuple(problems)
+            record = again
+        return record, tuple(self._journal.problems(record))
 
     def resolve(
         self,
@@ -289,14 +192,14 @@ class CheckpointManager:
             CorruptCheckpointError: the named checkpoint, or every candidate, is damaged.
         """
         if which not in ("latest", "best"):
-            record = self.get(which)
-            result = self._verify_record(record)
-            if not result.ok:
+            checked = self._checked(self.get(which))
+            if checked is None:
+                raise CheckpointNotFoundError(f"Checkpoint {which!r} was deleted meanwhile")
+            if checked[1]:
                 raise CorruptCheckpointError(
-                    f"Checkpoint {record.name} in {self.directory} is damaged: "
-                    + "; ".join(result.problems)
+                    f"Checkpoint {which} in {self.directory} is damaged: " + "; ".join(checked[1])
                 )
-            return record
+            return checked[0]
         if which == "latest":
             candidates = list(reversed(self.checkpoints(owner)))
         else:
@@ -309,13 +212,16 @@ class CheckpointManager:
                 f"No checkpoint in {self.directory} to use as {which!r}"
                 + (f" (none has {monitor!r} in its metrics)" if which == "best" else "")
             )
-        for record in candidates:
-            result = self._verify_record(record)
-            if result.ok:
+        for candidate in candidates:
+            checked = self._checked(candidate)
+            if checked is None:
+                continue  # deleted while we looked
+            record, problems = checked
+            if not problems:
                 return record
             warnings.warn(
                 f"Checkpoint {record.name} in {self.directory} is damaged ("
-                + "; ".join(result.problems)
+                + "; ".join(problems)
                 + f"); skipping it for {which!r}.",
                 stacklevel=2,
             )
@@ -401,54 +307,6 @@ class CheckpointManager:
             model.load_weights(path)
         return record
 
-    def _read(self) -> tuple[list[Record], list[tuple[str, Exception]]]:
-        """Records as a reader sees them, with replacements caught half-way settled.
-
-        A writer replacing a checkpoint's files (a fixed path such as `best.keras`) announces the
-        new record in `pending/` first. Until the record itself is written, the file on disk may
-        already be the new one; whichever record matches the files is the checkpoint.
-        """
-        records, problems = self._scan()
-        pending_names = {n.removesuffix(".json") for n in self.storage.list_files(_PENDING)}
-        if not pending_names:
-            return records, problems
-        settled = []
-        for record in records:
-            if record.name in pending_names and not self._verify_record(record).ok:
-                relpath = _pending_path(record.name)
-                try:
-                    pending = Record.from_json(self.storage.read_bytes(relpath), source=relpath)
-                except (RecordFormatError, OSError):
-                    pending = None
-                if pending is not None and self._verify_record(pending).ok:
-                    record = pending
-            settled.append(record)
-        return settled, problems
-
-    def _scan(self) -> tuple[list[Record], list[tuple[str, Exception]]]:
-        records: list[Record] = []
-        problems: list[tuple[str, Exception]] = []
-        for file_name in self.storage.list_files(META_DIR):
-            if not file_name.endswith(".json"):
-                continue
-            source = f"{self.directory.rstrip('/')}/{META_DIR}/{file_name}"
-            try:
-                data = self.storage.read_bytes(f"{META_DIR}/{file_name}")
-                record = Record.from_json(data, source=source)
-                if _record_path(record.name) != f"{META_DIR}/{file_name}":
-                    raise RecordFormatError(
-                        f"Checkpoint record {source} holds checkpoint {record.name!r}; a record "
-                        f"must be named after its checkpoint ({record.name}.json)."
-                    )
-            except RecordFormatError as e:
-                problems.append((source, e))
-                continue
-            except OSError as e:
-                problems.append((source, RecordFormatError(f"Cannot read {source}: {e}")))
-                continue
-            records.append(record)
-        return records, problems
-
     # ----------------------------------------------------------------- writing
 
     def open_for_writing(self) -> None:
@@ -459,86 +317,19 @@ class CheckpointManager:
 
         Raises:
             DirectoryLockedError: another live process writes into this directory.
+            UnsafeDirectoryError: `.keras_ckpt` or its lock file is a symbolic link.
         """
-        if self._writer is not None:
-            return
-        key = self.storage.url
-        with _writers_mutex:
-            state = _writers.get(key)
-            if state is None:
-                lock = self.storage.lock()
-                try:
-                    state = _WriterState(lock=lock)
-                    self._recover(state)
-                except BaseException:
-                    lock.release()
-                    raise
-                _writers[key] = state
-            state.users += 1
-        self._writer = state
+        self._journal.open()
 
     def close(self) -> None:
         """Releases the writer lock taken by this manager (if any)."""
-        state, self._writer = self._writer, None
-        if state is None:
-            return
-        with _writers_mutex:
-            state.users -= 1
-            if state.users == 0:
-                _writers.pop(self.storage.url, None)
-                state.lock.release()
+        self._journal.close()
 
     def __enter__(self) -> CheckpointManager:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _recover(self, state: _WriterState) -> None:
-        """Completes or undoes what a crashed writer left half-done; empties the staging area."""
-        self.storage.clear_staging()
-        records, problems = self._scan()
-        for _source, error in problems:
-            warnings.warn(f"Skipping checkpoint: {error}", stacklevel=3)
-        for record in records:
-            state.put(record)
-        for file_name in self.storage.list_files(_PENDING):
-            relpath = f"{_PENDING}/{file_name}"
-            try:
-                pending = Record.from_json(self.storage.read_bytes(relpath), source=relpath)
-            except RecordFormatError:
-                self.storage.remove(relpath)
-                continue
-            if self._verify_record(pending).ok:
-                # Every file was in place when the writer died: finish its commit (or undo its
-                # delete, which had not removed a file yet).
-                self.storage.write_atomic(_record_path(pending.name), pending.to_json().encode())
-                previous = state.records.get(pending.name)
-                state.put(pending)
-                if previous is not None:
-                    self._remove_unnamed(state, previous.files)
-            else:
-                previous = state.records.get(pending.name)
-                if previous is not None and not self._verify_record(previous).ok:
-                    # It died while overwriting this checkpoint's files in place: neither the old
-                    # nor the new version is whole, so the checkpoint is lost.
-                    warnings.warn(
-                        f"Dropping checkpoint {previous.name} in {self.directory}: a writer was "
-                        "killed while replacing its files, and neither version is complete.",
-                        stacklevel=3,
-                    )
-                    self.storage.remove(_record_path(previous.name))
-                    state.drop(previous.name)
-                    self._remove_unnamed(state, previous.files)
-                # It died half-way through publishing (or deleting) these files: remove the ones no
-                # record names; they were placed there by the interrupted operation.
-                self._remove_unnamed(state, pending.files)
-            self.storage.remove(relpath)
-
-    def _remove_unnamed(self, state: _WriterState, entries: tuple[FileEntry, ...]) -> None:
-        for entry in entries:
-            if state.owner_of(entry.path) is None:
-                self.storage.remove(entry.path)
 
     @contextlib.contextmanager
     def stage(self) -> Iterator[str]:
@@ -550,8 +341,7 @@ class CheckpointManager:
                 manager.commit({"model-001.keras": os.path.join(folder, "model.keras")},
                                name="model-001.keras", kind="model")
         """
-        self.open_for_writing()
-        with self.storage.staging() as folder:
+        with self._journal.staging() as folder:
             yield folder
 
     def commit(
@@ -566,6 +356,7 @@ class CheckpointManager:
         metrics: Mapping[str, float] | None = None,
         owner: str | None = None,
         owner_state: Mapping[str, Any] | None = None,
+        sealed: Mapping[str, SealedFile] | None = None,
     ) -> Record:
         """Publishes staged files and then their record: the checkpoint exists once this returns.
 
@@ -576,96 +367,48 @@ class CheckpointManager:
                 atomically (its record is updated after its files).
             kind: `"model"`, `"weights"` or `"training_state"`.
             metrics: Logs at that moment; non-finite and non-numeric values are dropped.
+            sealed: Final path mapped to the `storage.SealedFile` (size, checksum) its writer
+                computed while writing and fsyncing it; such a file is not read back again
+                (only its size is checked).
 
         Raises:
             ForeignFileError: a final path holds a file no record of this directory names.
+            LockLostError: the directory or its lock was deleted or replaced meanwhile.
             OSError: the files or the record could not be written. The checkpoint then does not
                 exist and the files this commit placed are removed again.
         """
         validate_name(name)
         if kind not in KINDS:
             raise ValueError(
-                f"Invalid value for argument `kind`. Expected one of {KINDS}. Received: kind={kind!r}"
+                f"Invalid value for argument `kind`. Expected one of {KINDS}. "
+                f"Received: kind={kind!r}"
             )
         if not files:
             raise ValueError("A checkpoint needs at least one file. Received: files={}")
         for relpath in files:
             validate_path(relpath)
-        self.open_for_writing()
-        state = self._writer
-        assert state is not None
-        with state.mutex:
-            previous = state.records.get(name)
-            self._check_targets(state, name, files)
-            if previous is not None and len(previous.files) > 1:
+        sealed = dict(sealed or {})
+        for relpath in sealed:
+            if relpath not in files:
                 raise ValueError(
-                    f"Cannot replace checkpoint {name!r} in {self.directory} in place: it has "
-                    f"{len(previous.files)} files, and a kill between their renames would leave "
-                    "neither version whole. Commit it under a new name."
+                    "Invalid value for argument `sealed`. Expected paths among `files`. "
+                    f"Received: sealed={sorted(sealed)!r}"
                 )
-            entries = []
-            for relpath, source in files.items():
-                sealed = seal_file(source)
-                entries.append(FileEntry(relpath, sealed.size, sealed.checksum))
-            keras_version, backend = _keras_identity()
-            record = Record(
-                name=name,
-                kind=kind,
-                files=tuple(entries),
-                epoch=int(epoch),
-                step=int(step),
-                global_step=int(global_step),
-                wall_time=time.time(),
-                metrics=clean_metrics(metrics),
-                owner=owner,
-                owner_state=dict(owner_state or {}),
-                sequence=state.next_sequence(),
-                keras_version=keras_version,
-                backend=backend,
-            )
-            data = record.to_json().encode()  # fails here, before any file moves
-            # The pending record announces the commit: if this process dies before the record is
-            # written, the next writer finishes the commit or removes the files it placed.
-            self.storage.write_atomic(_pending_path(name), data)
-            try:
-                self.storage.publish({p: os.fspath(s) for p, s in files.items()})
-                self.storage.write_atomic(_record_path(name), data)
-            except BaseException:
-                self._abandon(state, record)
-                raise
-            state.put(record)
-            if previous is not None:
-                self._remove_unnamed(state, previous.files)
-            self.storage.remove(_pending_path(name))
-            return record
-
-    def _abandon(self, state: _WriterState, record: Record) -> None:
-        """Best effort after a failed commit: removes the files it placed where none was before.
-
-        If it had begun to overwrite the files of a checkpoint of the same name, its pending record
-        stays, and the next writer to open the directory settles it.
-        """
-        with contextlib.suppress(OSError):
-            self._remove_unnamed(state, record.files)
-            if not any(state.owner_of(f.path) is not None for f in record.files):
-                self.storage.remove(_pending_path(record.name))
-
-    def _check_targets(self, state: _WriterState, name: str, files: Mapping[str, object]) -> None:
-        for relpath in files:
-            holder = state.owner_of(relpath)
-            if holder is not None and holder != name:
-                raise ForeignFileError(
-                    f"Cannot write {relpath} for checkpoint {name!r}: it belongs to checkpoint "
-                    f"{holder!r} in {self.directory}."
-                )
-            if holder is None and self.storage.exists(relpath):
-                raise ForeignFileError(
-                    f"Refusing to overwrite {self.directory.rstrip('/')}/{relpath}: keras-ckpt did "
-                    "not write it (no record names it). Move it away or choose another filepath."
-                )
+        return self._journal.commit(
+            {p: os.fspath(source) for p, source in files.items()},
+            sealed=sealed,
+            name=name,
+            kind=kind,
+            epoch=int(epoch),
+            step=int(step),
+            global_step=int(global_step),
+            metrics=metrics,
+            owner=owner,
+            owner_state=dict(owner_state or {}),
+        )
 
     def protect(self, name: str) -> None:
-        """Never let `prune` delete checkpoint `name` in this manager (e.g. the one resumed from)."""
+        """Never let `prune` delete checkpoint `name` here (the one a run resumed from, say)."""
         self._protected.add(validate_name(name))
 
     def prune(
@@ -710,54 +453,21 @@ class CheckpointManager:
                 doomed.append(record)
         if not dry_run:
             for record in doomed:
-                self.delete(record.name)
+                self.delete(record.name, reason=f"not kept by {policy!r}")
         return PruneResult(tuple(kept), tuple(doomed), dry_run)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, reason: str | None = None) -> None:
         """Deletes one checkpoint: its record first, then its files.
 
         A pending copy of the record covers a crash in between: the next writer restores the
         checkpoint if all its files are still there, or removes what is left of them.
+
+        Args:
+            name: The checkpoint.
+            reason: Why (`prune` says which policy did not keep it); for the directory's history.
         """
-        self.open_for_writing()
-        state = self._writer
-        assert state is not None
-        with state.mutex:
-            record = state.records.get(name)
-            if record is None:
-                raise CheckpointNotFoundError(f"No checkpoint named {name!r} in {self.directory}")
-            self.storage.write_atomic(_pending_path(name), record.to_json().encode())
-            self.storage.remove(_record_path(name))
-            state.drop(name)
-            self._remove_unnamed(state, record.files)
-            self.storage.remove(_pending_path(name))
+        self._journal.delete(name, reason=reason)
 
     def update_owner_state(self, name: str, owner_state: Mapping[str, Any]) -> Record:
         """Rewrites a record's callback state (its files are untouched)."""
-        self.open_for_writing()
-        state = self._writer
-        assert state is not None
-        with state.mutex:
-            if name not in state.records:
-                raise CheckpointNotFoundError(f"No checkpoint named {name!r} in {self.directory}")
-            record = replace(state.records[name], owner_state=dict(owner_state))
-            self.storage.write_atomic(_record_path(name), record.to_json().encode())
-            state.put(record)
-            return record
-
-
-def _record_path(name: str) -> str:
-    return f"{META_DIR}/{name}.json"
-
-
-def _pending_path(name: str) -> str:
-    return f"{_PENDING}/{name}.json"
-
-
-def _keras_identity() -> tuple[str, str]:
-    """(Keras version, backend) of the writer; empty when the writer has not loaded Keras (a tool
-    writing records needs no Keras, and importing it costs seconds of TensorFlow start-up)."""
-    keras = sys.modules.get("keras")
-    if keras is None:
-        return "", ""
-    return keras.__version__, keras.backend.backend()
+        return self._journal.rewrite(name, owner_state)

@@ -52,7 +52,7 @@ def validate_path(relpath: object) -> str:
 
     A checkpoint's files may not escape the directory (`..`, absolute paths) nor live in the
     library's own folder: records name the files that `prune` deletes.
-    
+
     Example:
 
     >>> validate_path("backup-000000010/model.weights.h5")

@@ -8,7 +8,10 @@ reader never loads a half-uploaded checkpoint. Deletion goes the other way: reco
 
 There is no `flock` on an object store. The writer lock is an object, `.keras_ckpt/lock`, created
 with an exclusive write (S3's `If-None-Match: *`), kept fresh by a heartbeat thread, and taken over
-once its holder is provably dead (same host, process gone) or silent for longer than `lock_timeout`.
+once its holder is provably dead or silent for longer than `lock_timeout`. "Provably dead" needs the
+holder to be on this very machine: same host name, same boot (`/proc/sys/kernel/random/boot_id`)
+and same process namespace, and its pid gone. Equal host names alone (`algo-1`, fixed pod names)
+prove nothing, so such a lock is waited out.
 
 Credentials and endpoints come from the environment, as for any fsspec/boto client
 (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL_S3`,
@@ -31,14 +34,10 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from keras_ckpt.errors import DirectoryLockedError
-from keras_ckpt.storage import (
-    META_DIR,
-    DirectoryLockHandle,
-    SealedFile,
-    Storage,
-    _checksum_stream,
-)
+from keras_ckpt.errors import DirectoryLockedError, LockLostError
+from keras_ckpt.locks import HeldLock
+from keras_ckpt.records import META_DIR
+from keras_ckpt.stores import SealedFile, Storage, checksum_stream
 
 try:
     import fsspec
@@ -113,14 +112,6 @@ class FsspecStorage(Storage):
         self.fs.invalidate_cache(path)
         self.fs.invalidate_cache(path.rsplit("/", 1)[0])
 
-    def _check_lock(self) -> None:
-        lock = _ObjectLock._held.get(self._lock_key)
-        if lock is not None and lock.lost is not None:
-            raise DirectoryLockedError(
-                f"{self.url} lost its writer lock: {lock.lost}. Stopping writes so the two "
-                "writers do not corrupt each other's checkpoints."
-            )
-
     # ----------------------------------------------------------------- reading
 
     def exists(self, relpath: str) -> bool:
@@ -142,7 +133,7 @@ class FsspecStorage(Storage):
 
     def seal(self, relpath: str) -> SealedFile:
         with self.fs.open(self._full(relpath), "rb") as f:
-            size, checksum = _checksum_stream(f.read)
+            size, checksum = checksum_stream(f.read)
         return SealedFile(size=size, checksum=checksum)
 
     @contextlib.contextmanager
@@ -156,7 +147,6 @@ class FsspecStorage(Storage):
     # ----------------------------------------------------------------- writing
 
     def write_atomic(self, relpath: str, data: bytes) -> None:
-        self._check_lock()
         path = self._full(relpath)
         self.fs.pipe_file(path, bytes(data))  # one PUT: the old object or the new one
         self._forget(path)
@@ -169,7 +159,6 @@ class FsspecStorage(Storage):
         file. Objects that existed before (a checkpoint being replaced) cannot be restored; the
         manager's pending record covers that case.
         """
-        self._check_lock()
         created = []
         try:
             for relpath, source in staged.items():
@@ -186,13 +175,13 @@ class FsspecStorage(Storage):
                     self._forget(path)
             raise
 
-    def remove(self, relpath: str) -> None:
-        """Removes an object. Object stores have no folders to clean up."""
-        self._check_lock()
+    def remove(self, relpath: str) -> str | None:
+        """Removes an object. Object stores have no folders to clean up, nor links."""
         path = self._full(relpath)
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
         self._forget(path)
+        return None
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[str]:
@@ -204,20 +193,14 @@ class FsspecStorage(Storage):
 
     # ----------------------------------------------------------------- locking
 
-    def lock(self) -> DirectoryLockHandle:
-        return _ObjectLockHandle(_ObjectLock.acquire(self))
+    def lock(self) -> HeldLock:
+        lock = _ObjectLock(self)
+        lock.take()
+        return lock
 
 
-class _ObjectLockHandle(DirectoryLockHandle):
-    def __init__(self, lock: _ObjectLock):
-        self._lock = lock
-
-    def _release(self) -> None:
-        self._lock.release()
-
-
-class _ObjectLock:
-    """The writer lock object of one directory, shared by every writer in this process.
+class _ObjectLock(HeldLock):
+    """The writer lock object of one directory.
 
     The object holds JSON `{pid, host, since, heartbeat, token}`. It is created with an exclusive
     write, so of two processes racing for a free lock exactly one wins, on S3 and on servers that
@@ -227,13 +210,9 @@ class _ObjectLock:
     back and only counts as taken if it holds our token.
     """
 
-    _mutex = threading.Lock()
-    _held: dict[str, _ObjectLock] = {}  # lock URL -> lock, with a reference count
-
-    def __init__(self, storage: FsspecStorage, key: str):
+    def __init__(self, storage: FsspecStorage):
         self.fs = storage.fs
         self.path = storage._full(_LOCK)
-        self.key = key
         self.directory = storage.url
         self.timeout = storage.lock_timeout
         self.interval = storage.heartbeat_interval
@@ -241,45 +220,39 @@ class _ObjectLock:
         self.token = uuid.uuid4().hex
         self.since = time.time()
         self.etag: str | None = None
-        self.users = 0
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @classmethod
-    def acquire(cls, storage: FsspecStorage) -> _ObjectLock:
-        key = storage._lock_key
-        with cls._mutex:
-            lock = cls._held.get(key)
-            if lock is None:
-                lock = cls(storage, key)
-                lock._take()
-                cls._held[key] = lock
-            lock.users += 1
-            return lock
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LockLostError(
+                f"{self.directory} lost its writer lock: {self.lost}. Stopping writes so the two "
+                "writers do not corrupt each other's checkpoints."
+            )
 
-    def release(self) -> None:
-        with self._mutex:  # held throughout, so a new acquire here waits for the delete
-            self.users -= 1
-            if self.users > 0:
-                return
-            del self._held[self.key]
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join()
-            if self.lost is None:
-                # Check-then-delete: a takeover in between (only possible after `timeout` without
-                # a heartbeat) would lose its lock here; the taker notices at its next heartbeat.
-                with contextlib.suppress(FileNotFoundError):
-                    if self._read().get("token") == self.token:
-                        self.fs.rm_file(self.path)
-            self.fs.invalidate_cache(self.path)
+    def forget(self) -> None:
+        self._released = True  # the heartbeat thread did not survive the fork; the parent's does
+        self.lost = "this process is a fork of the writer that holds it"
+
+    def _release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.lost is None:
+            # Check-then-delete: a takeover in between (only possible after `timeout` without
+            # a heartbeat) would lose its lock here; the taker notices at its next heartbeat.
+            with contextlib.suppress(FileNotFoundError):
+                if self._read().get("token") == self.token:
+                    self.fs.rm_file(self.path)
+        self.fs.invalidate_cache(self.path)
 
     def _body(self) -> bytes:
         return json.dumps(
             {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
+                "machine": _machine(),
                 "since": self.since,
                 "heartbeat": time.time(),
                 "token": self.token,
@@ -299,7 +272,7 @@ class _ObjectLock:
         self.fs.invalidate_cache(self.path)
         self.etag = result.get("ETag") if isinstance(result, dict) else None
 
-    def _take(self) -> None:
+    def take(self) -> None:
         for _ in range(5):
             try:
                 self._put(mode="create")
@@ -319,7 +292,8 @@ class _ObjectLock:
                     f"{self.directory} is being written by {_describe(holder)}. Two writers on one "
                     "checkpoint directory would corrupt each other's retention; give each run its "
                     "own directory or stop the other process. A lock whose holder died is taken "
-                    f"over after {self.timeout:g} s without a heartbeat (at once on the same host)."
+                    f"over after {self.timeout:g} s without a heartbeat (at once if it ran on "
+                    "this machine)."
                 )
             try:
                 if self.conditional and etag:
@@ -402,7 +376,8 @@ def _staleness(holder: Mapping[str, Any], timeout: float) -> str | None:
         pid, host, heartbeat = int(holder["pid"]), str(holder["host"]), float(holder["heartbeat"])
     except (KeyError, TypeError, ValueError):
         return "the lock object is not a keras-ckpt lock (unreadable JSON)"
-    if host == socket.gethostname():
+    machine = _machine()
+    if host == socket.gethostname() and machine is not None and holder.get("machine") == machine:
         if pid == os.getpid():
             # This process holds no such lock (it would be in the registry): a previous process
             # with the same pid, e.g. a restarted container, left it.
@@ -413,6 +388,16 @@ def _staleness(holder: Mapping[str, Any], timeout: float) -> str | None:
     if silent > timeout:
         return f"no heartbeat for {silent:.0f} s (timeout {timeout:g} s)"
     return None
+
+
+def _machine() -> str | None:
+    """This boot of this machine, as seen from this pid namespace; None where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,11 +1,13 @@
-"""File operations of one checkpoint directory: the only module that touches files.
+"""A checkpoint directory on a local (POSIX) disk: `LocalStorage`, and its `flock` writer lock.
 
-The commit protocol is "stage, then publish": writers put complete files into a local staging
-folder, `publish` makes each one visible at its final path in one step, and the record is written
-last. On a local disk a staged file is fsynced and moved with `os.replace` (the staging folder lives
-inside the checkpoint directory, so the move never crosses file systems), then the folder is fsynced.
-A store without rename (an object store) implements `publish` as an upload of whole objects, which is
-also all-or-nothing per file; the record, uploaded last, is what makes the checkpoint exist.
+Files are published by "stage, then rename": writers put complete, fsynced files into a staging
+folder inside the directory, and `publish` moves each one into place with `os.replace` (never across
+file systems), then fsyncs the folders that changed, and the parent of every folder it created.
+Records are written the same way (`write_atomic`).
+
+Nothing is written, truncated or deleted through a symbolic link below the directory: every path
+is walked one folder at a time with `O_NOFOLLOW`, and a link met on the way is reported, not
+followed. The directory itself may be reached through a link (the user chose that path).
 """
 
 from __future__ import annotations
@@ -17,53 +19,34 @@ import json
 import os
 import shutil
 import socket
-import threading
+import stat
 import time
 import uuid
-from abc import ABC, abstractmethod
+import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import IO
 
-import google_crc32c
-
-from keras_ckpt.errors import DirectoryLockedError
+from keras_ckpt.errors import DirectoryLockedError, LockLostError, UnsafeDirectoryError
+from keras_ckpt.locks import HeldLock
 from keras_ckpt.records import META_DIR
+from keras_ckpt.stores import SealedFile, Storage, checksum_stream
 
 __all__ = [
     "META_DIR",
-    "Storage",
     "LocalStorage",
     "SealedFile",
+    "Storage",
+    "atomic_local_file",
     "seal_file",
-    "storage_for",
 ]
 
-_CHUNK = 8 * 1024 * 1024
-CHECKSUM_ALGORITHM = "crc32c"
-
-
-@dataclass(frozen=True)
-class SealedFile:
-    """Size and checksum of a file whose bytes are durable on disk."""
-
-    size: int
-    checksum: str
-
-
-def _checksum_stream(read) -> tuple[int, str]:
-    crc = google_crc32c.Checksum()
-    size = 0
-    while chunk := read(_CHUNK):
-        crc.update(chunk)
-        size += len(chunk)
-    return size, f"{CHECKSUM_ALGORITHM}:{crc.digest().hex()}"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def seal_file(path: str | os.PathLike[str], *, sync: bool = True) -> SealedFile:
     """Checksums a local file and, with `sync`, flushes it to disk in the same pass."""
     with open(path, "rb", buffering=0) as f:
-        size, checksum = _checksum_stream(f.read)
+        size, checksum = checksum_stream(f.read)
         if sync:
             os.fsync(f.fileno())
     return SealedFile(size=size, checksum=checksum)
@@ -99,66 +82,65 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class Storage(ABC):
-    """The file operations the manager needs, relative to one checkpoint directory."""
+class _LinkInPath(Exception):
+    """A folder on the way to a path is a symbolic link (`relpath` names it)."""
 
-    url: str  # names the directory; managers of one url in a process share one writer state
-
-    @abstractmethod
-    def exists(self, relpath: str) -> bool: ...
-
-    @abstractmethod
-    def list_files(self, reldir: str) -> list[str]:
-        """Names of the files directly in `reldir`; empty if it does not exist."""
-
-    @abstractmethod
-    def read_bytes(self, relpath: str) -> bytes: ...
-
-    @abstractmethod
-    def seal(self, relpath: str) -> SealedFile:
-        """Size and checksum of a stored file, read back from storage."""
-
-    @abstractmethod
-    def write_atomic(self, relpath: str, data: bytes) -> None:
-        """Writes small data (a record) so that readers see the old or the new bytes, never a mix."""
-
-    @abstractmethod
-    def publish(self, staged: Mapping[str, str]) -> None:
-        """Makes each staged local file visible at its final path, durably. Keys are relpaths."""
-
-    @abstractmethod
-    def remove(self, relpath: str) -> None:
-        """Removes a file (missing is fine) and the folders it leaves empty below the root."""
-
-    @abstractmethod
-    def staging(self) -> contextlib.AbstractContextManager[str]:
-        """A new, empty local folder to write files into before `publish`; removed on exit."""
-
-    @abstractmethod
-    def clear_staging(self) -> None:
-        """Removes what crashed writers left in the staging area (only the library writes there)."""
-
-    @abstractmethod
-    def local_path(self, relpath: str) -> contextlib.AbstractContextManager[str]:
-        """A local path holding the file's bytes, for Keras to read."""
-
-    @abstractmethod
-    def lock(self) -> DirectoryLockHandle:
-        """Takes the writer lock of the directory or raises `DirectoryLockedError`."""
+    def __init__(self, relpath: str):
+        super().__init__(relpath)
+        self.relpath = relpath
 
 
-class DirectoryLockHandle(ABC):
-    """A held writer lock; `release` gives it back once, later calls do nothing."""
+class _Folders:
+    """The open folders from the root down to one folder, each opened without following links."""
 
-    _released = False
+    def __init__(self, root: str, parts: list[str], *, create: bool):
+        if create:
+            os.makedirs(root, exist_ok=True)  # writers check first that their lock still exists
+        self.fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        try:
+            for i, part in enumerate(parts):
+                self.fds.append(self._open(part, "/".join(parts[: i + 1]), create))
+        except BaseException:
+            self.close()
+            raise
 
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._release()
+    def _open(self, part: str, relpath: str, create: bool) -> int:
+        parent = self.fds[-1]
+        for _ in range(3):
+            try:
+                return os.open(part, _DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=parent)
+                    os.fsync(parent)  # the new folder survives a power loss with its contents
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                if stat.S_ISLNK(os.lstat(part, dir_fd=parent).st_mode):
+                    raise _LinkInPath(relpath) from None
+                raise
+        raise FileNotFoundError(errno.ENOENT, "folder keeps vanishing", relpath)
 
-    @abstractmethod
-    def _release(self) -> None: ...
+    @property
+    def last(self) -> int:
+        return self.fds[-1]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def __enter__(self) -> _Folders:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _parts(reldir: str) -> list[str]:
+    return [p for p in reldir.split("/") if p not in ("", ".")]
 
 
 class LocalStorage(Storage):
@@ -171,14 +153,24 @@ class LocalStorage(Storage):
     def _abs(self, relpath: str) -> str:
         return os.path.join(self.root, *relpath.split("/"))
 
+    def _unsafe(self, relpath: str) -> UnsafeDirectoryError:
+        return UnsafeDirectoryError(
+            f"{self._abs(relpath)} is a symbolic link. keras-ckpt never writes through a link it "
+            "did not create; replace the link with a real folder (or file), or choose another "
+            "directory."
+        )
+
+    # ----------------------------------------------------------------- reading
+
     def exists(self, relpath: str) -> bool:
-        return os.path.exists(self._abs(relpath))
+        return os.path.lexists(self._abs(relpath))
 
     def list_files(self, reldir: str) -> list[str]:
         try:
-            with os.scandir(self._abs(reldir)) as entries:
-                return [e.name for e in entries if e.is_file()]
-        except FileNotFoundError:
+            with _Folders(self.root, _parts(reldir), create=False) as folders:
+                with os.scandir(folders.last) as entries:
+                    return [e.name for e in entries if e.is_file(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError, _LinkInPath):
             return []
 
     def read_bytes(self, relpath: str) -> bytes:
@@ -188,117 +180,188 @@ class LocalStorage(Storage):
     def seal(self, relpath: str) -> SealedFile:
         return seal_file(self._abs(relpath), sync=False)
 
+    @contextlib.contextmanager
+    def local_path(self, relpath: str) -> Iterator[str]:
+        yield self._abs(relpath)
+
+    # ----------------------------------------------------------------- writing
+
     def write_atomic(self, relpath: str, data: bytes) -> None:
-        final = self._abs(relpath)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        with atomic_local_file(final) as f:
-            f.write(data)
+        *folder, name = relpath.split("/")
+        try:
+            folders = _Folders(self.root, folder, create=True)
+        except _LinkInPath as e:
+            raise self._unsafe(e.relpath) from None
+        with folders:
+            tmp = f".tmp-{uuid.uuid4().hex}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o666, dir_fd=folders.last)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, name, src_dir_fd=folders.last, dst_dir_fd=folders.last)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=folders.last)
+                raise
+            os.fsync(folders.last)
 
     def publish(self, staged: Mapping[str, str]) -> None:
-        folders = set()
+        by_folder: dict[tuple[str, ...], list[tuple[str, str]]] = {}
         for relpath, source in staged.items():
-            final = self._abs(relpath)
-            folder = os.path.dirname(final)
-            os.makedirs(folder, exist_ok=True)
-            os.replace(source, final)
-            folders.add(folder)
-        for folder in folders:
-            fsync_dir(folder)
-
-    def remove(self, relpath: str) -> None:
-        path = self._abs(relpath)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-        folder = os.path.dirname(path)
-        while folder != self.root and folder.startswith(self.root + os.sep):
+            *folder, name = relpath.split("/")
+            by_folder.setdefault(tuple(folder), []).append((name, os.fspath(source)))
+        for parts, moves in by_folder.items():
             try:
-                os.rmdir(folder)
-            except OSError as e:
-                if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
-                    break
-                raise
-            folder = os.path.dirname(folder)
-        fsync_dir(folder if os.path.isdir(folder) else self.root)
+                folders = _Folders(self.root, list(parts), create=True)
+            except _LinkInPath as e:
+                raise self._unsafe(e.relpath) from None
+            with folders:
+                for name, source in moves:
+                    os.replace(source, name, dst_dir_fd=folders.last)
+                os.fsync(folders.last)
+
+    def remove(self, relpath: str) -> str | None:
+        *folder, name = relpath.split("/")
+        try:
+            folders = _Folders(self.root, folder, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except _LinkInPath as e:
+            return e.relpath
+        with folders:
+            try:
+                os.unlink(name, dir_fd=folders.last)  # a link goes as a link; its target stays
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                return None  # a folder where a file was recorded: not ours to remove
+            changed = len(folder)
+            while changed > 0:
+                try:
+                    os.rmdir(folder[changed - 1], dir_fd=folders.fds[changed - 1])
+                except OSError as e:
+                    if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                        break
+                    raise
+                changed -= 1
+            os.fsync(folders.fds[changed])
+        return None
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[str]:
-        folder = os.path.join(self.root, META_DIR, "staging", uuid.uuid4().hex)
-        os.makedirs(folder)
+        try:
+            folders = _Folders(self.root, [META_DIR, "staging"], create=True)
+        except _LinkInPath as e:
+            raise self._unsafe(e.relpath) from None
+        name = uuid.uuid4().hex
+        with folders:
+            os.mkdir(name, dir_fd=folders.last)
+        folder = os.path.join(self.root, META_DIR, "staging", name)
         try:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     def clear_staging(self) -> None:
-        shutil.rmtree(os.path.join(self.root, META_DIR, "staging"), ignore_errors=True)
+        try:
+            folders = _Folders(self.root, [META_DIR], create=False)
+        except (FileNotFoundError, NotADirectoryError, _LinkInPath):
+            return
+        with folders:
+            for own in ("staging", "pending"):  # the library's own folders: a link there is no data
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISLNK(os.lstat(own, dir_fd=folders.last).st_mode):
+                        target = os.readlink(own, dir_fd=folders.last)
+                        os.unlink(own, dir_fd=folders.last)
+                        warnings.warn(
+                            f"Removed the symbolic link {self._abs(f'{META_DIR}/{own}')} -> "
+                            f"{target} (left untouched): keras-ckpt keeps its own folder there.",
+                            stacklevel=4,
+                        )
+        shutil.rmtree(self._abs(f"{META_DIR}/staging"), ignore_errors=True)
         for reldir in (META_DIR, f"{META_DIR}/pending"):  # temp files of interrupted write_atomic
             for name in self.list_files(reldir):
                 if name.startswith(".tmp-"):
                     self.remove(f"{reldir}/{name}")
 
-    @contextlib.contextmanager
-    def local_path(self, relpath: str) -> Iterator[str]:
-        yield self._abs(relpath)
+    def lock(self) -> HeldLock:
+        os.makedirs(self.root, exist_ok=True)
+        try:
+            folders = _Folders(self.root, [META_DIR], create=True)
+        except _LinkInPath as e:
+            raise self._unsafe(e.relpath) from None
+        path = self._abs(f"{META_DIR}/lock")
+        with folders:
+            try:
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open("lock", flags, 0o644, dir_fd=folders.last)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise self._unsafe(f"{META_DIR}/lock") from None
+                if e.errno != errno.EISDIR:
+                    raise
+                fd = None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                os.close(fd)
+            raise UnsafeDirectoryError(
+                f"{path} is not a regular file. keras-ckpt keeps its writer lock there; remove it."
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise DirectoryLockedError(
+                f"{self.root} is being written by {holder}. Two writers on one checkpoint "
+                "directory would corrupt each other's retention; give each run its own directory "
+                "or stop the other process."
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        return _FileLock(fd, path)
 
-    def lock(self) -> DirectoryLockHandle:
-        os.makedirs(os.path.join(self.root, META_DIR), exist_ok=True)
-        return _FlockRegistry.acquire(os.path.join(self.root, META_DIR, "lock"))
 
+class _FileLock(HeldLock):
+    """A `flock` on `.keras_ckpt/lock`. The kernel drops it when its holder dies: never stale."""
 
-class _FlockHandle(DirectoryLockHandle):
-    def __init__(self, path: str):
+    def __init__(self, fd: int, path: str):
+        self._fd = fd
         self._path = path
+        self._lost: str | None = None
+
+    def check(self) -> None:
+        if self._lost is None:
+            try:
+                now = os.stat(self._path, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            held = os.fstat(self._fd)
+            if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                self._lost = (
+                    f"{self._path} was deleted or replaced while this process held it (was the "
+                    "directory removed?), so another process may now write there"
+                )
+        if self._lost is not None:
+            raise LockLostError(
+                f"Lost the writer lock: {self._lost}. Nothing more is written through this "
+                "manager; open a new CheckpointManager to write again."
+            )
+
+    def forget(self) -> None:
+        if not self._released:
+            self._released = True
+            os.close(self._fd)  # the parent's descriptor keeps the flock
+            self._lost = "this process is a fork of the writer that holds it"
 
     def _release(self) -> None:
-        _FlockRegistry.release(self._path)
-
-
-class _FlockRegistry:
-    """`flock` locks shared by every writer of one directory inside this process.
-
-    `flock` belongs to an open file, so a second open in the same process would lock against
-    itself; writers in one process (two callbacks on one folder) share one lock by reference count.
-    The kernel drops the lock when its holder dies, so a lock is never stale.
-    """
-
-    _mutex = threading.Lock()
-    _held: dict[str, list[int]] = {}  # realpath -> [fd, count]
-
-    @classmethod
-    def acquire(cls, path: str) -> _FlockHandle:
-        key = os.path.realpath(path)
-        with cls._mutex:
-            if key in cls._held:
-                cls._held[key][1] += 1
-                return _FlockHandle(key)
-            fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise DirectoryLockedError(
-                    f"{os.path.dirname(os.path.dirname(key))} is being written by {holder}. "
-                    "Two writers on one checkpoint directory would corrupt each other's "
-                    "retention; give each run its own directory or stop the other process."
-                ) from None
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-            cls._held[key] = [fd, 1]
-            return _FlockHandle(key)
-
-    @classmethod
-    def release(cls, key: str) -> None:
-        with cls._mutex:
-            entry = cls._held.get(key)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if entry[1] == 0:
-                del cls._held[key]
-                os.ftruncate(entry[0], 0)
-                os.close(entry[0])  # closing the last descriptor drops the flock
+        if self._lost is None:
+            os.ftruncate(self._fd, 0)
+        os.close(self._fd)  # closing the last descriptor drops the flock
 
 
 def _read_holder(fd: int) -> str:
@@ -308,13 +371,3 @@ def _read_holder(fd: int) -> str:
         return f"process {info['pid']} on host {info['host']} (since {since})"
     except (ValueError, KeyError, TypeError):
         return "another process"
-
-
-def storage_for(directory: str | os.PathLike[str]) -> Storage:
-    """The storage for a local path or an fsspec URL (`s3://...`, `memory://...`)."""
-    text = os.fspath(directory)
-    if "://" in text and not text.startswith("file://"):
-        from keras_ckpt.remote import FsspecStorage  # needs the `remote` extra
-
-        return FsspecStorage(text)
-    return LocalStorage(text.removeprefix("file://"))

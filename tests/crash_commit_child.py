@@ -2,6 +2,7 @@
 
     python tests/crash_commit_child.py commit-loop DIR   # commit checkpoints until killed
     python tests/crash_commit_child.py hold-lock DIR     # take the writer lock, then sleep
+    python tests/crash_commit_child.py fork-and-die DIR  # take it, fork a sleeper, then die
 
 Prints "ready" once it holds the directory's writer lock. It loads keras_ckpt's foundation
 modules without the package `__init__` (which imports Keras, seconds per start) and writes its
@@ -74,6 +75,34 @@ def hold_lock(directory: str) -> None:
     time.sleep(600)
 
 
+def fork_and_die(directory: str) -> None:
+    """A trainer with a forked data-loader worker: the trainer dies, the worker lives on.
+
+    The worker reports in `DIR.child` whether it could still write (it must not), then sleeps.
+    """
+    CheckpointManager, _ = _import_manager()
+    manager = CheckpointManager(directory)
+    manager.open_for_writing()
+    pid = os.fork()
+    if pid == 0:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # the parent's reader waits for the trainer's output only
+        try:
+            with manager.stage():
+                pass
+            outcome = "wrote"
+        except Exception as e:  # the test reads which error it was
+            outcome = f"{type(e).__name__}: {e}"
+        with open(f"{directory}.child", "w") as f:
+            f.write(outcome)
+        time.sleep(600)
+        os._exit(0)
+    print(f"ready {pid}", flush=True)
+    os._exit(0)  # killed trainer: no close, no release
+
+
 if __name__ == "__main__":
     mode, directory = sys.argv[1:3]
-    {"commit-loop": commit_loop, "hold-lock": hold_lock}[mode](directory)
+    {"commit-loop": commit_loop, "hold-lock": hold_lock, "fork-and-die": fork_and_die}[mode](
+        directory
+    )

@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 import keras_ckpt
-from keras_ckpt import distribute, errors, manager, policies, records, state
+from keras_ckpt import distribute, errors, manager, policies, records, results, state
 from keras_ckpt.callbacks import backup_and_restore, model_checkpoint
 
 PUBLIC = [
@@ -28,6 +28,7 @@ MODULES = [
     errors,
     records,
     manager,
+    results,
     distribute,
     state,
     model_checkpoint,

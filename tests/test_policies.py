@@ -372,7 +372,7 @@ class Directory:
         self.manager = CheckpointManager(folder)
         clock = iter([r.wall_time for r in records])
         fake_time = SimpleNamespace(time=lambda: next(clock))
-        with mock.patch("keras_ckpt.manager.time", fake_time):
+        with mock.patch("keras_ckpt.journal.time", fake_time):
             for i, info in enumerate(records):
                 with self.manager.stage() as staging:
                     path = os.path.join(staging, "f")

@@ -17,8 +17,9 @@ import pytest
 from keras_ckpt import CheckpointManager
 from keras_ckpt.errors import CorruptCheckpointError, DirectoryLockedError
 from keras_ckpt.policies import KeepLast
-from keras_ckpt.remote import FsspecStorage, _staleness
-from keras_ckpt.storage import META_DIR, LocalStorage, seal_file, storage_for
+from keras_ckpt.remote import FsspecStorage, _machine, _staleness
+from keras_ckpt.storage import META_DIR, LocalStorage, seal_file
+from keras_ckpt.stores import storage_for
 
 pytest_plugins = ["s3_server"]
 
@@ -258,11 +259,26 @@ def test_live_lock_of_another_host_is_refused(url):
 def test_lock_of_an_exited_process_on_this_host_is_taken_over(url):
     now = time.time()
     pid = dead_pid()
-    write_lock(url, pid=pid, host=socket.gethostname(), since=now, heartbeat=now, token="t")
+    holder = {"pid": pid, "host": socket.gethostname(), "machine": _machine()}
+    write_lock(url, **holder, since=now, heartbeat=now, token="t")
     with pytest.warns(UserWarning, match=f"process {pid} on this host has exited"):
         with CheckpointManager(url) as manager:
             commit_bytes(manager, "a")
     assert CheckpointManager(url).latest().name == "a"
+
+
+@pytest.mark.parametrize("machine", [None, "another-boot/pid:[4026531836]"])
+def test_live_lock_from_another_machine_with_the_same_hostname_is_refused(url, machine):
+    """`algo-1` on two machines: a pid that is dead here may be alive there; wait it out."""
+    now = time.time()
+    holder = {"pid": dead_pid(), "host": socket.gethostname(), "machine": machine}
+    write_lock(url, **holder, since=now, heartbeat=now, token="t")
+    with pytest.raises(DirectoryLockedError, match="is being written by process"):
+        CheckpointManager(url).open_for_writing()
+    holder["pid"] = os.getpid()  # same pid as ours: a different process on the other machine
+    write_lock(url, **holder, since=now, heartbeat=now, token="t")
+    with pytest.raises(DirectoryLockedError, match="is being written by process"):
+        CheckpointManager(url).open_for_writing()
 
 
 def test_silent_lock_is_taken_over_after_the_timeout(url):

@@ -1,0 +1,60 @@
+"""What `CheckpointManager.verify` and `CheckpointManager.prune` report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keras_ckpt.records import Record
+
+__all__ = ["KeptCheckpoint", "PruneResult", "VerifyResult"]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of checking one checkpoint (or one unreadable record) against its files.
+
+    Attributes:
+        name: The checkpoint's name, or the record file's path if the record is unreadable.
+        ok: True when every file exists with the recorded size and checksum.
+        problems: One line per problem, naming the file and what is wrong.
+
+    Example:
+
+    >>> VerifyResult("model-001.keras", False, ("model-001.keras: missing file",)).ok
+    False
+    """
+
+    name: str
+    ok: bool
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    """A checkpoint `prune` kept, and every reason it was kept (`"newest"`, `"best 3 by ..."`).
+
+    Example:
+
+    >>> from keras_ckpt.records import FileEntry, Record
+    >>> record = Record("m.keras", "model", (FileEntry("m.keras", 1, "crc32c:00000000"),))
+    >>> KeptCheckpoint(record, ("newest",)).reasons
+    ('newest',)
+    """
+
+    record: Record
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`).
+
+    Example:
+
+    >>> PruneResult(kept=(), deleted=(), dry_run=True).dry_run
+    True
+    """
+
+    kept: tuple[KeptCheckpoint, ...]
+    deleted: tuple[Record, ...]
+    dry_run: bool = False

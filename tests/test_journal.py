@@ -1,0 +1,398 @@
+"""The crash journal against hostile state: symlinks, foreign files, deleted directories, forks,
+long names, and readers racing a writer. Each test reproduces a defect found by adversarial use."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+
+from keras_ckpt import journal
+from keras_ckpt.errors import LockLostError, UnsafeDirectoryError
+from keras_ckpt.journal import pending_path, record_path
+from keras_ckpt.manager import CheckpointManager
+from keras_ckpt.policies import KeepLast
+from keras_ckpt.records import Record
+from keras_ckpt.storage import META_DIR, LocalStorage, seal_file
+
+CHILD = os.path.join(os.path.dirname(__file__), "crash_commit_child.py")
+
+
+def commit(manager, name, files=None, **kwargs) -> Record:
+    """Commits `files` (relpath -> bytes; default `{name}.bin`) through a real staging folder."""
+    files = files or {f"{name}.bin": name.encode()}
+    with manager.stage() as folder:
+        staged = {}
+        for i, (relpath, data) in enumerate(files.items()):
+            staged[relpath] = os.path.join(folder, str(i))
+            with open(staged[relpath], "wb") as f:
+                f.write(data)
+        return manager.commit(staged, name=name, kind="weights", **kwargs)
+
+
+def write_pending(directory, record: Record) -> None:
+    path = directory / pending_path(record.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(record.to_json())
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder beside the checkpoint directory holding a file nobody may touch."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "victim.txt").write_text("precious")
+    return folder
+
+
+# ----------------------------------------------------------------------------- symlinks
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_left_whole(tmp_path, outside):
+    run = tmp_path / "run"
+    (run / META_DIR).mkdir(parents=True)
+    (run / META_DIR / "lock").symlink_to(outside / "victim.txt")
+    with pytest.raises(UnsafeDirectoryError, match=r"\.keras_ckpt/lock is a symbolic link"):
+        CheckpointManager(run).open_for_writing()
+    assert (outside / "victim.txt").read_text() == "precious"
+
+
+def test_a_folder_in_place_of_the_lock_file_is_refused_clearly(tmp_path):
+    (tmp_path / META_DIR / "lock").mkdir(parents=True)
+    with pytest.raises(UnsafeDirectoryError, match=r"lock is not a regular file"):
+        CheckpointManager(tmp_path).open_for_writing()
+
+
+def test_a_symlinked_library_folder_is_refused_and_nothing_is_written_there(tmp_path, outside):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / META_DIR).symlink_to(outside)
+    with pytest.raises(UnsafeDirectoryError, match=r"\.keras_ckpt is a symbolic link"):
+        CheckpointManager(run).open_for_writing()
+    assert sorted(os.listdir(outside)) == ["victim.txt"]
+    assert CheckpointManager(run).checkpoints() == []  # readers do not follow it either
+
+
+@pytest.mark.parametrize("own", ["pending", "staging"])
+def test_a_symlinked_own_folder_never_touches_outside_and_never_wedges(tmp_path, outside, own):
+    run = tmp_path / "run"
+    (run / META_DIR).mkdir(parents=True)
+    (outside / "x.json").write_text("{ not a record")
+    (outside / ".tmp-1").write_text("not ours either")
+    (run / META_DIR / own).symlink_to(outside)
+    before = sorted(os.listdir(outside))
+    with pytest.warns(UserWarning, match=f"Removed the symbolic link .*{own}"):
+        with CheckpointManager(run) as manager:
+            commit(manager, "a")
+    assert sorted(os.listdir(outside)) == before
+    assert (outside / "victim.txt").read_text() == "precious"
+    with CheckpointManager(run) as manager:  # later writers still open it
+        commit(manager, "b")
+    assert [r.ok for r in CheckpointManager(run).verify()] == [True, True]
+
+
+def test_a_backup_folder_moved_away_and_linked_back_is_unlinked_not_followed(tmp_path):
+    run, big = tmp_path / "run", tmp_path / "big"
+    big.mkdir()
+    with CheckpointManager(run) as manager:
+        commit(manager, "backup-1", {"backup-1/w.h5": b"w1", "backup-1/s.json": b"s1"})
+        commit(manager, "backup-2", {"backup-2/w.h5": b"w2", "backup-2/s.json": b"s2"})
+    shutil.move(run / "backup-1", big / "backup-1")  # the user frees disk space
+    (run / "backup-1").symlink_to(big / "backup-1")
+    with CheckpointManager(run) as manager:
+        with pytest.warns(UserWarning, match="backup-1 is a symbolic link: removed the link"):
+            result = manager.prune(KeepLast(1))
+    assert [r.name for r in result.deleted] == ["backup-1"]
+    assert sorted(os.listdir(big / "backup-1")) == ["s.json", "w.h5"]  # its target is left whole
+    assert not os.path.lexists(run / "backup-1")
+    assert not (run / META_DIR / "pending").exists() or not os.listdir(run / META_DIR / "pending")
+    with CheckpointManager(run) as manager:  # nothing wedged
+        commit(manager, "backup-3", {"backup-3/w.h5": b"w3"})
+        assert [r.name for r in manager.checkpoints()] == ["backup-2", "backup-3"]
+
+
+def test_a_record_naming_a_file_through_a_linked_folder_never_deletes_outside(tmp_path, outside):
+    run = tmp_path / "run"
+    with CheckpointManager(run) as manager:
+        real = commit(manager, "a", {"sub/a.bin": b"precious"})
+        commit(manager, "b")
+    (run / "sub" / "a.bin").unlink()
+    (run / "sub").rmdir()
+    (run / "sub").symlink_to(outside)
+    (outside / "a.bin").write_bytes(b"precious")  # an edited world: the record now leads outside
+    assert seal_file(outside / "a.bin").checksum == real.files[0].checksum
+    with CheckpointManager(run) as manager:
+        with pytest.warns(UserWarning, match="symbolic link"):
+            manager.prune(KeepLast(1))
+    assert (outside / "a.bin").read_bytes() == b"precious"
+    assert (outside / "victim.txt").read_text() == "precious"
+
+
+def test_recovery_leaves_a_file_whose_bytes_do_not_match_its_pending_record(tmp_path):
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+        crashed = commit(manager, "b", {"b.bin": b"ours"})
+        manager.delete("b")
+    write_pending(tmp_path, crashed)  # killed after announcing b, before publishing it
+    (tmp_path / "b.bin").write_bytes(b"the user's own file")
+    with CheckpointManager(tmp_path) as manager:
+        manager.open_for_writing()
+        assert [r.name for r in manager.checkpoints()] == ["a"]
+    assert (tmp_path / "b.bin").read_bytes() == b"the user's own file"
+    assert not (tmp_path / pending_path("b")).exists()
+
+
+def test_a_folder_where_a_file_was_is_reported_and_never_wedges_the_directory(tmp_path):
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+        crashed = commit(manager, "b", {"b.bin": b"b"})
+        commit(manager, "c")
+    os.remove(tmp_path / "b.bin")
+    (tmp_path / "b.bin").mkdir()  # odd entries: a folder in place of a file, here and pending
+    write_pending(tmp_path, crashed)
+    assert [(r.name, r.ok) for r in CheckpointManager(tmp_path).verify()] == [
+        ("a", True),
+        ("c", True),
+    ]  # b's pending version is not whole, and neither is b: b is gone for readers
+    with CheckpointManager(tmp_path) as manager:
+        manager.open_for_writing()  # the writer settles it the same way, and opens
+        assert [r.name for r in manager.checkpoints()] == ["a", "c"]
+    assert (tmp_path / "b.bin").is_dir()  # not ours: left alone
+
+
+# ----------------------------------------------------------------------------- lock liveness
+
+
+def test_a_writer_whose_directory_was_deleted_fails_loudly_and_recreates_nothing(tmp_path):
+    run = tmp_path / "run"
+    with CheckpointManager(run) as manager:
+        commit(manager, "a")
+        shutil.rmtree(run)
+        with pytest.raises(LockLostError, match="deleted or replaced"):
+            commit(manager, "b")
+        with pytest.raises(LockLostError):
+            manager.delete("a")
+        assert not run.exists()
+    with CheckpointManager(run) as fresh:  # asked for explicitly: a new manager starts anew
+        commit(fresh, "c")
+        assert [r.name for r in fresh.checkpoints()] == ["c"]
+
+
+def test_a_writer_whose_lock_was_replaced_stops_before_the_next_commit(tmp_path):
+    run = tmp_path / "run"
+    with CheckpointManager(run) as manager:
+        commit(manager, "a")
+        os.remove(run / META_DIR / "lock")
+        holder = subprocess.Popen(
+            [sys.executable, CHILD, "hold-lock", str(run)], stdout=subprocess.PIPE
+        )
+        try:
+            assert holder.stdout.readline() == b"ready\n"  # a second process now holds it
+            with pytest.raises(LockLostError, match="Lost the writer lock"):
+                commit(manager, "b")
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdout.close()
+    assert [r.name for r in CheckpointManager(run).checkpoints()] == ["a"]
+
+
+# ----------------------------------------------------------------------------- interface
+
+
+def test_a_sealed_file_is_not_read_back_and_its_size_is_checked(tmp_path, mocker):
+    with CheckpointManager(tmp_path) as manager, manager.stage() as folder:
+        path = os.path.join(folder, "w")
+        with open(path, "wb") as f:
+            f.write(b"weights")
+        sealed = seal_file(path)  # what a format writer computes while writing
+        read_back = mocker.spy(journal, "seal_file")
+        record = manager.commit({"w.bin": path}, name="w", kind="weights", sealed={"w.bin": sealed})
+        assert read_back.call_count == 0
+        assert record.files[0].checksum == sealed.checksum
+        with open(path, "wb") as f:
+            f.write(b"longer weights")
+        with pytest.raises(ValueError, match="changed after it was sealed"):
+            manager.commit({"v.bin": path}, name="v", kind="weights", sealed={"v.bin": sealed})
+        with pytest.raises(ValueError, match="Expected paths among `files`"):
+            manager.commit({"v.bin": path}, name="v", kind="weights", sealed={"x.bin": sealed})
+    assert [r.ok for r in CheckpointManager(tmp_path).verify()] == [True]
+
+
+def test_prune_tells_the_journal_why_it_deletes(tmp_path, mocker):
+    committed = mocker.spy(journal.Journal, "committed")
+    deleted = mocker.spy(journal.Journal, "deleted")
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+        commit(manager, "b")
+        manager.prune(KeepLast(1))
+        manager.delete("b", reason="by hand")
+    assert [c.args[1].name for c in committed.call_args_list] == ["a", "b"]
+    assert [(c.args[1].name, c.args[2]) for c in deleted.call_args_list] == [
+        ("a", "not kept by KeepLast(n=1)"),
+        ("b", "by hand"),
+    ]
+
+
+# ----------------------------------------------------------------------------- forks
+
+
+def test_a_forked_worker_does_not_keep_a_dead_trainers_directory_locked(tmp_path):
+    run = tmp_path / "run"
+    trainer = subprocess.Popen(
+        [sys.executable, CHILD, "fork-and-die", str(run)], stdout=subprocess.PIPE, text=True
+    )
+    worker = int(trainer.stdout.readline().split()[1])
+    trainer.wait()
+    trainer.stdout.close()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(f"{run}.child") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with CheckpointManager(run) as manager:
+            commit(manager, "a")  # the trainer is dead; its worker holds no lock
+        with open(f"{run}.child") as f:
+            assert f.read().startswith(
+                "LockLostError: Lost the writer lock: this process is a fork"
+            )
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- durability
+
+
+def test_publish_fsyncs_the_parent_of_each_folder_it_creates(tmp_path, mocker):
+    run = tmp_path / "run"
+    run.mkdir()
+    staged = tmp_path / "w"
+    staged.write_bytes(b"w")
+    synced = []
+    real_fsync = os.fsync
+    mocker.patch(
+        "keras_ckpt.storage.os.fsync",
+        side_effect=lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)),
+    )
+    LocalStorage(run).publish({"backup-1/deep/w.h5": str(staged)})
+    for folder in (run, run / "backup-1", run / "backup-1" / "deep"):
+        assert os.stat(folder).st_ino in synced, folder
+
+
+# ----------------------------------------------------------------------------- long names
+
+
+@pytest.mark.parametrize("length", [238, 250, 251, 255])
+def test_names_up_to_255_bytes_commit_read_and_delete(tmp_path, length):
+    name = "m" * (length - len(".keras")) + ".keras"
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, name, {name: b"model"})
+        commit(manager, name, {name: b"model v2"})  # replaced in place: a pending record too
+    assert all(len(p.encode()) <= 255 for p in os.listdir(tmp_path / META_DIR))
+    assert len(record_path(name).rsplit("/", 1)[1].encode()) <= 255
+    reader = CheckpointManager(tmp_path)
+    assert reader.get(name).files[0].size == len(b"model v2")
+    assert [r.ok for r in reader.verify()] == [True]
+    with CheckpointManager(tmp_path) as manager:
+        manager.delete(name)
+    assert CheckpointManager(tmp_path).checkpoints() == []
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def test_a_reader_and_the_next_writer_resolve_the_same_newest_after_a_crash(tmp_path):
+    """Killed between publishing c's files and writing its record: all of c is in place."""
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+        commit(manager, "b")
+        crashed = commit(manager, "c", {"c/one.bin": b"1", "c/two.bin": b"2"})
+    os.remove(tmp_path / record_path("c"))
+    write_pending(tmp_path, crashed)
+    worker = CheckpointManager(tmp_path)  # workers read without the lock
+    seen_by_worker = worker.resolve("latest").name
+    with CheckpointManager(tmp_path) as chief:
+        chief.open_for_writing()
+        seen_by_chief = chief.resolve("latest").name
+    assert seen_by_worker == seen_by_chief == "c"
+    assert CheckpointManager(tmp_path).resolve("latest") == crashed
+
+
+def test_a_reader_and_the_next_writer_agree_when_the_crashed_commit_is_incomplete(tmp_path):
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+        crashed = commit(manager, "c", {"c/one.bin": b"1", "c/two.bin": b"2"})
+    os.remove(tmp_path / record_path("c"))
+    os.remove(tmp_path / "c" / "two.bin")
+    write_pending(tmp_path, crashed)
+    seen_by_worker = CheckpointManager(tmp_path).resolve("latest").name
+    with CheckpointManager(tmp_path) as chief:
+        chief.open_for_writing()
+        seen_by_chief = chief.resolve("latest").name
+    assert seen_by_worker == seen_by_chief == "a"
+
+
+def test_a_reader_looping_verify_beside_a_busy_writer_reports_no_false_damage(tmp_path):
+    """A writer commits every step (a fixed name replaced in place, new names, prune) while we
+    verify in a loop: every report of damage would be false."""
+    run = tmp_path / "run"
+    writer = subprocess.Popen(
+        [sys.executable, CHILD, "commit-loop", str(run)], stdout=subprocess.PIPE
+    )
+    false_reports, calls = [], 0
+    try:
+        assert writer.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 6
+        reader = CheckpointManager(run)
+        while time.monotonic() < deadline:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # "Skipping checkpoint" would be false too
+                results = reader.verify()
+            calls += 1
+            false_reports += [r for r in results if not r.ok]
+            if writer.poll() is not None:
+                break
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+    assert writer.returncode == -signal.SIGKILL, "the writer stopped on its own"
+    assert calls > 10
+    assert false_reports == []
+
+
+def test_a_record_that_vanishes_while_listed_is_deleted_not_damaged(tmp_path, mocker):
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+        commit(manager, "b")
+    reader = CheckpointManager(tmp_path)
+    real_read = reader.storage.read_bytes
+
+    def read_after_delete(relpath):
+        if relpath == record_path("a"):  # deleted by the writer between listing and reading
+            raise FileNotFoundError(relpath)
+        return real_read(relpath)
+
+    mocker.patch.object(reader.storage, "read_bytes", side_effect=read_after_delete)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [(r.name, r.ok) for r in reader.verify()] == [("b", True)]
+        assert [r.name for r in reader.checkpoints()] == ["b"]
+
+
+def test_a_file_replaced_between_reading_the_record_and_checking_it_is_re_read(tmp_path, mocker):
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "last", {"last.bin": b"v1"})
+    reader = CheckpointManager(tmp_path)
+    records, _ = reader._journal.read()
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "last", {"last.bin": b"v2, longer"})  # the writer moves on
+    mocker.patch.object(reader._journal, "read", return_value=(records, []))
+    assert [(r.name, r.ok) for r in reader.verify()] == [("last", True)]
+    assert json.loads((tmp_path / record_path("last")).read_text())["files"][0]["size"] == 10
