@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from keras_ckpt.manager import CheckpointManager
+from keras_ckpt.manager import recorded_monitor as manager_recorded_monitor
 from keras_ckpt.policies import Policy, from_json, from_keep_args, infer_mode
 from keras_ckpt.records import Record
 from keras_ckpt.storage import META_DIR
@@ -45,14 +46,7 @@ def open_manager(directory: str) -> CheckpointManager:
 
 def recorded_monitor(records: Sequence[Record]) -> tuple[str | None, str | None]:
     """The (monitor, mode) the newest record's callback used, or (None, None)."""
-    for record in reversed(records):
-        retention = record.owner_state.get(RETENTION_KEY)
-        for state in (retention if isinstance(retention, Mapping) else {}, record.owner_state):
-            monitor = state.get("monitor")
-            if isinstance(monitor, str) and monitor:
-                mode = state.get("mode")
-                return monitor, mode if mode in ("min", "max") else None
-    return None, None
+    return manager_recorded_monitor(list(records))
 
 
 def resolve_mode(monitor: str, mode: str | None) -> str:
