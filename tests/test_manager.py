@@ -226,6 +226,19 @@ def test_prune_rejects_an_owner_that_is_not_a_string(manager):
         manager.prune(KeepLast(1), owner=5)
 
 
+def test_prune_beside_a_record_whose_metric_overflows_skips_it_and_completes(tmp_path):
+    with CheckpointManager(tmp_path) as writer:
+        for name in "abc":
+            commit(writer, name, metrics={"val_loss": 0.5})
+    record = tmp_path / META_DIR / "b.json"
+    record.write_text(record.read_text().replace('"val_loss": 0.5', '"val_loss": 1e999'))
+    with CheckpointManager(tmp_path) as manager:
+        with pytest.warns(UserWarning, match=r"Skipping checkpoint: .*b\.json.*1e999"):
+            result = manager.prune(KeepLast(1))
+        assert names(result.deleted) == ["a"]
+    assert (tmp_path / "b.bin").exists()  # no readable record names it: never deleted
+
+
 @dataclass(frozen=True)
 class OneShort(Policy):
     """A user's policy with an off-by-one: it answers for all records but the newest."""
