@@ -18,7 +18,7 @@ AnyOf(policies=(KeepBest(n=3, monitor='val_loss', mode='min'), KeepLast(n=1)))
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +32,7 @@ __all__ = [
     "KeepEvery",
     "MaxTotalBytes",
     "AnyOf",
+    "applicable",
     "from_json",
     "from_keep_args",
     "infer_mode",
@@ -470,3 +471,34 @@ def ranked_metrics(policy: Policy) -> set[str]:
     if isinstance(policy, AnyOf):
         return set().union(*(ranked_metrics(p) for p in policy.policies))
     return {policy.monitor} if isinstance(policy, KeepBest) else set()
+
+
+def applicable(policy: Policy, recorded: Collection[str]) -> Policy | None:
+    """`policy` without the `KeepBest` parts whose metric is in none of the records yet.
+
+    Such a part would keep nothing, and the records it cannot rank will never hold the metric, so
+    the other parts (`KeepLast`, `MaxTotalBytes`, ...) can judge them alone: this is what the
+    callbacks prune by while validation has not run yet. None when nothing is left (a lone
+    `KeepBest` waits for its metric).
+
+    Args:
+        policy: A policy, possibly joined with `|`.
+        recorded: The metric names the records hold.
+
+    Example:
+
+    >>> applicable(KeepBest(2, "val_loss") | MaxTotalBytes(10**9), recorded={"loss"})
+    MaxTotalBytes(n=1000000000)
+    >>> applicable(KeepBest(2, "val_loss"), recorded={"loss"}) is None
+    True
+    """
+    if isinstance(policy, KeepBest):
+        return policy if policy.monitor in recorded else None
+    if not isinstance(policy, AnyOf):
+        return policy
+    parts = [p for p in (applicable(p, recorded) for p in policy.policies) if p is not None]
+    if len(parts) == len(policy.policies):
+        return policy
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else AnyOf(tuple(parts))

@@ -180,6 +180,21 @@ def test_list_why_without_a_recorded_policy_keeps_only_the_newest(runs):
     )
 
 
+def test_list_why_while_the_keep_best_metric_is_missing_shows_what_the_callback_prunes_by(
+    tmp_path,
+):
+    x, y = fit_data()
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), monitor="val_loss", keep_best=2, keep_last=2
+    )
+    with pytest.warns(UserWarning):
+        build_model().fit(x, y, epochs=3, batch_size=32, callbacks=[checkpoint], verbose=0)
+    result = cli("list", tmp_path, "--why", "--json")
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)["checkpoints"]
+    assert [row["kept_because"] for row in rows] == [["last 2"], ["newest", "last 2"]]
+
+
 @pytest.mark.parametrize(("key", "best_first"), [("val_loss", min), ("val_accuracy", max)])
 def test_list_sort_puts_the_best_value_first(runs, key, best_first):
     rows = json.loads(cli("list", runs / "weights", "--sort", key, "--json").out)["checkpoints"]

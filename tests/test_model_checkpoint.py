@@ -608,6 +608,30 @@ def test_keep_best_with_a_metric_missing_from_the_logs_warns_and_prunes_nothing(
     assert names(tmp_path) == ["m-1.keras", "m-2.keras", "m-3.keras"]
 
 
+@pytest.mark.parametrize(
+    "keep", [{"max_total_bytes": 1}, {"keep_last": 1}], ids=["max_total_bytes", "keep_last"]
+)
+def test_the_other_keep_options_apply_while_the_keep_best_metric_is_missing(tmp_path, data, keep):
+    """No validation data: `val_loss` never appears. keep_best waits; the byte budget does not."""
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), monitor="val_loss", keep_best=2, **keep
+    )
+    with pytest.warns(UserWarning, match="until one has it, only the other keep options prune"):
+        fit(build_model(), data, [cb], epochs=3)
+    assert names(tmp_path) == ["m-3.keras"]
+
+
+def test_keep_best_waits_for_its_metric_from_the_first_epoch_that_has_it(tmp_path, data):
+    """Validation from epoch 3 on (`validation_freq`): epochs 1-2 go by keep_last, 3+ are ranked."""
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), monitor="val_loss", keep_best=5, keep_last=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(build_model(), data, [cb], epochs=4, validation_split=0.25, validation_freq=[3, 4])
+    assert names(tmp_path) == ["m-3.keras", "m-4.keras"]
+
+
 def test_retention_policy_object_is_recorded_for_the_cli(tmp_path, data):
     cb = keras_ckpt.ModelCheckpoint(
         str(tmp_path / "m-{epoch}.keras"), retention=KeepBest(1, "loss") | KeepLast(1)

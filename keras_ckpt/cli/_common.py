@@ -10,7 +10,7 @@ from typing import Any
 
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.manager import recorded_monitor as manager_recorded_monitor
-from keras_ckpt.policies import Policy, from_json, from_keep_args, infer_mode
+from keras_ckpt.policies import Policy, applicable, from_json, from_keep_args, infer_mode, judge
 from keras_ckpt.records import Record
 from keras_ckpt.storage import META_DIR
 
@@ -125,11 +125,13 @@ def retention_reasons(manager: CheckpointManager, records: Sequence[Record]) -> 
         owners.setdefault(record.owner, []).append(record)
     for owner, group in owners.items():
         policy = policy_from_owner_state(group[-1].owner_state)
-        if policy is not None and owner is not None:
-            result = manager.prune(policy, dry_run=True, owner=owner)
+        # What the callback prunes by now: a keep_best whose metric no record holds yet waits.
+        active = applicable(policy, {m for r in group for m in r.metrics}) if policy else None
+        if active is not None and owner is not None:
+            result = manager.prune(active, dry_run=True, owner=owner)
             reasons = {k.record.name: list(k.reasons) for k in result.kept}
         else:
-            verdicts = policy.reasons(group) if policy is not None else [()] * len(group)
+            verdicts = judge(active, group) if active is not None else [()] * len(group)
             reasons = {r.name: list(v) for r, v in zip(group, verdicts, strict=True) if v}
             reasons[group[-1].name] = ["newest"] + reasons.get(group[-1].name, [])
         for record in group:
