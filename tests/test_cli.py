@@ -144,6 +144,26 @@ def test_list_shows_every_checkpoint_with_its_metrics(runs):
     assert "model-01.keras" not in result.out  # pruned by its callback during fit
 
 
+def test_list_names_the_step_in_epoch_and_the_global_step_apart(copy_of):
+    directory = copy_of("backup")  # backups are taken mid-epoch: step in epoch is not 0
+    records = CheckpointManager(directory).checkpoints()
+    assert any(r.step != r.global_step for r in records)
+    lines = cli("list", directory).out.splitlines()
+    header = lines[2]
+    assert "step in epoch" in header and "global step" in header
+    assert not re.search(
+        r"\bstep\b", header.replace("step in epoch", "").replace("global step", "")
+    )
+    for record in records:
+        [row] = [line for line in lines if record.name in line]
+        cells = [c.strip() for c in row.strip("│ ").split("│")]
+        assert cells[2:5] == [str(record.epoch), str(record.step), str(record.global_step)]
+    rows = json.loads(cli("list", directory, "--json").out)["checkpoints"]
+    assert [(r["step"], r["global_step"]) for r in rows] == [
+        (r.step, r.global_step) for r in records
+    ]
+
+
 def test_list_json_matches_the_records(runs):
     result = cli("list", runs / "models", "--json")
     rows = json.loads(result.out)["checkpoints"]
@@ -247,10 +267,16 @@ def test_show_weights_only_says_what_is_missing(runs):
 def test_show_training_state_names_every_file(runs):
     record = CheckpointManager(runs / "backup").latest()
     text = cli("show", runs / "backup", "latest").out
-    assert "training state for exact resume" in text and "BackupAndRestore" in text
+    assert "holds            BackupAndRestore backup (weights + training state)" in text
+    assert "HDF5 weights file" not in text
     for entry in record.files:
         assert entry.path in text
     assert f"iterations={record.global_step}" in text
+
+
+def test_show_json_calls_a_backup_a_backup(runs):
+    contents = json.loads(cli("show", runs / "backup", "latest", "--json").out)["contents"]
+    assert contents["format"] == "BackupAndRestore backup (weights + training state)"
 
 
 def test_show_best_uses_the_monitor_the_callback_recorded(runs):
@@ -387,11 +413,60 @@ def test_prune_keep_best_mode_max_keeps_the_largest_value(copy_of):
     assert "best 1 by val_loss (max)" in kept[worst]
 
 
-def test_prune_without_a_keep_option_refuses(copy_of):
+def test_prune_without_a_keep_option_or_a_recorded_policy_refuses(copy_of):
     directory = copy_of("weights")
     result = cli("prune", directory, "--dry-run")
     assert result.code == 2
     assert "at least one keep option" in result.err and len(result.err.splitlines()) == 1
+    assert "no retention policy is recorded" in result.err
+    assert len(names(directory)) == 4
+
+
+def recorded_keep_last_1(directory: Path) -> None:
+    """Gives the newest record of `directory` the retention a `keep_last=1` callback records."""
+    manager = CheckpointManager(directory)
+    newest = manager.latest()
+    manager.update_owner_state(
+        newest.name, {**newest.owner_state, "retention": {"type": "KeepLast", "n": 1}}
+    )
+    manager.close()
+
+
+def test_prune_without_keep_options_dry_run_shows_the_recorded_policy(copy_of):
+    directory = copy_of("weights")
+    recorded_keep_last_1(directory)
+    result = cli("prune", directory, "--dry-run")
+    assert result.code == 0, result.err
+    assert "Policy (recorded by the callback that wrote them): KeepLast(n=1)" in result.out
+    assert "Would delete 3 of 4 checkpoints" in result.out
+    assert len(names(directory)) == 4
+
+
+def test_prune_without_keep_options_applies_the_recorded_policy(copy_of):
+    directory = copy_of("weights")
+    recorded_keep_last_1(directory)
+    data = json.loads(cli("prune", directory, "--json").out)
+    assert data["policy_source"] == "recorded" and data["policy"] == "KeepLast(n=1)"
+    assert names(directory) == ["weights-04.weights.h5"]
+
+
+def test_prune_without_keep_options_applies_what_the_model_checkpoint_recorded(copy_of):
+    directory = copy_of("models")
+    records = CheckpointManager(directory).checkpoints()
+    expected = json.loads(cli("list", directory, "--why", "--json").out)["checkpoints"]
+    kept = [row["name"] for row in expected if row["kept_because"]]
+    result = cli("prune", directory, "--json")
+    assert result.code == 0, result.err
+    assert [k["name"] for k in json.loads(result.out)["kept"]] == kept == names(directory)
+    assert len(records) >= len(kept)
+
+
+def test_prune_of_an_owner_no_checkpoint_has_lists_the_owners(copy_of):
+    directory = copy_of("weights")
+    result = cli("prune", directory, "--keep-last", "1", "--owner", "nosuch")
+    assert result.code == 2
+    assert "No checkpoint in" in result.err and "has owner 'nosuch'" in result.err
+    assert "Owners there: test" in result.err
     assert len(names(directory)) == 4
 
 
@@ -495,7 +570,7 @@ def test_plot_marks_pruned_saves_from_a_recorded_history(copy_of, tmp_path):
     out = tmp_path / "run.png"
     result = cli("plot", directory, "-o", out, "--metric", "val_loss", "--x", "step")
     assert result.code == 0, result.err
-    assert "1 checkpoints kept, 3 pruned" in result.out
+    assert "1 checkpoint kept, 3 pruned" in result.out
     assert imread(out).shape[:2] == (320, 800)
 
 
@@ -505,7 +580,72 @@ def test_plot_an_unknown_metric_is_an_error(runs, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+# ------------------------------------------------------------------- one answer everywhere
+
+
+@pytest.fixture
+def tied(tmp_path):
+    """Epochs 11..15 with val_loss tied at the minimum for epochs 13 and 15."""
+    directory = tmp_path / "tied"
+    with CheckpointManager(directory) as manager:
+        for epoch, value in zip(range(11, 16), (0.5, 0.4, 0.2, 0.3, 0.2), strict=True):
+            name = f"m-{epoch}.weights.h5"
+            with manager.stage() as folder:
+                staged = os.path.join(folder, name)
+                build_model().save_weights(staged)
+                manager.commit(
+                    {name: staged}, name=name, kind="weights", epoch=epoch,
+                    global_step=10 * epoch, metrics={"loss": value + 0.1, "val_loss": value},
+                    owner="mc", owner_state={"monitor": "val_loss", "mode": "min"},
+                )  # fmt: skip
+    return directory
+
+
+def test_list_show_best_best_and_plot_agree_on_a_tie(tied, tmp_path, mocker):
+    from matplotlib.axes import Axes
+
+    best = CheckpointManager(tied).best()
+    assert best.name == "m-15.weights.h5"  # ties go to the newer
+    listed = cli("list", tied).out
+    assert [line.split()[1] for line in listed.splitlines() if " * " in line] == [best.name]
+    shown = json.loads(cli("show", tied, "best", "--json").out)["checkpoint"]["name"]
+    assert shown == best.name
+    rows = json.loads(cli("list", tied, "--sort", "val_loss", "--json").out)["checkpoints"]
+    assert [r["epoch"] for r in rows] == [15, 13, 14, 12, 11]
+    spy = mocker.spy(Axes, "plot")
+    assert cli("plot", tied, "-o", tmp_path / "tied.png").code == 0
+    stars = [c.args[1:3] for c in spy.call_args_list if "*" in c.args[3:4]]
+    assert stars == [(15, 0.2)]
+
+
+def test_one_checkpoint_is_not_called_checkpoints(tied, tmp_path):
+    with CheckpointManager(tied) as manager:
+        manager.prune(KeepLast(1))
+    assert "1 checkpoint in" in cli("list", tied).out
+    assert "The checkpoint verified" in cli("verify", tied).out
+    pruned = cli("prune", tied, "--keep-last", 1, "--dry-run").out
+    assert "Would delete 0 of 1 checkpoint (" in pruned
+    plotted = cli("plot", tied, "-o", tmp_path / "one.png").out
+    assert "over 1 checkpoint (1 checkpoint kept;" in plotted
+    for text in (cli("list", tied).out, pruned, plotted):
+        assert "1 checkpoints" not in text
+
+
+def test_plot_help_does_not_promise_pruned_checkpoints():
+    text = cli("plot", "--help").out
+    assert "Pruned checkpoints leave no record and are not drawn" in " ".join(text.split())
+    assert "kept and pruned" not in text
+
+
 # ---------------------------------------------------------------------------- errors and help
+
+
+def test_list_of_a_file_says_it_is_a_file(runs):
+    path = runs / "weights" / "weights-01.weights.h5"
+    result = cli("list", path)
+    assert result.code == 2
+    assert f"{path} is a file, not a directory" in result.err
+    assert "No such directory" not in result.err
 
 
 @pytest.mark.parametrize(

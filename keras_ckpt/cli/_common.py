@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,7 @@ from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.manager import recorded_monitor as manager_recorded_monitor
 from keras_ckpt.policies import Policy, applicable, from_json, from_keep_args, infer_mode, judge
 from keras_ckpt.records import Record
-from keras_ckpt.storage import META_DIR
+from keras_ckpt.storage import META_DIR, LocalStorage
 
 # Key of `Record.owner_state` under which a callback records its retention settings, e.g.
 # {"keep_last": 1, "keep_best": 3, "monitor": "val_loss", "mode": "min"}. The keys are the
@@ -26,7 +27,8 @@ class CliError(Exception):
 
 
 def open_manager(directory: str) -> CheckpointManager:
-    """A read-only manager for `directory`, or a `CliError` saying why it is not one."""
+    """A read-only manager for `directory` (a path or an fsspec URL), or a `CliError` saying why
+    it is not a checkpoint directory."""
     try:
         manager = CheckpointManager(directory)
     except ImportError as e:
@@ -34,14 +36,45 @@ def open_manager(directory: str) -> CheckpointManager:
             f"{directory} is a remote URL and reading it needs the remote extra: "
             f"pip install 'keras-ckpt[remote]' ({e})"
         ) from None
-    if not manager.storage.exists(""):
+    if isinstance(manager.storage, LocalStorage):
+        root = manager.storage.root
+        is_file, is_dir = os.path.isfile(root), os.path.isdir(root)
+        has_meta = os.path.isdir(os.path.join(root, META_DIR))
+    else:  # an object store has no folders: a "directory" is a prefix some objects share
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(directory)
+        root = root.rstrip("/")
+        fs.invalidate_cache()
+        is_file, is_dir = fs.isfile(root), fs.isdir(root)
+        has_meta = fs.isdir(f"{root}/{META_DIR}")
+    if is_file:
+        raise CliError(
+            f"{directory} is a file, not a directory: pass the folder that holds the checkpoints "
+            "(the folder of your ModelCheckpoint filepath, or the BackupAndRestore backup_dir)."
+        )
+    if not is_dir:
         raise CliError(f"No such directory: {directory}")
-    if not manager.storage.exists(META_DIR):
+    if not has_meta:
         raise CliError(
             f"{directory} is not a keras-ckpt checkpoint directory (it has no {META_DIR}/ folder); "
             "pass the folder your ModelCheckpoint filepath or BackupAndRestore backup_dir uses."
         )
     return manager
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 checkpoint`, `2 checkpoints`."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def recorded_policy(records: Sequence[Record]) -> Policy | None:
+    """The retention policy the newest record's callback recorded, as that callback applies it
+    now (a `keep_best` whose metric no record holds yet waits), or None."""
+    if not records:
+        return None
+    policy = policy_from_owner_state(records[-1].owner_state)
+    return applicable(policy, {m for r in records for m in r.metrics}) if policy else None
 
 
 def recorded_monitor(records: Sequence[Record]) -> tuple[str | None, str | None]:
