@@ -34,6 +34,8 @@ COMMANDS = ("list", "show", "verify", "prune", "export", "plot")
 # which imports TensorFlow unless told otherwise: subprocesses start faster on the numpy backend.
 LIGHT_ENV = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
+pytest_plugins = ["s3_server"]  # `s3_url`: a fresh directory on a moto S3 server on loopback
+
 
 @dataclass
 class Run:
@@ -578,6 +580,58 @@ def test_plot_an_unknown_metric_is_an_error(runs, tmp_path):
     result = cli("plot", runs / "models", "-o", tmp_path / "x.png", "--metric", "val_f1")
     assert result.code == 2 and "val_f1" in result.err
     assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------------------- fsspec URLs
+
+
+@pytest.fixture
+def s3_run(s3_url):
+    """Three ModelCheckpoint saves (keep_last=2) of a real `fit` into an s3:// directory."""
+    x, y = fit_data()
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        f"{s3_url}/model-{{epoch:02d}}.keras", monitor="val_loss", keep_last=2
+    )
+    build_model().fit(
+        x, y, epochs=3, batch_size=16, validation_split=0.25, verbose=0, callbacks=[checkpoint]
+    )
+    return s3_url
+
+
+def test_list_and_verify_read_an_s3_directory(s3_run):
+    listed = cli("list", s3_run)
+    assert listed.code == 0, listed.err
+    assert "2 checkpoints in s3://" in listed.out and "model-03.keras *" in listed.out
+    rows = json.loads(cli("list", s3_run, "--why", "--json").out)["checkpoints"]
+    assert [r["name"] for r in rows] == ["model-02.keras", "model-03.keras"]
+    verified = cli("verify", s3_run)
+    assert verified.code == 0, verified.err
+    assert "All 2 checkpoints verified" in verified.out
+
+
+def test_show_reads_a_checkpoint_in_an_s3_directory(s3_run):
+    result = cli("show", s3_run, "latest", "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["checkpoint"]["name"] == "model-03.keras"
+    assert data["contents"]["architecture"]["class_name"] == "Sequential"
+
+
+def test_prune_deletes_in_an_s3_directory(s3_run):
+    result = cli("prune", s3_run, "--keep-last", "1")
+    assert result.code == 0, result.err
+    assert "Deleted 1 of 2 checkpoints" in result.out
+    assert names(s3_run) == ["model-03.keras"]
+
+
+def test_an_s3_prefix_without_records_is_no_checkpoint_directory(s3_url):
+    import fsspec
+
+    assert cli("list", s3_url).err.strip().endswith(f"No such directory: {s3_url}")
+    fs, root = fsspec.core.url_to_fs(s3_url)
+    fs.pipe_file(f"{root}/notes.txt", b"not a checkpoint")
+    assert "is not a keras-ckpt checkpoint directory" in cli("list", s3_url).err
+    assert "is a file, not a directory" in cli("list", f"{s3_url}/notes.txt").err
 
 
 # ------------------------------------------------------------------- one answer everywhere
