@@ -463,6 +463,19 @@ def test_prune_without_keep_options_applies_what_the_model_checkpoint_recorded(c
     assert len(records) >= len(kept)
 
 
+def test_prune_without_keep_options_refuses_a_recorded_keep_best_that_cannot_rank(copy_of):
+    directory = copy_of("weights")
+    manager = CheckpointManager(directory)
+    newest = manager.latest()
+    retention = {"type": "KeepBest", "n": 1, "monitor": "val_f1", "mode": "max"}
+    manager.update_owner_state(newest.name, {**newest.owner_state, "retention": retention})
+    manager.close()
+    result = cli("prune", directory)
+    assert result.code == 2
+    assert "ranks by a metric no checkpoint records yet" in result.err
+    assert len(names(directory)) == 4
+
+
 def test_prune_of_an_owner_no_checkpoint_has_lists_the_owners(copy_of):
     directory = copy_of("weights")
     result = cli("prune", directory, "--keep-last", "1", "--owner", "nosuch")

@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="metric to plot; repeat for more (default: the monitored one and its train twin)",
     )
-    p.add_argument("--x", choices=("epoch", "step"), default="epoch", help="x axis")
+    p.add_argument(
+        "--x", choices=("epoch", "step"), default="epoch", help="x axis: epoch or global step"
+    )
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     return parser
 

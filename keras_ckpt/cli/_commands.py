@@ -21,6 +21,7 @@ from keras_ckpt.cli._common import (
     human_size,
     open_manager,
     plural,
+    policy_from_owner_state,
     recorded_monitor,
     recorded_policy,
     resolve,
@@ -231,9 +232,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
         max_total_bytes=args.max_total_bytes,
     )
     source = "from the options"
-    if policy is None:
+    if policy is None and records:
+        recorded = policy_from_owner_state(records[-1].owner_state)
         policy = recorded_policy(records)
         source = "recorded by the callback that wrote them"
+        if recorded is not None and policy is None:
+            raise CliError(
+                f"The recorded retention policy {recorded!r} ranks by a metric no checkpoint "
+                "records yet, so it keeps nothing it can judge; nothing was deleted. Pass keep "
+                "options (e.g. --keep-last 3)."
+            )
     if policy is None:
         raise CliError(
             "prune needs at least one keep option (--keep-last, --keep-best, "
