@@ -13,10 +13,10 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from keras_ckpt._validate import check_choice
+from keras_ckpt._validate import check_bool, check_choice, invalid
 from keras_ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError
 from keras_ckpt.journal import Journal
-from keras_ckpt.policies import Policy, infer_mode, ranked_metrics
+from keras_ckpt.policies import Policy, infer_mode, judge, rank, ranked_metrics
 from keras_ckpt.records import KINDS, Record, validate_name, validate_path
 from keras_ckpt.results import KeptCheckpoint, PruneResult, VerifyResult
 from keras_ckpt.stores import SealedFile, Storage, storage_for
@@ -79,6 +79,7 @@ class CheckpointManager:
 
         An unreadable record is skipped with a warning naming its file (`verify` reports it too).
         """
+        _check_owner(owner)
         session = self._journal.session
         if session is not None:
             with session.mutex:
@@ -110,23 +111,41 @@ class CheckpointManager:
         records = self.checkpoints(owner)
         return records[-1] if records else None
 
-    def best(self, monitor: str, mode: str = "auto", owner: str | None = None) -> Record | None:
+    def best(
+        self, monitor: str | None = None, mode: str = "auto", owner: str | None = None
+    ) -> Record | None:
         """The checkpoint with the best `monitor` value (newest on ties), or None.
 
         Args:
-            monitor: A metric name as it appears in the logs (`"val_loss"`).
-            mode: `"min"`, `"max"`, or `"auto"` to infer it from the name.
+            monitor: A metric name as it appears in the logs (`"val_loss"`); None: the metric the
+                writing callback monitored, as recorded (what `load_model("best")` uses).
+            mode: `"min"`, `"max"`, or `"auto"`: the mode the writing callback recorded for
+                `monitor`, else inferred from the name.
+            owner: Consider only this callback's checkpoints.
+
+        Raises:
+            ValueError: `monitor` is None and no checkpoint records a monitored metric, or `mode`
+                is `"auto"` and neither the records nor the name tell the direction.
         """
         ranked = self._ranked_by(monitor, mode, owner)
         return ranked[0] if ranked else None
 
-    def _ranked_by(self, monitor: str, mode: str, owner: str | None) -> list[Record]:
+    def _ranked_by(self, monitor: str | None, mode: str, owner: str | None) -> list[Record]:
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise invalid("monitor", "a metric name, or None for the recorded one", monitor)
         check_choice("mode", mode, ("auto", "min", "max"))
+        records = self.checkpoints(owner)
+        recorded, recorded_mode = recorded_monitor(records)
+        if monitor is None:
+            if recorded is None:
+                raise ValueError(
+                    'The best checkpoint needs `monitor=` (e.g. monitor="val_loss"): no '
+                    f"checkpoint in {self.directory} records the metric its callback monitored."
+                )
+            monitor = recorded
         if mode == "auto":
-            mode = infer_mode(monitor)
-        sign = 1.0 if mode == "min" else -1.0
-        scored = [r for r in self.checkpoints(owner) if monitor in r.metrics]
-        return sorted(scored, key=lambda r: (sign * r.metrics[monitor], -r.sequence))
+            mode = recorded_mode if monitor == recorded and recorded_mode else infer_mode(monitor)
+        return [records[i] for i in rank(records, monitor, mode)]
 
     def verify(self, name: str | None = None) -> list[VerifyResult]:
         """Checks checkpoints against their records: every file present, right size, right checksum.
@@ -180,7 +199,8 @@ class CheckpointManager:
         Args:
             which: A checkpoint name, `"latest"` or `"best"`.
             monitor: For `"best"`: the metric; defaults to the one the writing callback monitored.
-            mode: For `"best"`: `"min"`, `"max"` or `"auto"` (from the metric's name).
+            mode: For `"best"`: `"min"`, `"max"` or `"auto"` (the mode the writing callback
+                recorded for the metric, else from the metric's name).
             owner: Consider only the checkpoints of this callback (`ModelCheckpoint.owner`).
             kind: Consider only checkpoints of this kind (`"model"` for `load_model`).
 
@@ -200,13 +220,26 @@ class CheckpointManager:
                     f"Checkpoint {which} in {self.directory} is damaged: " + "; ".join(checked[1])
                 )
             return checked[0]
+        check_choice("mode", mode, ("auto", "min", "max"))
+        pool = self.checkpoints(owner)
+        if kind is not None and pool and not any(r.kind == kind for r in pool):
+            kinds = " or ".join(sorted({r.kind.replace("_", " ") for r in pool}))
+            raise CheckpointNotFoundError(
+                f"No checkpoint in {self.directory} to use as {which!r}: none of its "
+                f"{_count(len(pool), 'checkpoint')} is a {_KIND_NAMES.get(kind, kind)} (they "
+                f"hold {kinds} only)."
+                + (
+                    " Build the model in code and call `load_weights(model, ...)` instead."
+                    if kind == "model"
+                    else ""
+                )
+            )
         if which == "latest":
-            candidates = list(reversed(self.checkpoints(owner)))
+            candidates = list(reversed(pool))
         else:
-            monitor = monitor or self._default_monitor(owner)
             candidates = self._ranked_by(monitor, mode, owner)
-        if kind is not None:
-            candidates = [r for r in candidates if r.kind == kind]
+            monitor = monitor or recorded_monitor(pool)[0]
+        candidates = [r for r in candidates if kind is None or r.kind == kind]
         if not candidates:
             raise CheckpointNotFoundError(
                 f"No checkpoint in {self.directory} to use as {which!r}"
@@ -228,16 +261,6 @@ class CheckpointManager:
         raise CorruptCheckpointError(
             f"Every candidate for {which!r} in {self.directory} is damaged; run "
             f"`keras-ckpt verify {self.directory}` for details."
-        )
-
-    def _default_monitor(self, owner: str | None) -> str:
-        for record in reversed(self.checkpoints(owner)):
-            monitor = record.owner_state.get("monitor")
-            if isinstance(monitor, str):
-                return monitor
-        raise ValueError(
-            '`which="best"` needs `monitor=`: no checkpoint records the metric its callback '
-            "monitored."
         )
 
     def load_model(
@@ -429,6 +452,8 @@ class CheckpointManager:
                 "Invalid value for argument `policy`. Expected a keras_ckpt.policies policy. "
                 f"Received: policy={policy!r}"
             )
+        check_bool("dry_run", dry_run)
+        _check_owner(owner)
         if not dry_run:
             self.open_for_writing()
         records = self.checkpoints(owner)
@@ -440,7 +465,7 @@ class CheckpointManager:
                     f"records (metrics recorded: {', '.join(sorted(recorded)) or 'none'}). "
                     "Nothing was deleted; check the metric's name."
                 )
-        verdicts = policy.reasons(records)
+        verdicts = judge(policy, records)
         kept, doomed = [], []
         for i, (record, reasons) in enumerate(zip(records, verdicts, strict=True)):
             if i == len(records) - 1:
@@ -471,3 +496,32 @@ class CheckpointManager:
     def update_owner_state(self, name: str, owner_state: Mapping[str, Any]) -> Record:
         """Rewrites a record's callback state (its files are untouched)."""
         return self._journal.rewrite(name, owner_state)
+
+
+def recorded_monitor(records: list[Record]) -> tuple[str | None, str | None]:
+    """The (monitor, mode) the newest record's callback recorded; mode None if it is not settled.
+
+    A callback records them in its `owner_state` (`"monitor"`, `"mode"`), or in the retention
+    settings it recorded (`owner_state["retention"]`).
+    """
+    for record in reversed(records):
+        retention = record.owner_state.get("retention")
+        states = (record.owner_state, retention if isinstance(retention, Mapping) else {})
+        monitors = [s.get("monitor") for s in states if isinstance(s.get("monitor"), str)]
+        if monitors and monitors[0]:
+            modes = [s.get("mode") for s in states if s.get("monitor") == monitors[0]]
+            return monitors[0], next((m for m in modes if m in ("min", "max")), None)
+    return None, None
+
+
+_KIND_NAMES = {"model": "full model", "weights": "weights file", "training_state": "backup"}
+
+
+def _check_owner(owner: object) -> None:
+    if owner is not None and not isinstance(owner, str):
+        raise invalid("owner", "a callback's owner string (`ModelCheckpoint.owner`) or None", owner)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+

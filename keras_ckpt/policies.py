@@ -18,7 +18,7 @@ AnyOf(policies=(KeepBest(n=3, monitor='val_loss', mode='min'), KeepLast(n=1)))
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,9 +32,12 @@ __all__ = [
     "KeepEvery",
     "MaxTotalBytes",
     "AnyOf",
+    "applicable",
     "from_json",
     "from_keep_args",
     "infer_mode",
+    "judge",
+    "rank",
     "ranked_metrics",
     "to_json",
 ]
@@ -106,6 +109,33 @@ def infer_mode(monitor: str) -> str:
         f"Cannot tell whether `{monitor}` should be minimised or maximised. "
         'Pass mode="min" or mode="max".'
     )
+
+
+def rank(records: Sequence[CheckpointInfo], monitor: str, mode: str) -> list[int]:
+    """Indices of the records (oldest first) that hold `monitor`, best first; ties go to the newer.
+
+    The one ranking behind `KeepBest`, `CheckpointManager.best` and the CLI's `list`, `show best`
+    and `plot`, so they agree on ties. Records without `monitor` (or with NaN) are not ranked.
+
+    Args:
+        records: Oldest first.
+        monitor: A metric name.
+        mode: `"min"` or `"max"`.
+
+    Example:
+
+    >>> from types import SimpleNamespace as R
+    >>> rank([R(metrics={"val_loss": v}) for v in (0.3, 0.2, 0.2, 0.5)], "val_loss", "min")
+    [2, 1, 0, 3]
+    """
+    check_choice("mode", mode, ("min", "max"))
+    sign = 1.0 if mode == "min" else -1.0
+    scored = [
+        (sign * value, -i)
+        for i, r in enumerate(records)
+        if (value := r.metrics.get(monitor)) is not None and not math.isnan(value)
+    ]
+    return [-negative for _, negative in sorted(scored)]
 
 
 class Policy:
@@ -189,14 +219,7 @@ class KeepBest(Policy):
             object.__setattr__(self, "mode", infer_mode(self.monitor))
 
     def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
-        ranked = [
-            (value, i)
-            for i, r in enumerate(records)
-            if (value := r.metrics.get(self.monitor)) is not None and not math.isnan(value)
-        ]
-        sign = 1.0 if self.mode == "min" else -1.0
-        ranked.sort(key=lambda vi: (sign * vi[0], -vi[1]))
-        best = {i for _, i in ranked[: self.n]}
+        best = set(rank(records, self.monitor, self.mode)[: self.n])
         label = f"best {self.n} by {self.monitor} ({self.mode})"
         return [(label,) if i in best else () for i in range(len(records))]
 
@@ -305,15 +328,56 @@ class AnyOf(Policy):
     policies: tuple[Policy, ...]
 
     def __post_init__(self) -> None:
-        if not self.policies or not all(isinstance(p, Policy) for p in self.policies):
+        if (
+            not isinstance(self.policies, tuple)
+            or not self.policies
+            or not all(isinstance(p, Policy) for p in self.policies)
+        ):
             raise invalid("policies", "a non-empty tuple of policies", self.policies)
 
     def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
         merged: list[Reasons] = [()] * len(records)
         for policy in self.policies:
-            for i, reasons in enumerate(policy.reasons(records)):
+            for i, reasons in enumerate(judge(policy, records)):
                 merged[i] += reasons
         return merged
+
+
+def judge(policy: Policy, records: Sequence[CheckpointInfo]) -> list[Reasons]:
+    """`policy.reasons(records)`, checked: one tuple of strings per record, or `ValueError`.
+
+    A policy of your own that answers for too few records would otherwise shift every verdict
+    (and `prune` would delete what it meant to keep); `AnyOf` and `CheckpointManager.prune` call
+    this instead of `reasons` and so refuse such an answer before anything is deleted.
+
+    Example:
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Forgetful(Policy):
+    ...     def reasons(self, records):
+    ...         return [("kept",)] * (len(records) - 1)
+    >>> judge(Forgetful(), [object(), object()])
+    Traceback (most recent call last):
+    ValueError: Policy Forgetful() answered for 1 checkpoints, expected 2 (...); nothing was ...
+    """
+    answer = policy.reasons(records)
+    if not isinstance(answer, (list, tuple)) or len(answer) != len(records):
+        got = f"{len(answer)} checkpoints" if isinstance(answer, (list, tuple)) else repr(answer)
+        raise ValueError(
+            f"Policy {policy!r} answered for {got}, expected {len(records)} (one tuple of reasons "
+            "per checkpoint, oldest first); nothing was deleted."
+        )
+    if not all(
+        isinstance(reasons, (tuple, list)) and all(isinstance(r, str) for r in reasons)
+        for reasons in answer
+    ):
+        raise ValueError(
+            f"Policy {policy!r} answered {answer!r}; each checkpoint's reasons must be a tuple of "
+            "strings (empty: not kept by this policy). Nothing was deleted."
+        )
+    verdicts = [tuple(reasons) for reasons in answer]
+    return verdicts
 
 
 def from_keep_args(
@@ -407,3 +471,34 @@ def ranked_metrics(policy: Policy) -> set[str]:
     if isinstance(policy, AnyOf):
         return set().union(*(ranked_metrics(p) for p in policy.policies))
     return {policy.monitor} if isinstance(policy, KeepBest) else set()
+
+
+def applicable(policy: Policy, recorded: Collection[str]) -> Policy | None:
+    """`policy` without the `KeepBest` parts whose metric is in none of the records yet.
+
+    Such a part would keep nothing, and the records it cannot rank will never hold the metric, so
+    the other parts (`KeepLast`, `MaxTotalBytes`, ...) can judge them alone: this is what the
+    callbacks prune by while validation has not run yet. None when nothing is left (a lone
+    `KeepBest` waits for its metric).
+
+    Args:
+        policy: A policy, possibly joined with `|`.
+        recorded: The metric names the records hold.
+
+    Example:
+
+    >>> applicable(KeepBest(2, "val_loss") | MaxTotalBytes(10**9), recorded={"loss"})
+    MaxTotalBytes(n=1000000000)
+    >>> applicable(KeepBest(2, "val_loss"), recorded={"loss"}) is None
+    True
+    """
+    if isinstance(policy, KeepBest):
+        return policy if policy.monitor in recorded else None
+    if not isinstance(policy, AnyOf):
+        return policy
+    parts = [p for p in (applicable(p, recorded) for p in policy.policies) if p is not None]
+    if len(parts) == len(policy.policies):
+        return policy
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else AnyOf(tuple(parts))

@@ -153,7 +153,7 @@ class Record:
     def from_json(cls, text: str | bytes, *, source: str) -> Record:
         """Parses a record; raises `RecordFormatError` naming `source` if it is not one."""
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
+            data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, UnicodeDecodeError) as e:
             raise RecordFormatError(f"Unreadable checkpoint record {source}: {e}") from e
         if not isinstance(data, dict):
@@ -191,7 +191,7 @@ class Record:
                 sequence=_field(data, "sequence", int),
                 format_version=version,
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise RecordFormatError(
                 f"Malformed checkpoint record {source}: {type(e).__name__}: {e}"
             ) from e
@@ -222,6 +222,14 @@ def _field(data: object, key: str, types: type | tuple[type, ...], default: Any 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (metrics must be finite numbers)")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; `1e999` would become infinity, which no record may hold."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range (metrics must be finite numbers)")
+    return value
 
 
 def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:

@@ -330,8 +330,21 @@ def test_pydataset_without_the_protocol_warns(tmp_path, data):
         )
 
 
-def test_async_save_is_accepted(tmp_path, data):
-    fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path, async_save=True)], epochs=1)
+def test_async_save_writes_backups_that_hold_the_state_of_their_step(tmp_path, data):
+    model = build_model()
+    backup = keras_ckpt.BackupAndRestore(
+        tmp_path, save_freq=2, async_save=True, delete_checkpoint=False
+    )
+    fit(model, data, [backup], epochs=1)  # 4 steps: backups of steps 2 and 4
+    manager = keras_ckpt.CheckpointManager(tmp_path)
+    records = manager.checkpoints()
+    assert [r.global_step for r in records][-1] == 4
+    assert all(result.ok for result in manager.verify())
+    fresh = build_model(seed=1)
+    manager.load_weights(fresh, "latest")
+    assert int(fresh.optimizer.iterations.numpy()) == 4
+    for a, b in zip(fresh.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,8 @@ COMMANDS = ("list", "show", "verify", "prune", "export", "plot")
 # which imports TensorFlow unless told otherwise: subprocesses start faster on the numpy backend.
 LIGHT_ENV = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
+pytest_plugins = ["s3_server"]  # `s3_url`: a fresh directory on a moto S3 server on loopback
+
 
 @dataclass
 class Run:
@@ -144,6 +146,26 @@ def test_list_shows_every_checkpoint_with_its_metrics(runs):
     assert "model-01.keras" not in result.out  # pruned by its callback during fit
 
 
+def test_list_names_the_step_in_epoch_and_the_global_step_apart(copy_of):
+    directory = copy_of("backup")  # backups are taken mid-epoch: step in epoch is not 0
+    records = CheckpointManager(directory).checkpoints()
+    assert any(r.step != r.global_step for r in records)
+    lines = cli("list", directory).out.splitlines()
+    header = lines[2]
+    assert "step in epoch" in header and "global step" in header
+    assert not re.search(
+        r"\bstep\b", header.replace("step in epoch", "").replace("global step", "")
+    )
+    for record in records:
+        [row] = [line for line in lines if record.name in line]
+        cells = [c.strip() for c in row.strip("│ ").split("│")]
+        assert cells[2:5] == [str(record.epoch), str(record.step), str(record.global_step)]
+    rows = json.loads(cli("list", directory, "--json").out)["checkpoints"]
+    assert [(r["step"], r["global_step"]) for r in rows] == [
+        (r.step, r.global_step) for r in records
+    ]
+
+
 def test_list_json_matches_the_records(runs):
     result = cli("list", runs / "models", "--json")
     rows = json.loads(result.out)["checkpoints"]
@@ -178,6 +200,21 @@ def test_list_why_without_a_recorded_policy_keeps_only_the_newest(runs):
     assert (
         "No retention policy in the records of test" in cli("list", runs / "weights", "--why").out
     )
+
+
+def test_list_why_while_the_keep_best_metric_is_missing_shows_what_the_callback_prunes_by(
+    tmp_path,
+):
+    x, y = fit_data()
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), monitor="val_loss", keep_best=2, keep_last=2
+    )
+    with pytest.warns(UserWarning):
+        build_model().fit(x, y, epochs=3, batch_size=32, callbacks=[checkpoint], verbose=0)
+    result = cli("list", tmp_path, "--why", "--json")
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)["checkpoints"]
+    assert [row["kept_because"] for row in rows] == [["last 2"], ["newest", "last 2"]]
 
 
 @pytest.mark.parametrize(("key", "best_first"), [("val_loss", min), ("val_accuracy", max)])
@@ -232,10 +269,16 @@ def test_show_weights_only_says_what_is_missing(runs):
 def test_show_training_state_names_every_file(runs):
     record = CheckpointManager(runs / "backup").latest()
     text = cli("show", runs / "backup", "latest").out
-    assert "training state for exact resume" in text and "BackupAndRestore" in text
+    assert "holds            BackupAndRestore backup (weights + training state)" in text
+    assert "HDF5 weights file" not in text
     for entry in record.files:
         assert entry.path in text
     assert f"iterations={record.global_step}" in text
+
+
+def test_show_json_calls_a_backup_a_backup(runs):
+    contents = json.loads(cli("show", runs / "backup", "latest", "--json").out)["contents"]
+    assert contents["format"] == "BackupAndRestore backup (weights + training state)"
 
 
 def test_show_best_uses_the_monitor_the_callback_recorded(runs):
@@ -372,11 +415,73 @@ def test_prune_keep_best_mode_max_keeps_the_largest_value(copy_of):
     assert "best 1 by val_loss (max)" in kept[worst]
 
 
-def test_prune_without_a_keep_option_refuses(copy_of):
+def test_prune_without_a_keep_option_or_a_recorded_policy_refuses(copy_of):
     directory = copy_of("weights")
     result = cli("prune", directory, "--dry-run")
     assert result.code == 2
     assert "at least one keep option" in result.err and len(result.err.splitlines()) == 1
+    assert "no retention policy is recorded" in result.err
+    assert len(names(directory)) == 4
+
+
+def recorded_keep_last_1(directory: Path) -> None:
+    """Gives the newest record of `directory` the retention a `keep_last=1` callback records."""
+    manager = CheckpointManager(directory)
+    newest = manager.latest()
+    manager.update_owner_state(
+        newest.name, {**newest.owner_state, "retention": {"type": "KeepLast", "n": 1}}
+    )
+    manager.close()
+
+
+def test_prune_without_keep_options_dry_run_shows_the_recorded_policy(copy_of):
+    directory = copy_of("weights")
+    recorded_keep_last_1(directory)
+    result = cli("prune", directory, "--dry-run")
+    assert result.code == 0, result.err
+    assert "Policy (recorded by the callback that wrote them): KeepLast(n=1)" in result.out
+    assert "Would delete 3 of 4 checkpoints" in result.out
+    assert len(names(directory)) == 4
+
+
+def test_prune_without_keep_options_applies_the_recorded_policy(copy_of):
+    directory = copy_of("weights")
+    recorded_keep_last_1(directory)
+    data = json.loads(cli("prune", directory, "--json").out)
+    assert data["policy_source"] == "recorded" and data["policy"] == "KeepLast(n=1)"
+    assert names(directory) == ["weights-04.weights.h5"]
+
+
+def test_prune_without_keep_options_applies_what_the_model_checkpoint_recorded(copy_of):
+    directory = copy_of("models")
+    records = CheckpointManager(directory).checkpoints()
+    expected = json.loads(cli("list", directory, "--why", "--json").out)["checkpoints"]
+    kept = [row["name"] for row in expected if row["kept_because"]]
+    result = cli("prune", directory, "--json")
+    assert result.code == 0, result.err
+    assert [k["name"] for k in json.loads(result.out)["kept"]] == kept == names(directory)
+    assert len(records) >= len(kept)
+
+
+def test_prune_without_keep_options_refuses_a_recorded_keep_best_that_cannot_rank(copy_of):
+    directory = copy_of("weights")
+    manager = CheckpointManager(directory)
+    newest = manager.latest()
+    retention = {"type": "KeepBest", "n": 1, "monitor": "val_f1", "mode": "max"}
+    manager.update_owner_state(newest.name, {**newest.owner_state, "retention": retention})
+    manager.close()
+    result = cli("prune", directory)
+    assert result.code == 2
+    assert "ranks by a metric no checkpoint records yet" in result.err
+    assert len(names(directory)) == 4
+
+
+def test_prune_of_an_owner_no_checkpoint_has_lists_the_owners(copy_of):
+    directory = copy_of("weights")
+    result = cli("prune", directory, "--keep-last", "1", "--owner", "nosuch")
+    assert result.code == 2
+    assert "No checkpoint in" in result.err and "has owner 'nosuch'" in result.err
+    assert "Owners there: test" in result.err
     assert len(names(directory)) == 4
 
 
@@ -480,7 +585,7 @@ def test_plot_marks_pruned_saves_from_a_recorded_history(copy_of, tmp_path):
     out = tmp_path / "run.png"
     result = cli("plot", directory, "-o", out, "--metric", "val_loss", "--x", "step")
     assert result.code == 0, result.err
-    assert "1 checkpoints kept, 3 pruned" in result.out
+    assert "1 checkpoint kept, 3 pruned" in result.out
     assert imread(out).shape[:2] == (320, 800)
 
 
@@ -490,7 +595,124 @@ def test_plot_an_unknown_metric_is_an_error(runs, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+# ------------------------------------------------------------------------- fsspec URLs
+
+
+@pytest.fixture
+def s3_run(s3_url):
+    """Three ModelCheckpoint saves (keep_last=2) of a real `fit` into an s3:// directory."""
+    x, y = fit_data()
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        f"{s3_url}/model-{{epoch:02d}}.keras", monitor="val_loss", keep_last=2
+    )
+    build_model().fit(
+        x, y, epochs=3, batch_size=16, validation_split=0.25, verbose=0, callbacks=[checkpoint]
+    )
+    return s3_url
+
+
+def test_list_and_verify_read_an_s3_directory(s3_run):
+    listed = cli("list", s3_run)
+    assert listed.code == 0, listed.err
+    assert "2 checkpoints in s3://" in listed.out and "model-03.keras *" in listed.out
+    rows = json.loads(cli("list", s3_run, "--why", "--json").out)["checkpoints"]
+    assert [r["name"] for r in rows] == ["model-02.keras", "model-03.keras"]
+    verified = cli("verify", s3_run)
+    assert verified.code == 0, verified.err
+    assert "All 2 checkpoints verified" in verified.out
+
+
+def test_show_reads_a_checkpoint_in_an_s3_directory(s3_run):
+    result = cli("show", s3_run, "latest", "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["checkpoint"]["name"] == "model-03.keras"
+    assert data["contents"]["architecture"]["class_name"] == "Sequential"
+
+
+def test_prune_deletes_in_an_s3_directory(s3_run):
+    result = cli("prune", s3_run, "--keep-last", "1")
+    assert result.code == 0, result.err
+    assert "Deleted 1 of 2 checkpoints" in result.out
+    assert names(s3_run) == ["model-03.keras"]
+
+
+def test_an_s3_prefix_without_records_is_no_checkpoint_directory(s3_url):
+    import fsspec
+
+    assert cli("list", s3_url).err.strip().endswith(f"No such directory: {s3_url}")
+    fs, root = fsspec.core.url_to_fs(s3_url)
+    fs.pipe_file(f"{root}/notes.txt", b"not a checkpoint")
+    assert "is not a keras-ckpt checkpoint directory" in cli("list", s3_url).err
+    assert "is a file, not a directory" in cli("list", f"{s3_url}/notes.txt").err
+
+
+# ------------------------------------------------------------------- one answer everywhere
+
+
+@pytest.fixture
+def tied(tmp_path):
+    """Epochs 11..15 with val_loss tied at the minimum for epochs 13 and 15."""
+    directory = tmp_path / "tied"
+    with CheckpointManager(directory) as manager:
+        for epoch, value in zip(range(11, 16), (0.5, 0.4, 0.2, 0.3, 0.2), strict=True):
+            name = f"m-{epoch}.weights.h5"
+            with manager.stage() as folder:
+                staged = os.path.join(folder, name)
+                build_model().save_weights(staged)
+                manager.commit(
+                    {name: staged}, name=name, kind="weights", epoch=epoch,
+                    global_step=10 * epoch, metrics={"loss": value + 0.1, "val_loss": value},
+                    owner="mc", owner_state={"monitor": "val_loss", "mode": "min"},
+                )  # fmt: skip
+    return directory
+
+
+def test_list_show_best_best_and_plot_agree_on_a_tie(tied, tmp_path, mocker):
+    from matplotlib.axes import Axes
+
+    best = CheckpointManager(tied).best()
+    assert best.name == "m-15.weights.h5"  # ties go to the newer
+    listed = cli("list", tied).out
+    assert [line.split()[1] for line in listed.splitlines() if " * " in line] == [best.name]
+    shown = json.loads(cli("show", tied, "best", "--json").out)["checkpoint"]["name"]
+    assert shown == best.name
+    rows = json.loads(cli("list", tied, "--sort", "val_loss", "--json").out)["checkpoints"]
+    assert [r["epoch"] for r in rows] == [15, 13, 14, 12, 11]
+    spy = mocker.spy(Axes, "plot")
+    assert cli("plot", tied, "-o", tmp_path / "tied.png").code == 0
+    stars = [c.args[1:3] for c in spy.call_args_list if "*" in c.args[3:4]]
+    assert stars == [(15, 0.2)]
+
+
+def test_one_checkpoint_is_not_called_checkpoints(tied, tmp_path):
+    with CheckpointManager(tied) as manager:
+        manager.prune(KeepLast(1))
+    assert "1 checkpoint in" in cli("list", tied).out
+    assert "The checkpoint verified" in cli("verify", tied).out
+    pruned = cli("prune", tied, "--keep-last", 1, "--dry-run").out
+    assert "Would delete 0 of 1 checkpoint (" in pruned
+    plotted = cli("plot", tied, "-o", tmp_path / "one.png").out
+    assert "over 1 checkpoint (1 checkpoint kept;" in plotted
+    for text in (cli("list", tied).out, pruned, plotted):
+        assert "1 checkpoints" not in text
+
+
+def test_plot_help_does_not_promise_pruned_checkpoints():
+    text = cli("plot", "--help").out
+    assert "Pruned checkpoints leave no record and are not drawn" in " ".join(text.split())
+    assert "kept and pruned" not in text
+
+
 # ---------------------------------------------------------------------------- errors and help
+
+
+def test_list_of_a_file_says_it_is_a_file(runs):
+    path = runs / "weights" / "weights-01.weights.h5"
+    result = cli("list", path)
+    assert result.code == 2
+    assert f"{path} is a file, not a directory" in result.err
+    assert "No such directory" not in result.err
 
 
 @pytest.mark.parametrize(

@@ -182,6 +182,89 @@ def test_completed_fit_deletes_the_backups_once_on_the_chief(cluster_runs):
     assert CheckpointManager(cluster_runs["dir"] / "backup").checkpoints() == []
 
 
+# ------------------------------------------------------------------ two real JAX processes
+
+JAX_CHILD = Path(__file__).with_name("multiworker_jax_child.py")
+
+
+def launch_jax(directory: Path, port: int, logs: Path, run: str, pause_at: int | None = None):
+    """Starts both JAX processes (`jax.distributed` on 127.0.0.1:port); process 1 pauses after
+    `pause_at` steps. Output goes to files."""
+    procs = []
+    for index in range(2):
+        cmd = [sys.executable, str(JAX_CHILD), str(directory), "--process-id", str(index)]
+        cmd += ["--port", str(port)]
+        if pause_at is not None and index == 1:
+            cmd += ["--pause-at", str(pause_at)]
+        env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.pop("TF_CONFIG", None)
+        out = open(logs / f"{run}-{index}.out", "w")  # noqa: SIM115 - closed by the OS at exit
+        err = open(logs / f"{run}-{index}.err", "w")  # noqa: SIM115
+        procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=env))
+    return procs
+
+
+@pytest.fixture(scope="module")
+def jax_runs(tmp_path_factory):
+    """Run "killed": process 1 is SIGKILLed after step 10, then process 0 (hung in a collective).
+    Run "resumed": both start again (a new coordinator port) and finish. About 100 s."""
+    pytest.importorskip("jax")  # the [jax] extra; TensorFlow-only installs lack it
+    root = tmp_path_factory.mktemp("multiworker-jax")
+    directory, logs = root / "ckpt", root / "logs"
+    logs.mkdir()
+    backup_record = directory / "backup" / ".keras_ckpt" / f"backup-{PAUSE_AT:09d}.json"
+    chief, worker = procs = launch_jax(directory, free_ports(1)[0], logs, "killed", PAUSE_AT)
+    try:
+        wait_for(lambda: lines(logs, "killed", 1, "PAUSED"), 180, "process 1 to pause")
+        wait_for(backup_record.exists, 30, "the chief to commit the backup of step 10")
+        kill(worker)
+        try:  # the chief waits for process 1 in the next all-reduce: it fails or hangs
+            chief.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        for proc in procs:
+            kill(proc)
+    after_kill = sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+    procs = launch_jax(directory, free_ports(1)[0], logs, "resumed")
+    try:
+        codes = [proc.wait(timeout=180) for proc in procs]
+    finally:
+        for proc in procs:
+            kill(proc)
+    for index, code in enumerate(codes):
+        assert code == 0, (logs / f"resumed-{index}.err").read_text()[-3000:]
+    return {"dir": directory, "logs": logs, "after_kill": after_kill}
+
+
+def test_jax_processes_know_their_role_from_jax_distributed(jax_runs):
+    logs = jax_runs["logs"]
+    for run in ("killed", "resumed"):
+        assert lines(logs, run, 0, "ROLE") == [["0", "True"]]
+        assert lines(logs, run, 1, "ROLE") == [["1", "False"]]
+
+
+def test_jax_kill_leaves_the_backup_of_step_10_and_no_partial_files(jax_runs):
+    after = jax_runs["after_kill"]
+    assert f"backup/backup-{PAUSE_AT:09d}/model.weights.h5" in after
+    assert not [p for p in after if "/staging/" in p or "/pending/" in p]
+
+
+def test_jax_processes_resume_from_the_same_step_with_the_same_weights(jax_runs):
+    logs = jax_runs["logs"]
+    [[step, paused]] = lines(logs, "killed", 1, "PAUSED")
+    assert step == str(PAUSE_AT)
+    restored = [lines(logs, "resumed", i, "RESTORED") for i in (0, 1)]
+    assert restored[0] == restored[1] == [[str(PAUSE_AT), paused]]
+    final = [lines(logs, "resumed", i, "FINAL") for i in (0, 1)]
+    assert final[0] == final[1] and final[0][0][0] == "24"
+
+
+def test_jax_completed_fit_deletes_the_backups_once_on_the_chief(jax_runs):
+    assert CheckpointManager(jax_runs["dir"] / "backup").checkpoints() == []
+
+
 # ------------------------------------------------------------------ choosing the chief
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import google_crc32c
 import numpy as np
@@ -23,7 +23,7 @@ from keras_ckpt.errors import (
     ForeignFileError,
 )
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import KeepBest, KeepLast
+from keras_ckpt.policies import KeepBest, KeepLast, Policy
 from keras_ckpt.records import FileEntry, Record
 from keras_ckpt.storage import META_DIR, LocalStorage
 
@@ -155,6 +155,105 @@ def test_best_skips_checkpoints_without_the_metric(manager):
 def test_best_rejects_an_unknown_mode(manager):
     with pytest.raises(ValueError, match=r'Expected "auto" or "min" or "max"\. Received: mode='):
         manager.best("val_loss", mode="bogus")
+
+
+def mae_run(manager, owner_state=None):
+    """Three checkpoints of a callback that monitored `val_mae` (a name that tells no mode)."""
+    state = {"monitor": "val_mae", "mode": "min"} if owner_state is None else owner_state
+    for name, value in (("a", 0.5), ("b", 0.2), ("c", 0.9)):
+        commit(manager, name, metrics={"val_mae": value}, owner="mc", owner_state=state)
+
+
+def test_best_uses_the_mode_the_callback_recorded(manager):
+    mae_run(manager)
+    assert manager.best("val_mae").name == "b"
+    assert manager.best("val_mae", mode="max").name == "c"  # an explicit mode still wins
+
+
+def test_resolve_best_uses_the_mode_the_callback_recorded(manager):
+    mae_run(manager)
+    assert manager.resolve("best").name == "b"
+    assert manager.resolve("best", monitor="val_mae").name == "b"
+
+
+def test_the_recorded_mode_is_found_in_the_recorded_retention_too(manager):
+    retention = {"type": "KeepBest", "n": 1, "monitor": "val_mae", "mode": "max"}
+    mae_run(manager, {"monitor": "val_mae", "mode": "auto", "retention": retention})
+    assert manager.best("val_mae").name == "c"
+
+
+def test_best_without_a_monitor_uses_the_recorded_one_as_load_model_does(manager):
+    mae_run(manager)
+    assert manager.best().name == manager.best(None).name == "b"
+
+
+def test_best_without_a_monitor_or_a_recorded_one_says_to_pass_it(manager):
+    commit(manager, "a", metrics={"val_loss": 0.5})
+    with pytest.raises(ValueError, match=r"needs `monitor=`.*no checkpoint in .* records"):
+        manager.best()
+
+
+def test_best_of_a_metric_without_a_recorded_mode_still_needs_one(manager):
+    mae_run(manager, owner_state={})
+    with pytest.raises(ValueError, match=r'Cannot tell whether `val_mae`.*Pass mode="min"'):
+        manager.best("val_mae")
+
+
+@pytest.mark.parametrize("monitor", [5, "", b"val_loss"])
+def test_best_rejects_a_monitor_that_is_not_a_name(manager, monitor):
+    with pytest.raises(ValueError, match=r"argument `monitor`\. Expected a metric name"):
+        manager.best(monitor)
+
+
+def test_checkpoints_rejects_an_owner_that_is_not_a_string(manager):
+    commit(manager, "a", owner="5")
+    with pytest.raises(ValueError, match=r"argument `owner`.*Received: owner=5"):
+        manager.checkpoints(owner=5)
+    assert names(manager.checkpoints(owner="5")) == ["a"]
+
+
+@pytest.mark.parametrize("dry_run", ["no", 0, None])
+def test_prune_rejects_a_dry_run_that_is_not_a_bool(tmp_path, manager, dry_run):
+    commit(manager, "a")
+    commit(manager, "b")
+    with pytest.raises(ValueError, match=r"argument `dry_run`\. Expected True or False"):
+        manager.prune(KeepLast(1), dry_run=dry_run)
+    assert names(reader(tmp_path).checkpoints()) == ["a", "b"]
+
+
+def test_prune_rejects_an_owner_that_is_not_a_string(manager):
+    with pytest.raises(ValueError, match=r"argument `owner`"):
+        manager.prune(KeepLast(1), owner=5)
+
+
+def test_prune_beside_a_record_whose_metric_overflows_skips_it_and_completes(tmp_path):
+    with CheckpointManager(tmp_path) as writer:
+        for name in "abc":
+            commit(writer, name, metrics={"val_loss": 0.5})
+    record = tmp_path / META_DIR / "b.json"
+    record.write_text(record.read_text().replace('"val_loss": 0.5', '"val_loss": 1e999'))
+    with CheckpointManager(tmp_path) as manager:
+        with pytest.warns(UserWarning, match=r"Skipping checkpoint: .*b\.json.*1e999"):
+            result = manager.prune(KeepLast(1))
+        assert names(result.deleted) == ["a"]
+    assert (tmp_path / "b.bin").exists()  # no readable record names it: never deleted
+
+
+@dataclass(frozen=True)
+class OneShort(Policy):
+    """A user's policy with an off-by-one: it answers for all records but the newest."""
+
+    def reasons(self, records):
+        return [("mine",)] * (len(records) - 1)
+
+
+@pytest.mark.parametrize("policy", [OneShort(), OneShort() | KeepLast(1)], ids=["alone", "or"])
+def test_prune_deletes_nothing_when_a_policy_answers_for_too_few(tmp_path, manager, policy):
+    for name in "abcd":
+        commit(manager, name)
+    with pytest.raises(ValueError, match=r"OneShort\(\) answered for 3 checkpoints, expected 4"):
+        manager.prune(policy)
+    assert names(reader(tmp_path).checkpoints()) == ["a", "b", "c", "d"]
 
 
 # -------------------------------------------------------------------------------- verifying
@@ -570,6 +669,46 @@ def test_load_model_of_a_weights_checkpoint_says_to_use_load_weights(manager, fi
     save_into(manager, fitted, "w.weights.h5", "weights")
     with pytest.raises(ValueError, match=r"holds weights only.*call `load_weights"):
         manager.load_model("w.weights.h5")
+
+
+def test_load_model_best_in_a_weights_only_folder_says_none_is_a_full_model(manager, fitted):
+    for name, value in (("w1.weights.h5", 0.7), ("w2.weights.h5", 0.9)):
+        with manager.stage() as folder:
+            fitted.save_weights(os.path.join(folder, name))
+            manager.commit(
+                {name: os.path.join(folder, name)}, name=name, kind="weights",
+                metrics={"val_accuracy": value}, owner_state={"monitor": "val_accuracy"},
+            )  # fmt: skip
+    for which in ("best", "latest"):
+        with pytest.raises(
+            CheckpointNotFoundError,
+            match=r"none of its 2 checkpoints is a full model \(they hold weights only\)\. "
+            r"Build the model in code and call `load_weights",
+        ):
+            manager.load_model(which)
+
+
+def test_load_model_best_uses_the_mode_a_fitted_callback_recorded(tmp_path, data):
+    import keras
+
+    import keras_ckpt
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+    x, y = data
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        tmp_path / "m-{epoch}.keras", monitor="val_mae", mode="min"
+    )
+    history = model.fit(
+        x, y.astype("float32"), validation_split=0.25, epochs=3, verbose=0, callbacks=[checkpoint]
+    )
+    values = history.history["val_mae"]
+    best_epoch = min(range(3), key=lambda i: (values[i], -i)) + 1
+    manager = CheckpointManager(tmp_path)
+    assert manager.best("val_mae").name == f"m-{best_epoch}.keras"
+    assert isinstance(manager.load_model("best"), keras.Model)
+    assert manager.resolve("best").name == f"m-{best_epoch}.keras"
 
 
 def test_load_weights_restores_the_weights(manager, fitted):

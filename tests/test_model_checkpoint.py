@@ -82,7 +82,8 @@ def test_full_model_file_loads_in_plain_keras_with_optimizer_state(tmp_path, dat
     fit(model, data, [keras_ckpt.ModelCheckpoint(str(tmp_path / "m.keras"))])
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 12
-    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=False):
+    assert len(model.get_weights()) == 4  # two Dense layers: a comparison of nothing fails
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -92,7 +93,8 @@ def test_weights_file_loads_in_plain_keras(tmp_path, data):
     fit(model, data, [cb])
     fresh = build_model(seed=1)
     fresh.load_weights(tmp_path / "m.weights.h5")
-    for a, b in zip(fresh.get_weights(), model.get_weights(), strict=False):
+    assert len(model.get_weights()) == 4  # two Dense layers: a comparison of nothing fails
+    for a, b in zip(fresh.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -610,6 +612,30 @@ def test_keep_best_with_a_metric_missing_from_the_logs_warns_and_prunes_nothing(
     ):
         fit(build_model(), data, [cb], epochs=3, validation_split=0.25)
     assert names(tmp_path) == ["m-1.keras", "m-2.keras", "m-3.keras"]
+
+
+@pytest.mark.parametrize(
+    "keep", [{"max_total_bytes": 1}, {"keep_last": 1}], ids=["max_total_bytes", "keep_last"]
+)
+def test_the_other_keep_options_apply_while_the_keep_best_metric_is_missing(tmp_path, data, keep):
+    """No validation data: `val_loss` never appears. keep_best waits; the byte budget does not."""
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), monitor="val_loss", keep_best=2, **keep
+    )
+    with pytest.warns(UserWarning, match="until one has it, only the other keep options prune"):
+        fit(build_model(), data, [cb], epochs=3)
+    assert names(tmp_path) == ["m-3.keras"]
+
+
+def test_keep_best_waits_for_its_metric_from_the_first_epoch_that_has_it(tmp_path, data):
+    """Validation from epoch 3 on (`validation_freq`): epochs 1-2 go by keep_last, 3+ are ranked."""
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch}.keras"), monitor="val_loss", keep_best=5, keep_last=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(build_model(), data, [cb], epochs=4, validation_split=0.25, validation_freq=[3, 4])
+    assert names(tmp_path) == ["m-3.keras", "m-4.keras"]
 
 
 def test_retention_policy_object_is_recorded_for_the_cli(tmp_path, data):

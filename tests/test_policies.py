@@ -266,10 +266,49 @@ def test_keep_every_rejects_seconds_that_are_not_a_positive_number(seconds):
         KeepEvery(seconds=seconds)
 
 
-@pytest.mark.parametrize("policies", [(), (KeepLast(1), "KeepLast(1)")])
-def test_any_of_rejects_an_empty_tuple_or_a_non_policy(policies):
+@pytest.mark.parametrize(
+    "policies", [(), (KeepLast(1), "KeepLast(1)"), [KeepLast(1)], KeepLast(1)], ids=repr
+)
+def test_any_of_rejects_what_is_not_a_non_empty_tuple_of_policies(policies):
     with pytest.raises(ValueError, match="Expected a non-empty tuple of policies"):
         AnyOf(policies)
+
+
+def test_any_of_accepts_the_nearest_valid_value_and_joins_with_or():
+    assert AnyOf((KeepLast(1),)) | KeepLast(2) == AnyOf((KeepLast(1), KeepLast(2)))
+
+
+@dataclass(frozen=True)
+class Answers(Policy):
+    """A user's policy that answers whatever it is told to (wrongly, in these tests)."""
+
+    answer: object
+
+    def reasons(self, records):
+        return self.answer(records) if callable(self.answer) else self.answer
+
+
+@pytest.mark.parametrize(
+    "answer, match",
+    [
+        (
+            lambda records: [("mine",)] * (len(records) - 1),
+            r"answered for 2 checkpoints, expected 3",
+        ),
+        (
+            lambda records: [("mine",)] * (len(records) + 1),
+            r"answered for 4 checkpoints, expected 3",
+        ),
+        (None, r"answered for None, expected 3"),
+        (lambda records: ["mine"] * len(records), r"must be a tuple of strings"),
+        (lambda records: [(1,)] * len(records), r"must be a tuple of strings"),
+    ],
+    ids=["one-too-few", "one-too-many", "none", "a-string-not-a-tuple", "not-strings"],
+)
+def test_any_of_refuses_a_sub_policy_whose_answer_does_not_fit(answer, match):
+    policy = Answers(answer) | KeepLast(1)
+    with pytest.raises(ValueError, match=match + r".*[Nn]othing was deleted"):
+        policy.reasons(losses(0.1, 0.2, 0.3))
 
 
 @pytest.mark.parametrize(

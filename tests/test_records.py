@@ -131,6 +131,23 @@ def test_non_finite_metric_raises_record_format_error(constant):
         parse(text)
 
 
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "1E400"])
+@pytest.mark.parametrize("field", ['"loss": 0.25', '"wall_time": 1700000000.5'])
+def test_a_number_too_large_for_a_float_raises_record_format_error(field, number):
+    """Python reads `1e999` as infinity, which `to_json` (allow_nan=False) then cannot write."""
+    text = make_record().to_json()
+    assert field in text
+    text = text.replace(field, field.split(":")[0] + ": " + number)
+    with pytest.raises(RecordFormatError, match=f"{SOURCE}: .*{number} is out of range"):
+        parse(text)
+
+
+def test_an_integer_too_large_for_a_float_raises_record_format_error():
+    text = make_record().to_json().replace('"loss": 0.25', f'"loss": {10**400}')
+    with pytest.raises(RecordFormatError, match=f"Malformed checkpoint record {SOURCE}"):
+        parse(text)
+
+
 @pytest.mark.parametrize("path", ["../outside.keras", "/etc/passwd", "a//b", ".keras_ckpt/x"])
 def test_file_path_escaping_the_directory_raises_record_format_error(path):
     files = [{"path": path, "size": 1, "checksum": "crc32c:00000000"}]

@@ -16,7 +16,7 @@ from keras_ckpt.callbacks._monitor import Monitor
 from keras_ckpt.callbacks._naming import format_name, split_filepath, template_fields
 from keras_ckpt.errors import ForeignFileError
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import Policy, from_keep_args, ranked_metrics, to_json
+from keras_ckpt.policies import Policy, applicable, from_keep_args, to_json
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying
@@ -313,7 +313,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
             warnings.warn(
                 f"ModelCheckpoint: `keep_best` ranks by `{self._monitor.monitor}`, which is not in "
                 f"the logs of this save (keys: {', '.join(sorted(logs)) or 'none'}); checkpoints "
-                "without it are not ranked, and nothing is pruned until one has it.",
+                "without it are never kept by `keep_best`; until one has it, only the other keep "
+                "options prune.",
                 stacklevel=3,
             )
         if self.verbose and not self.save_best_only:
@@ -366,20 +367,18 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self.manager.commit({name: staged}, **fields)
         if self.verbose:
             print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
-        if policy is not None and self._can_rank(policy):
+        policy = self._applicable(policy) if policy is not None else None
+        if policy is not None:
             result = self.manager.prune(policy, owner=self._owner)
             if self.verbose and result.deleted:
                 names = ", ".join(r.name for r in result.deleted)
                 print(f"Epoch {epoch_index + 1}: retention removed {names}")
 
-    def _can_rank(self, policy: Policy) -> bool:
-        """False while `keep_best`'s metric is in none of our records (say, validation has not
-        run yet): pruning then would rank nothing and delete what it cannot judge."""
-        wanted = ranked_metrics(policy)
-        if not wanted:
-            return True
+    def _applicable(self, policy: Policy) -> Policy | None:
+        """The policy without its `keep_best` part while that metric is in none of our records
+        (say, validation has not run yet): the byte budget and `keep_last` apply meanwhile."""
         own = self.manager.checkpoints(owner=self._owner)
-        return all(any(m in r.metrics for r in own) for m in wanted)
+        return applicable(policy, {m for r in own for m in r.metrics})
 
     def _improved(self, epoch_index: int, logs: dict[str, Any], display: str) -> bool:
         monitor = self._monitor.monitor

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "list",
-        "Table of the checkpoints: name, epoch, step, metrics, size, age.",
+        "Table of the checkpoints: name, epoch, step in epoch, global step, metrics, size, age.",
         "  keras-ckpt list runs/exp1 --why --sort val_loss\n"
         "  keras-ckpt list runs/exp1 --json | jq '.checkpoints[].name'",
     )
@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sort",
         metavar="KEY",
-        help="a metric (best first) or name, epoch, step, size, age (default: oldest first)",
+        help=(
+            "a metric (best first) or name, epoch, global_step, size, age (default: oldest first)"
+        ),
     )
 
     p = _command(
@@ -122,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "prune",
         "Delete the checkpoints no keep option keeps (options combine: keep what any keeps). "
-        "The newest checkpoint is always kept.",
+        "Without keep options, apply the retention policy the checkpoints' callback recorded "
+        "(the one `list --why` shows). The newest checkpoint is always kept.",
         "  keras-ckpt prune runs/exp1 --keep-last 2 --keep-best 3 --monitor val_loss --dry-run\n"
-        "  keras-ckpt prune runs/exp1 --max-total-bytes 2GiB",
+        "  keras-ckpt prune runs/exp1 --max-total-bytes 2GiB\n"
+        "  keras-ckpt prune runs/exp1 --dry-run    # the recorded policy",
     )
     p.add_argument("--keep-last", type=_positive_int, metavar="N", help="the N newest")
     p.add_argument("--keep-best", type=_positive_int, metavar="N", help="the N best by --monitor")
@@ -159,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "plot",
-        "Plot monitored metrics over training and mark kept and pruned checkpoints (PNG/SVG/PDF).",
+        "Plot monitored metrics over training, one point per checkpoint that still exists, the "
+        "best starred (PNG/SVG/PDF). Pruned checkpoints leave no record and are not drawn.",
         "  keras-ckpt plot runs/exp1 -o run.png\n"
         "  keras-ckpt plot runs/exp1 -o run.png --metric val_accuracy --x step",
     )
@@ -169,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="metric to plot; repeat for more (default: the monitored one and its train twin)",
     )
-    p.add_argument("--x", choices=("epoch", "step"), default="epoch", help="x axis")
+    p.add_argument(
+        "--x", choices=("epoch", "step"), default="epoch", help="x axis: epoch or global step"
+    )
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     return parser
 

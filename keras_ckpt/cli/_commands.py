@@ -20,19 +20,22 @@ from keras_ckpt.cli._common import (
     human_age,
     human_size,
     open_manager,
+    plural,
+    policy_from_owner_state,
     recorded_monitor,
+    recorded_policy,
     resolve,
     resolve_mode,
     retention_reasons,
 )
-from keras_ckpt.policies import infer_mode
+from keras_ckpt.policies import infer_mode, rank
 from keras_ckpt.records import Record
 from keras_ckpt.storage import atomic_local_file, seal_file
 
 _COLUMNS = {
     "name": lambda r: r.name,
     "epoch": lambda r: (r.epoch, r.step),
-    "step": lambda r: r.global_step,
+    "step": lambda r: (r.epoch, r.step),  # the record's `step` is the step in its epoch
     "global_step": lambda r: r.global_step,
     "size": lambda r: r.size,
     "age": lambda r: -r.wall_time,
@@ -83,21 +86,22 @@ def record_json(record: Record, now: float) -> dict[str, Any]:
 
 
 def sort_records(records: Sequence[Record], key: str) -> list[Record]:
-    """Sorted by a column, or by a metric best first (records without it last)."""
+    """Sorted by a column, or by a metric best first as `CheckpointManager.best` ranks (ties:
+    newer first; records without it last). Records come oldest first."""
     if key in _COLUMNS:
         return sorted(records, key=_COLUMNS[key])
-    having = [r for r in records if key in r.metrics]
-    if not having:
+    if not any(key in r.metrics for r in records):
         known = sorted({m for r in records for m in r.metrics} | set(_COLUMNS))
         raise CliError(
             f"Cannot sort by {key!r}: no checkpoint has it. Known keys: {', '.join(known)}"
         )
+    monitor, recorded_mode = recorded_monitor(records)
     try:
-        sign = 1.0 if infer_mode(key) == "min" else -1.0
+        mode = recorded_mode if key == monitor and recorded_mode else infer_mode(key)
     except ValueError:
-        sign = 1.0
-    having.sort(key=lambda r: sign * r.metrics[key])
-    return having + [r for r in records if key not in r.metrics]
+        mode = "min"
+    order = rank(records, key, mode)
+    return [records[i] for i in order] + [r for i, r in enumerate(records) if i not in order]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -132,11 +136,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         with contextlib.suppress(CliError):  # the metric's direction is unknown: mark nothing
             best_record = manager.best(monitor, resolve_mode(monitor, mode))
             best = best_record.name if best_record is not None else None
-    table = Table(title=f"{len(records)} checkpoints in {args.directory}", title_justify="left")
+    table = Table(
+        title=f"{plural(len(records), 'checkpoint')} in {args.directory}", title_justify="left"
+    )
     table.add_column("name", no_wrap=True)
     table.add_column("kind")
     table.add_column("epoch", justify="right")
-    table.add_column("step", justify="right")
+    table.add_column("step in epoch", justify="right")
+    table.add_column("global step", justify="right")
     for name in metric_names:
         table.add_column(name, justify="right", style="bold" if name == monitor else None)
     table.add_column("size", justify="right")
@@ -148,6 +155,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             record.name + (" *" if record.name == best else ""),
             record.kind,
             str(record.epoch),
+            str(record.step),
             str(record.global_step),
         ]
         cells += [
@@ -186,7 +194,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not results:
         print(f"No checkpoints in {args.directory}.")
     elif damaged:
-        print(f"{len(damaged)} of {len(results)} checkpoints damaged in {args.directory}.")
+        print(
+            f"{len(damaged)} of {plural(len(results), 'checkpoint')} damaged in {args.directory}."
+        )
+    elif len(results) == 1:
+        print("The checkpoint verified (sizes and checksums match its record).")
     else:
         print(f"All {len(results)} checkpoints verified (sizes and checksums match their records).")
     return 1 if damaged else 0
@@ -195,6 +207,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
     records = manager.checkpoints(args.owner)
+    if args.owner is not None and not records:
+        owners = sorted({str(r.owner) for r in manager.checkpoints()})
+        raise CliError(
+            f"No checkpoint in {args.directory} has owner {args.owner!r}. Owners there: "
+            f"{', '.join(owners) or 'none (the directory holds no checkpoints)'}"
+        )
     owners = sorted({str(r.owner) for r in records})
     if args.owner is None and len(owners) > 1:
         raise CliError(
@@ -213,11 +231,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
         keep_every_n_epochs=args.keep_every_n_epochs,
         max_total_bytes=args.max_total_bytes,
     )
+    source = "from the options"
+    if policy is None and records:
+        recorded = policy_from_owner_state(records[-1].owner_state)
+        policy = recorded_policy(records)
+        source = "recorded by the callback that wrote them"
+        if recorded is not None and policy is None:
+            raise CliError(
+                f"The recorded retention policy {recorded!r} ranks by a metric no checkpoint "
+                "records yet, so it keeps nothing it can judge; nothing was deleted. Pass keep "
+                "options (e.g. --keep-last 3)."
+            )
     if policy is None:
         raise CliError(
             "prune needs at least one keep option (--keep-last, --keep-best, "
-            "--keep-every-n-epochs, --max-total-bytes): with none, every checkpoint but the "
-            "newest would be deleted."
+            "--keep-every-n-epochs, --max-total-bytes): no retention policy is recorded with "
+            "these checkpoints, and with none, every checkpoint but the newest would be deleted."
         )
     try:
         result = manager.prune(policy, dry_run=args.dry_run, owner=args.owner)
@@ -228,6 +257,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "directory": args.directory,
             "dry_run": result.dry_run,
             "policy": repr(policy),
+            "policy_source": "options" if source == "from the options" else "recorded",
             "deleted": [r.name for r in result.deleted],
             "kept": [{"name": k.record.name, "reasons": list(k.reasons)} for k in result.kept],
         }
@@ -237,9 +267,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     freed = human_size(sum(r.size for r in result.deleted))
     total = len(result.deleted) + len(result.kept)
     verb = "Would delete" if result.dry_run else "Deleted"
-    print(f"Policy: {policy!r}")
+    print(f"Policy ({source}): {policy!r}")
     print(
-        f"{verb} {len(result.deleted)} of {total} checkpoints ({freed})"
+        f"{verb} {len(result.deleted)} of {plural(total, 'checkpoint')} ({freed})"
         + (" - dry run, nothing was deleted:" if result.dry_run else ":")
     )
     width = max((len(r.name) for r in records), default=0)

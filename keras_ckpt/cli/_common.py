@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import Policy, from_json, from_keep_args, infer_mode
+from keras_ckpt.manager import recorded_monitor as manager_recorded_monitor
+from keras_ckpt.policies import Policy, applicable, from_json, from_keep_args, infer_mode, judge
 from keras_ckpt.records import Record
-from keras_ckpt.storage import META_DIR
+from keras_ckpt.storage import META_DIR, LocalStorage
 
 # Key of `Record.owner_state` under which a callback records its retention settings, e.g.
 # {"keep_last": 1, "keep_best": 3, "monitor": "val_loss", "mode": "min"}. The keys are the
@@ -25,7 +27,8 @@ class CliError(Exception):
 
 
 def open_manager(directory: str) -> CheckpointManager:
-    """A read-only manager for `directory`, or a `CliError` saying why it is not one."""
+    """A read-only manager for `directory` (a path or an fsspec URL), or a `CliError` saying why
+    it is not a checkpoint directory."""
     try:
         manager = CheckpointManager(directory)
     except ImportError as e:
@@ -33,9 +36,26 @@ def open_manager(directory: str) -> CheckpointManager:
             f"{directory} is a remote URL and reading it needs the remote extra: "
             f"pip install 'keras-ckpt[remote]' ({e})"
         ) from None
-    if not manager.storage.exists(""):
+    if isinstance(manager.storage, LocalStorage):
+        root = manager.storage.root
+        is_file, is_dir = os.path.isfile(root), os.path.isdir(root)
+        has_meta = os.path.isdir(os.path.join(root, META_DIR))
+    else:  # an object store has no folders: a "directory" is a prefix some objects share
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(directory)
+        root = root.rstrip("/")
+        fs.invalidate_cache()
+        is_file, is_dir = fs.isfile(root), fs.isdir(root)
+        has_meta = fs.isdir(f"{root}/{META_DIR}")
+    if is_file:
+        raise CliError(
+            f"{directory} is a file, not a directory: pass the folder that holds the checkpoints "
+            "(the folder of your ModelCheckpoint filepath, or the BackupAndRestore backup_dir)."
+        )
+    if not is_dir:
         raise CliError(f"No such directory: {directory}")
-    if not manager.storage.exists(META_DIR):
+    if not has_meta:
         raise CliError(
             f"{directory} is not a keras-ckpt checkpoint directory (it has no {META_DIR}/ folder); "
             "pass the folder your ModelCheckpoint filepath or BackupAndRestore backup_dir uses."
@@ -43,16 +63,23 @@ def open_manager(directory: str) -> CheckpointManager:
     return manager
 
 
+def plural(n: int, noun: str) -> str:
+    """`1 checkpoint`, `2 checkpoints`."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def recorded_policy(records: Sequence[Record]) -> Policy | None:
+    """The retention policy the newest record's callback recorded, as that callback applies it
+    now (a `keep_best` whose metric no record holds yet waits), or None."""
+    if not records:
+        return None
+    policy = policy_from_owner_state(records[-1].owner_state)
+    return applicable(policy, {m for r in records for m in r.metrics}) if policy else None
+
+
 def recorded_monitor(records: Sequence[Record]) -> tuple[str | None, str | None]:
     """The (monitor, mode) the newest record's callback used, or (None, None)."""
-    for record in reversed(records):
-        retention = record.owner_state.get(RETENTION_KEY)
-        for state in (retention if isinstance(retention, Mapping) else {}, record.owner_state):
-            monitor = state.get("monitor")
-            if isinstance(monitor, str) and monitor:
-                mode = state.get("mode")
-                return monitor, mode if mode in ("min", "max") else None
-    return None, None
+    return manager_recorded_monitor(list(records))
 
 
 def resolve_mode(monitor: str, mode: str | None) -> str:
@@ -131,11 +158,13 @@ def retention_reasons(manager: CheckpointManager, records: Sequence[Record]) -> 
         owners.setdefault(record.owner, []).append(record)
     for owner, group in owners.items():
         policy = policy_from_owner_state(group[-1].owner_state)
-        if policy is not None and owner is not None:
-            result = manager.prune(policy, dry_run=True, owner=owner)
+        # What the callback prunes by now: a keep_best whose metric no record holds yet waits.
+        active = applicable(policy, {m for r in group for m in r.metrics}) if policy else None
+        if active is not None and owner is not None:
+            result = manager.prune(active, dry_run=True, owner=owner)
             reasons = {k.record.name: list(k.reasons) for k in result.kept}
         else:
-            verdicts = policy.reasons(group) if policy is not None else [()] * len(group)
+            verdicts = judge(active, group) if active is not None else [()] * len(group)
             reasons = {r.name: list(v) for r, v in zip(group, verdicts, strict=True) if v}
             reasons[group[-1].name] = ["newest"] + reasons.get(group[-1].name, [])
         for record in group:

@@ -12,7 +12,13 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from keras_ckpt.cli._common import CliError, open_manager, recorded_monitor, resolve_mode
+from keras_ckpt.cli._common import (
+    CliError,
+    open_manager,
+    plural,
+    recorded_monitor,
+    resolve_mode,
+)
 from keras_ckpt.records import Record
 
 
@@ -106,8 +112,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
                     label=f"{metric}: pruned ({len(gone)})",
                 )
             if metric == monitor and kept:
-                sign = 1 if resolve_mode(metric, mode) == "min" else -1
-                best = min(kept, key=lambda p: sign * p[1])
+                # The same ranking as `list`, `show best` and `best()` (ties: the newer).
+                record = manager.best(metric, resolve_mode(metric, mode))
+                assert record is not None
+                best = (getattr(record, x_key), record.metrics[metric])
                 ax.plot(
                     best[0],
                     best[1],
@@ -122,12 +130,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
         ax.legend(fontsize="small")
     axes[-1].set_xlabel("epoch" if args.x == "epoch" else "global step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    kept_count = plural(len(records), "checkpoint")
     note = (
-        f"{len(records)} checkpoints kept, {len(pruned)} pruned (from the callbacks' history)"
+        f"{kept_count} kept, {len(pruned)} pruned (from the callbacks' history)"
         if history
-        else f"{len(records)} checkpoints kept; pruned ones leave no record and are not shown"
+        else f"{kept_count} kept; pruned ones leave no record and are not shown"
     )
     axes[0].set_title(f"{args.directory}\n{note}", fontsize="medium")
     fig.savefig(args.output)
-    print(f"Wrote {args.output}: {', '.join(metrics)} over {len(records)} checkpoints ({note}).")
+    print(f"Wrote {args.output}: {', '.join(metrics)} over {kept_count} ({note}).")
     return 0

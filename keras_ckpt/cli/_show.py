@@ -19,6 +19,7 @@ from keras_ckpt.cli._common import format_metric, human_age, human_size, open_ma
 from keras_ckpt.records import Record
 
 _OPTIMIZER_GROUPS = ("optimizer", "optimizer_weights")  # Keras 3, legacy .h5
+BACKUP_FORMAT = "BackupAndRestore backup (weights + training state)"
 
 
 def inspect_file(path: str) -> dict[str, Any]:
@@ -120,6 +121,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     record = resolve(manager, args.which, args.monitor, args.mode)
     with manager.storage.local_path(record.path) as path:
         info = inspect_file(path)
+    if record.kind == "training_state":  # its main file is a weights file, but it is not one
+        info["format"] = BACKUP_FORMAT
     if args.json:
         data = {"checkpoint": record_json(record, time.time()), "contents": info}
         json.dump(data, sys.stdout, indent=2, default=str)
@@ -143,9 +146,13 @@ def _render(record: Record, info: dict[str, Any], which: str) -> None:
     what = {
         "model": "full model" if full else "model",
         "weights": "weights only",
-        "training_state": f"training state for exact resume ({len(record.files)} files)",
     }.get(record.kind, record.kind)
-    grid.add_row("holds", f"{what}, {human_size(record.size)} ({info['format']})")
+    files = f" in {len(record.files)} files" if len(record.files) > 1 else ""
+    if record.kind == "training_state":
+        holds = f"{BACKUP_FORMAT}, {human_size(record.size)}{files}, for exact resume"
+    else:
+        holds = f"{what}, {human_size(record.size)}{files} ({info['format']})"
+    grid.add_row("holds", holds)
     grid.add_row(
         "taken at",
         f"epoch {record.epoch}, step {record.step} in epoch, global step {record.global_step}"
