@@ -13,10 +13,11 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from keras_ckpt import history as run_history
 from keras_ckpt._validate import check_choice
 from keras_ckpt.errors import (
     CheckpointNotFoundError,
@@ -262,6 +263,55 @@ class CheckpointManager:
                     f"record says {entry.checksum})"
                 )
         return VerifyResult(record.name, not problems, tuple(problems))
+
+    def history(self) -> list[run_history.HistoryEntry]:
+        """Every checkpoint ever committed here, oldest first, pruned ones included.
+
+        Each entry says whether the checkpoint still exists and, if not, why it was deleted (the
+        retention policy that did not keep it). Read from `.keras_ckpt/history.jsonl`, the
+        append-only log the manager writes at every commit and deletion; a line torn by a kill is
+        skipped. Checkpoints committed before the log existed appear as long as they exist.
+
+        Example:
+
+        >>> import os, tempfile
+        >>> from keras_ckpt.policies import KeepLast
+        >>> manager = CheckpointManager(tempfile.mkdtemp())
+        >>> for epoch in (1, 2):
+        ...     with manager.stage() as folder:
+        ...         _ = open(os.path.join(folder, "w"), "wb").write(b"weights")
+        ...         _ = manager.commit({f"w-{epoch}.bin": os.path.join(folder, "w")},
+        ...                            name=f"w-{epoch}.bin", kind="weights", epoch=epoch)
+        >>> _ = manager.prune(KeepLast(1))
+        >>> [(e.name, e.exists, e.deleted_reason) for e in manager.history()]
+        [('w-1.bin', False, 'not kept by KeepLast(n=1)'), ('w-2.bin', True, None)]
+        >>> manager.close()
+        """
+        events = run_history.parse(self.storage.read_log(run_history.HISTORY_PATH))
+        return run_history.replay(events, self.checkpoints())
+
+    def average(
+        self,
+        select: str | Sequence[str],
+        path: str | os.PathLike[str],
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        overwrite: bool = False,
+    ) -> list[Record]:
+        """Writes the element-wise mean of several checkpoints' weights to `path`.
+
+        See `keras_ckpt.averaging.average` for what the file holds and the errors; returns the
+        averaged checkpoints' records, oldest first.
+
+        Example:
+            manager.average("last:5", "averaged.keras")
+        """
+        from keras_ckpt import averaging
+
+        return averaging.average(
+            self, select, path, monitor=monitor, mode=mode, overwrite=overwrite
+        )
 
     def resolve(
         self,
@@ -637,6 +687,8 @@ class CheckpointManager:
             if previous is not None:
                 self._remove_unnamed(state, previous.files)
             self.storage.remove(_pending_path(name))
+            # [features/history] run history: the lead moves this into the journal at merge.
+            self.storage.append(run_history.HISTORY_PATH, run_history.encode_save(record))
             return record
 
     def _abandon(self, state: _WriterState, record: Record) -> None:
@@ -710,14 +762,19 @@ class CheckpointManager:
                 doomed.append(record)
         if not dry_run:
             for record in doomed:
-                self.delete(record.name)
+                self.delete(record.name, reason=f"not kept by {policy!r}")
         return PruneResult(tuple(kept), tuple(doomed), dry_run)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, reason: str | None = None) -> None:
         """Deletes one checkpoint: its record first, then its files.
 
         A pending copy of the record covers a crash in between: the next writer restores the
         checkpoint if all its files are still there, or removes what is left of them.
+
+        Args:
+            name: The checkpoint.
+            reason: Why, for the run history (`history()`); `prune` passes the policy that did
+                not keep it.
         """
         self.open_for_writing()
         state = self._writer
@@ -731,6 +788,11 @@ class CheckpointManager:
             state.drop(name)
             self._remove_unnamed(state, record.files)
             self.storage.remove(_pending_path(name))
+            # [features/history] run history: the lead moves this into the journal at merge.
+            self.storage.append(
+                run_history.HISTORY_PATH,
+                run_history.encode_delete(name, record.sequence, time.time(), reason),
+            )
 
     def update_owner_state(self, name: str, owner_state: Mapping[str, Any]) -> Record:
         """Rewrites a record's callback state (its files are untouched)."""

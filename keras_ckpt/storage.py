@@ -123,6 +123,18 @@ class Storage(ABC):
         """Writes small data (a record) so that readers see the old or the new bytes, never a mix."""
 
     @abstractmethod
+    def append(self, relpath: str, data: bytes) -> None:
+        """Appends `data` (whole lines) to an append-only log, durably.
+
+        If an earlier append was cut short (the log does not end with a newline), a newline is
+        written first so the torn line stays alone and the new one parses.
+        """
+
+    @abstractmethod
+    def read_log(self, relpath: str) -> bytes:
+        """Everything `append` wrote to `relpath`, in order; empty if nothing was."""
+
+    @abstractmethod
     def publish(self, staged: Mapping[str, str]) -> None:
         """Makes each staged local file visible at its final path, durably. Keys are relpaths."""
 
@@ -193,6 +205,27 @@ class LocalStorage(Storage):
         os.makedirs(os.path.dirname(final), exist_ok=True)
         with atomic_local_file(final) as f:
             f.write(data)
+
+    def append(self, relpath: str, data: bytes) -> None:
+        final = self._abs(relpath)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        fd = os.open(final, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            os.write(fd, data)  # O_APPEND: one write lands whole at the end
+            os.fsync(fd)
+            if size == 0:
+                fsync_dir(os.path.dirname(final))
+        finally:
+            os.close(fd)
+
+    def read_log(self, relpath: str) -> bytes:
+        try:
+            return self.read_bytes(relpath)
+        except FileNotFoundError:
+            return b""
 
     def publish(self, staged: Mapping[str, str]) -> None:
         folders = set()
