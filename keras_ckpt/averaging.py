@@ -252,5 +252,6 @@ def _difference(current: dict[str, Any], reference: dict[str, Any]) -> str:
         if key not in reference:
             return f"an extra variable {key}"
         if current[key] != reference[key]:
-            return f"{key} is {current[key][0]} {current[key][1]}, not {reference[key][0]} {reference[key][1]}"
+            (shape, dtype), (want_shape, want_dtype) = current[key], reference[key]
+            return f"{key} is {shape} {dtype}, not {want_shape} {want_dtype}"
     return "unknown"

@@ -196,17 +196,20 @@ def replay(events: Iterable[Mapping[str, Any]], existing: Iterable[Any]) -> list
     saves: dict[tuple[str, int], HistoryEntry] = {}
     deletions: dict[tuple[str, int], tuple[float, str | None]] = {}
     for event in events:
-        key = (event["name"], event.get("sequence"))
         if event["event"] == "save":
             entry = _save_entry(event)
             if entry is not None:
                 saves[(entry.name, entry.sequence)] = entry
-        else:
-            reason = event.get("reason")
+            continue
+        reason = event.get("reason")
+        try:
+            key = (str(event["name"]), int(event.get("sequence", 0)))
             deletions[key] = (
                 float(event.get("wall_time") or 0.0),
                 reason if isinstance(reason, str) else None,
             )
+        except (TypeError, ValueError):
+            continue  # a line that is JSON but not ours: skipped like a torn one
     for key, record in current.items():
         if key not in saves:
             entry = _save_entry(
