@@ -520,6 +520,7 @@ class CheckpointManager:
                 try:
                     state = _WriterState(lock=lock)
                     self._recover(state)
+                    self._complete_history(state)  # [features/history]: journal at merge
                 except BaseException:
                     lock.release()
                     raise
@@ -584,6 +585,21 @@ class CheckpointManager:
                 # record names; they were placed there by the interrupted operation.
                 self._remove_unnamed(state, pending.files)
             self.storage.remove(relpath)
+
+    def _complete_history(self, state: _WriterState) -> None:
+        """Logs the saves a killed writer committed but did not get to log (records are the truth).
+
+        Without this a checkpoint whose history line was torn would vanish from the history once
+        pruned.
+        """
+        logged = {
+            (e["name"], e.get("sequence"))
+            for e in run_history.parse(self.storage.read_log(run_history.HISTORY_PATH))
+            if e["event"] == "save"
+        }
+        missing = [r for r in state.records.values() if (r.name, r.sequence) not in logged]
+        for record in sorted(missing, key=lambda r: r.sequence):
+            self.storage.append(run_history.HISTORY_PATH, run_history.encode_save(record))
 
     def _remove_unnamed(self, state: _WriterState, entries: tuple[FileEntry, ...]) -> None:
         for entry in entries:

@@ -1,34 +1,16 @@
 """`plot`: monitored metrics over training, with the checkpoints that exist and those pruned.
 
-Only what the records say is drawn. A pruned checkpoint leaves no record, so it appears only if a
-callback keeps a save history in its `owner_state["history"]` (a list of
-`{"name", "epoch", "global_step", "metrics"}`); otherwise the figure says that pruned saves are not
-shown rather than guessing.
+Only what the directory says is drawn: the records of the checkpoints that exist, and the run
+history (`CheckpointManager.history()`) for the ones retention deleted since.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from keras_ckpt.cli._common import CliError, open_manager, recorded_monitor, resolve_mode
 from keras_ckpt.records import Record
-
-
-def _saved_history(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
-    """Every save the owners' histories list, by checkpoint name."""
-    saves: dict[str, dict[str, Any]] = {}
-    for record in records:
-        history = record.owner_state.get("history")
-        for entry in history if isinstance(history, list) else ():
-            if isinstance(entry, Mapping) and isinstance(entry.get("metrics"), Mapping):
-                saves[str(entry.get("name"))] = {
-                    "epoch": int(entry.get("epoch", 0)),
-                    "global_step": int(entry.get("global_step", 0)),
-                    "metrics": {k: float(v) for k, v in entry["metrics"].items()},
-                }
-    return saves
 
 
 def _default_metrics(records: Sequence[Record], monitor: str | None) -> list[str]:
@@ -62,9 +44,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
             f"No checkpoint in {args.directory} records {', '.join(missing) or 'any metric'}. "
             f"Recorded metrics: {', '.join(sorted(known)) or 'none'}"
         )
-    present = {r.name for r in records}
-    history = _saved_history(records)
-    pruned = [save for name, save in history.items() if name not in present]
+    pruned = [
+        {"epoch": e.epoch, "global_step": e.global_step, "metrics": e.metrics}
+        for e in manager.history()
+        if not e.exists
+    ]
     x_key = "epoch" if args.x == "epoch" else "global_step"
 
     families: dict[str, list[str]] = {}
@@ -105,9 +89,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
                     color="grey",
                     label=f"{metric}: pruned ({len(gone)})",
                 )
-            if metric == monitor and kept:
+            if metric == monitor and points:
                 sign = 1 if resolve_mode(metric, mode) == "min" else -1
-                best = min(kept, key=lambda p: sign * p[1])
+                best = min(points, key=lambda p: (sign * p[1], not p[2]))
                 ax.plot(
                     best[0],
                     best[1],
@@ -115,18 +99,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
                     color="gold",
                     markersize=16,
                     markeredgecolor="black",
-                    label=f"best {metric} = {best[1]:.4g}",
+                    label=f"best {metric} = {best[1]:.4g} ({'kept' if best[2] else 'pruned'})",
                 )
         ax.set_ylabel(family)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[-1].set_xlabel("epoch" if args.x == "epoch" else "global step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    note = (
-        f"{len(records)} checkpoints kept, {len(pruned)} pruned (from the callbacks' history)"
-        if history
-        else f"{len(records)} checkpoints kept; pruned ones leave no record and are not shown"
-    )
+    note = f"{len(records)} checkpoints kept, {len(pruned)} pruned (from the run history)"
     axes[0].set_title(f"{args.directory}\n{note}", fontsize="medium")
     fig.savefig(args.output)
     print(f"Wrote {args.output}: {', '.join(metrics)} over {len(records)} checkpoints ({note}).")
