@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from keras_ckpt.cli._common import CliError, open_manager, recorded_monitor, resolve_mode
 from keras_ckpt.records import Record
@@ -44,7 +45,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
             f"No checkpoint in {args.directory} records {', '.join(missing) or 'any metric'}. "
             f"Recorded metrics: {', '.join(sorted(known)) or 'none'}"
         )
-    pruned = [
+    pruned: list[dict[str, Any]] = [
         {"epoch": e.epoch, "global_step": e.global_step, "metrics": e.metrics}
         for e in manager.history()
         if not e.exists
