@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from keras_ckpt.policies import Policy
@@ -91,16 +91,7 @@ def encode_save(record: Any) -> bytes:
         {
             "v": VERSION,
             "event": "save",
-            "name": record.name,
-            "kind": record.kind,
-            "owner": record.owner,
-            "epoch": record.epoch,
-            "step": record.step,
-            "global_step": record.global_step,
-            "wall_time": record.wall_time,
-            "metrics": dict(record.metrics),
-            "size": record.size,
-            "sequence": record.sequence,
+            **_record_event(record),
         }
     )
 
@@ -134,25 +125,44 @@ def parse(data: bytes) -> list[dict[str, Any]]:
     >>> [e["name"] for e in parse(log)]
     ['a']
     """
-    events = []
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:  # UnicodeDecodeError is a ValueError too
-            continue
-        if (
-            isinstance(event, dict)
-            and event.get("v") == VERSION
-            and event.get("event") in ("save", "delete")
-            and isinstance(event.get("name"), str)
-        ):
-            events.append(event)
-    return events
+    lines = [line for line in data.split(b"\n") if line.strip()]
+    try:  # one parse of the whole log; line by line only if a line is torn or foreign
+        decoded = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        decoded = []
+        for line in lines:
+            try:
+                decoded.append(json.loads(line))
+            except ValueError:
+                continue
+    return [
+        event
+        for event in decoded
+        if isinstance(event, dict)
+        and event.get("v") == VERSION
+        and event.get("event") in ("save", "delete")
+        and isinstance(event.get("name"), str)
+    ]
 
 
-def _save_entry(event: Mapping[str, Any]) -> HistoryEntry | None:
+def _record_event(record: Any) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "kind": record.kind,
+        "owner": record.owner,
+        "epoch": record.epoch,
+        "step": record.step,
+        "global_step": record.global_step,
+        "wall_time": record.wall_time,
+        "metrics": dict(record.metrics),
+        "size": record.size,
+        "sequence": record.sequence,
+    }
+
+
+def _entry(
+    event: Mapping[str, Any], exists: bool, deleted: tuple[float | None, str | None]
+) -> HistoryEntry | None:
     try:
         metrics = event.get("metrics") or {}
         return HistoryEntry(
@@ -170,9 +180,19 @@ def _save_entry(event: Mapping[str, Any]) -> HistoryEntry | None:
             },
             size=int(event.get("size", 0)),
             sequence=int(event.get("sequence", 0)),
+            exists=exists,
+            deleted_reason=None if exists else deleted[1],
+            deleted_time=None if exists else deleted[0],
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def _key(event: Mapping[str, Any]) -> tuple[str, int] | None:
+    sequence = event.get("sequence", 0)
+    if isinstance(sequence, bool) or not isinstance(sequence, int):
+        return None
+    return event["name"], sequence
 
 
 def replay(events: Iterable[Mapping[str, Any]], existing: Iterable[Any]) -> list[HistoryEntry]:
@@ -193,50 +213,33 @@ def replay(events: Iterable[Mapping[str, Any]], existing: Iterable[Any]) -> list
     [('a', False, 'not kept'), ('b', True, None)]
     """
     current = {(r.name, r.sequence): r for r in existing}
-    saves: dict[tuple[str, int], HistoryEntry] = {}
-    deletions: dict[tuple[str, int], tuple[float, str | None]] = {}
+    saves: dict[tuple[str, int], Mapping[str, Any]] = {}
+    deletions: dict[tuple[str, int], tuple[float | None, str | None]] = {}
     for event in events:
+        key = _key(event)
+        if key is None:
+            continue  # JSON, but not a line this module wrote: skipped like a torn one
         if event["event"] == "save":
-            entry = _save_entry(event)
-            if entry is not None:
-                saves[(entry.name, entry.sequence)] = entry
+            saves[key] = event
             continue
-        reason = event.get("reason")
-        try:
-            key = (str(event["name"]), int(event.get("sequence", 0)))
-            deletions[key] = (
-                float(event.get("wall_time") or 0.0),
-                reason if isinstance(reason, str) else None,
-            )
-        except (TypeError, ValueError):
-            continue  # a line that is JSON but not ours: skipped like a torn one
+        reason, when = event.get("reason"), event.get("wall_time")
+        deletions[key] = (
+            float(when) if isinstance(when, (int, float)) else None,
+            reason if isinstance(reason, str) else None,
+        )
     for key, record in current.items():
         if key not in saves:
-            entry = _save_entry(
-                {"name": record.name, "kind": record.kind, "owner": record.owner,
-                 "epoch": record.epoch, "step": record.step, "global_step": record.global_step,
-                 "wall_time": record.wall_time, "metrics": dict(record.metrics),
-                 "size": record.size, "sequence": record.sequence}
-            )  # fmt: skip
-            if entry is not None:
-                saves[key] = entry
-    ordered = sorted(saves.values(), key=lambda e: e.sequence)
-    newest_of: dict[str, int] = {}
-    for entry in ordered:
-        newest_of[entry.name] = entry.sequence
+            saves[key] = _record_event(record)
+    newest_of = {name: sequence for name, sequence in sorted(saves)}
     out = []
-    for entry in ordered:
-        key = (entry.name, entry.sequence)
+    for key in sorted(saves, key=lambda k: k[1]):
         exists = key in current
-        deleted_time, reason = deletions.get(key, (None, None))
-        if not exists and reason is None and newest_of[entry.name] != entry.sequence:
-            reason = "replaced by a newer save of the same name"
-        if exists:
+        deleted = deletions.get(key, (None, None))
+        if not exists and deleted[1] is None and newest_of[key[0]] != key[1]:
+            deleted = (deleted[0], "replaced by a newer save of the same name")
+        entry = _entry(saves[key], exists, deleted)
+        if entry is not None:
             out.append(entry)
-        else:
-            out.append(
-                replace(entry, exists=False, deleted_reason=reason, deleted_time=deleted_time)
-            )
     return out
 
 
