@@ -225,7 +225,10 @@ def test_simulate_replays_over_the_whole_history_and_touches_nothing(pruned_run,
     assert code == 0
     assert files_under(pruned_run) == before
     assert "6 saves of the run's history (1 exist now, 5 were deleted)" in out
-    assert "It would have kept 3 and deleted 3, using 300 B at the end and 300 B at most" in out
+    assert (
+        "Would have deleted 3 during the run. Kept 3, using 300 B at the end and 300 B at most"
+        in out
+    )
     kept = [line.split()[1] for line in out.splitlines() if line.startswith("  keep")]
     assert kept == ["w-2", "w-5", "w-6"]  # the best two, and the newest
 

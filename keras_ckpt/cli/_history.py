@@ -90,7 +90,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"{len(saves) - existing} were deleted) - simulation, no file was touched."
     )
     print(
-        f"It would have kept {len(result.kept)} and deleted {len(result.deleted)}, using "
+        f"Would have deleted {len(result.deleted)} during the run. Kept {len(result.kept)}, using "
         f"{human_size(result.final_bytes)} at the end and {human_size(result.peak_bytes)} at most:"
     )
     width = max((len(e.name) for e in result.kept), default=0)
