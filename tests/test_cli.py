@@ -29,7 +29,7 @@ from keras_ckpt.cli._common import parse_size
 from keras_ckpt.policies import KeepBest, KeepEvery, KeepLast, MaxTotalBytes
 from keras_ckpt.records import clean_metrics
 
-COMMANDS = ("list", "show", "verify", "prune", "export", "plot")
+COMMANDS = ("list", "show", "verify", "prune", "export", "average", "plot")
 # The CLI never uses a Keras backend, but `import keras_ckpt` imports Keras (for the callbacks),
 # which imports TensorFlow unless told otherwise: subprocesses start faster on the numpy backend.
 LIGHT_ENV = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -240,3 +240,18 @@ def test_simulate_json(pruned_run, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["kept"] == ["w-5", "w-6"] and data["simulated"] is True
     assert data["final_bytes"] == 200 and data["peak_bytes"] == 300
+
+
+def test_backups_deleted_at_the_end_of_fit_say_why(tmp_path, data):
+    from conftest import build_model
+
+    from keras_ckpt import BackupAndRestore
+
+    x, y = data
+    backup = BackupAndRestore(tmp_path, save_freq=8)
+    build_model().fit(x, y, epochs=2, batch_size=8, callbacks=[backup], verbose=0)
+    entries = CheckpointManager(tmp_path).history()
+    assert [e.global_step for e in entries] == [8, 16]
+    assert not any(e.exists for e in entries)
+    assert entries[0].deleted_reason == "not kept by KeepLast(n=1)"
+    assert entries[1].deleted_reason == "fit completed (delete_checkpoint=True)"

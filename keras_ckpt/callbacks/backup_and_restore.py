@@ -299,7 +299,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._writer.wait()
             if self.delete_checkpoint and completed and self._chief:
                 for record in self.manager.checkpoints(OWNER):
-                    self.manager.delete(record.name)
+                    self.manager.delete(
+                        record.name, reason="fit completed (delete_checkpoint=True)"
+                    )
         finally:
             self.manager.close()
 
