@@ -37,7 +37,7 @@ HISTORY_PATH = ".keras_ckpt/history.jsonl"
 VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One committed save, whether or not it still exists.
 
@@ -174,9 +174,9 @@ def _entry(
             global_step=int(event.get("global_step", 0)),
             wall_time=float(event.get("wall_time", 0.0)),
             metrics={
-                str(k): float(v)
+                k: float(v)
                 for k, v in metrics.items()
-                if isinstance(v, (int, float)) and math.isfinite(v)
+                if type(v) in (float, int) and math.isfinite(v)
             },
             size=int(event.get("size", 0)),
             sequence=int(event.get("sequence", 0)),
