@@ -254,3 +254,28 @@ def test_cli_names_joined_by_commas(run, tmp_path):
     assert_same(
         [np.asarray(w) for w in model.weights], numpy_mean(run, ["m-01.keras", "m-03.keras"])
     )
+
+
+def test_backups_average_to_a_weights_file(tmp_path, data):
+    from keras_ckpt import BackupAndRestore
+
+    x, y = data
+    backup = BackupAndRestore(tmp_path / "b", save_freq=4, keep_last=3, delete_checkpoint=False)
+    build_model().fit(x, y, epochs=1, batch_size=4, callbacks=[backup], verbose=0)
+    manager = CheckpointManager(tmp_path / "b")
+    records = manager.average("last:3", tmp_path / "avg.weights.h5")
+    assert [r.kind for r in records] == ["training_state"] * 3
+    model = build_model()
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(str(tmp_path / "avg.weights.h5"))
+    expected = []
+    for record in records:
+        m = build_model()
+        m.optimizer.build(m.trainable_variables)
+        m.load_weights(str(tmp_path / "b" / record.path))
+        expected.append([np.asarray(w, dtype=np.float64) for w in m.weights])
+    for i, weight in enumerate(model.weights):
+        mean = np.mean([e[i] for e in expected], axis=0).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(weight), mean, rtol=1e-6)
+    with pytest.raises(ValueError, match="hold weights only, not a full model"):
+        manager.average("last:2", tmp_path / "avg.keras")
