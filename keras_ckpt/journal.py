@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from keras_ckpt import locks
+from keras_ckpt import history, locks
 from keras_ckpt.errors import CheckpointNotFoundError, ForeignFileError, RecordFormatError
 from keras_ckpt.locks import HeldLock
 from keras_ckpt.records import META_DIR, FileEntry, Record, clean_metrics
@@ -249,6 +249,7 @@ class Journal:
         session = _Session(lock=self.storage.lock())
         try:
             self.recover(session)
+            self._complete_history(session)
         except BaseException:
             session.close()
             raise
@@ -344,7 +345,8 @@ class Journal:
         self.committed(record)
 
     def committed(self, record: Record) -> None:
-        """Called once each commit is final and settled (the place for a history log)."""
+        """Logs a final, settled commit in the run history."""
+        self.storage.append(history.HISTORY_PATH, history.encode_save(record))
 
     def abort(self, record: Record) -> None:
         """Best effort after a failed commit: removes the files it placed where none was before.
@@ -374,7 +376,26 @@ class Journal:
             return record
 
     def deleted(self, record: Record, reason: str | None) -> None:
-        """Called once each delete is final (the place for a history log)."""
+        """Logs a final delete, and why, in the run history."""
+        self.storage.append(
+            history.HISTORY_PATH,
+            history.encode_delete(record.name, record.sequence, time.time(), reason),
+        )
+
+    def _complete_history(self, session: _Session) -> None:
+        """Logs the saves a killed writer committed but did not get to log (records are the truth).
+
+        Without this a checkpoint whose history line was torn would vanish from the history once
+        pruned.
+        """
+        logged = {
+            (e["name"], e.get("sequence"))
+            for e in history.parse(self.storage.read_log(history.HISTORY_PATH))
+            if e["event"] == "save"
+        }
+        missing = [r for r in session.records.values() if (r.name, r.sequence) not in logged]
+        for record in sorted(missing, key=lambda r: r.sequence):
+            self.storage.append(history.HISTORY_PATH, history.encode_save(record))
 
     def rewrite(self, name: str, owner_state: Mapping[str, Any]) -> Record:
         """Replaces the callback state in the record of an existing checkpoint (files unchanged)."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from keras_ckpt import history as run_history
 from keras_ckpt._validate import check_bool, check_choice, invalid
 from keras_ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError
 from keras_ckpt.journal import Journal
@@ -184,6 +185,55 @@ class CheckpointManager:
                 return record, tuple(problems)
             record = again
         return record, tuple(self._journal.problems(record))
+
+    def history(self) -> list[run_history.HistoryEntry]:
+        """Every checkpoint ever committed here, oldest first, pruned ones included.
+
+        Each entry says whether the checkpoint still exists and, if not, why it was deleted (the
+        retention policy that did not keep it). Read from `.keras_ckpt/history.jsonl`, the
+        append-only log the manager writes at every commit and deletion; a line torn by a kill is
+        skipped. Checkpoints committed before the log existed appear as long as they exist.
+
+        Example:
+
+        >>> import os, tempfile
+        >>> from keras_ckpt.policies import KeepLast
+        >>> manager = CheckpointManager(tempfile.mkdtemp())
+        >>> for epoch in (1, 2):
+        ...     with manager.stage() as folder:
+        ...         _ = open(os.path.join(folder, "w"), "wb").write(b"weights")
+        ...         _ = manager.commit({f"w-{epoch}.bin": os.path.join(folder, "w")},
+        ...                            name=f"w-{epoch}.bin", kind="weights", epoch=epoch)
+        >>> _ = manager.prune(KeepLast(1))
+        >>> [(e.name, e.exists, e.deleted_reason) for e in manager.history()]
+        [('w-1.bin', False, 'not kept by KeepLast(n=1)'), ('w-2.bin', True, None)]
+        >>> manager.close()
+        """
+        events = run_history.parse(self.storage.read_log(run_history.HISTORY_PATH))
+        return run_history.replay(events, self.checkpoints())
+
+    def average(
+        self,
+        select: str | Sequence[str],
+        path: str | os.PathLike[str],
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        overwrite: bool = False,
+    ) -> list[Record]:
+        """Writes the element-wise mean of several checkpoints' weights to `path`.
+
+        See `keras_ckpt.averaging.average` for what the file holds and the errors; returns the
+        averaged checkpoints' records, oldest first.
+
+        Example:
+            manager.average("last:5", "averaged.keras")
+        """
+        from keras_ckpt import averaging
+
+        return averaging.average(
+            self, select, path, monitor=monitor, mode=mode, overwrite=overwrite
+        )
 
     def resolve(
         self,
@@ -524,4 +574,3 @@ def _check_owner(owner: object) -> None:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
-

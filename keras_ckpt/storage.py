@@ -208,6 +208,28 @@ class LocalStorage(Storage):
                 raise
             os.fsync(folders.last)
 
+    def append(self, relpath: str, data: bytes) -> None:
+        final = self._abs(relpath)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        # Never through a link: a log replaced by a symlink would make us append to its target.
+        fd = os.open(final, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            os.write(fd, data)  # O_APPEND: one write lands whole at the end
+            os.fsync(fd)
+            if size == 0:
+                fsync_dir(os.path.dirname(final))
+        finally:
+            os.close(fd)
+
+    def read_log(self, relpath: str) -> bytes:
+        try:
+            return self.read_bytes(relpath)
+        except FileNotFoundError:
+            return b""
+
     def publish(self, staged: Mapping[str, str]) -> None:
         by_folder: dict[tuple[str, ...], list[tuple[str, str]]] = {}
         for relpath, source in staged.items():

@@ -69,6 +69,18 @@ class Storage(ABC):
         """Writes small data (a record): readers see the old or the new bytes, never a mix."""
 
     @abstractmethod
+    def append(self, relpath: str, data: bytes) -> None:
+        """Appends `data` (whole lines) to an append-only log, durably.
+
+        If an earlier append was cut short (the log does not end with a newline), a newline is
+        written first so the torn line stays alone and the new one parses.
+        """
+
+    @abstractmethod
+    def read_log(self, relpath: str) -> bytes:
+        """Everything `append` wrote to `relpath`, in order; empty if nothing was."""
+
+    @abstractmethod
     def publish(self, staged: Mapping[str, str]) -> None:
         """Makes each staged local file visible at its final path, durably. Keys are relpaths."""
 

@@ -144,7 +144,12 @@ def test_the_directory_holds_only_what_the_chief_recorded(cluster_runs):
             named.add(f"{sub}/.keras_ckpt/{record.name}.json")
             named.update(f"{sub}/{entry.path}" for entry in record.files)
     files = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
-    assert files - {"models/.keras_ckpt/lock", "backup/.keras_ckpt/lock"} == named
+    own = {
+        f"{sub}/.keras_ckpt/{name}"
+        for sub in ("models", "backup")
+        for name in ("lock", "history.jsonl")
+    }
+    assert files - own == named
 
 
 def test_retention_runs_once_per_save_on_the_chief_only(cluster_runs):

@@ -8,7 +8,18 @@ import inspect
 import pytest
 
 import keras_ckpt
-from keras_ckpt import distribute, errors, manager, policies, records, results, state
+from keras_ckpt import (
+    averaging,
+    cadence,
+    distribute,
+    errors,
+    history,
+    manager,
+    policies,
+    records,
+    results,
+    state,
+)
 from keras_ckpt.callbacks import backup_and_restore, model_checkpoint
 
 PUBLIC = [
@@ -33,6 +44,9 @@ MODULES = [
     state,
     model_checkpoint,
     backup_and_restore,
+    history,
+    averaging,
+    cadence,
 ]
 
 

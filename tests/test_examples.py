@@ -32,6 +32,13 @@ EXPECTED = {
     ],
     "custom_callback_resume.py": ["sending SIGTERM", "restored curriculum", "bit-identical: True"],
     "resume_demo.py": ["Sent SIGKILL", "bit-identical: True"],
+    "average_last_5.py": [
+        "averaged: epoch-11.keras, epoch-12.keras, epoch-13.keras, epoch-14.keras, epoch-15.keras",
+        "best single checkpoint: ",
+        "last 5 averaged  test loss ",
+        "lower test loss: ",
+        "history: 15 saves, ",
+    ],
 }
 
 

@@ -30,6 +30,7 @@ EXPECTED = {  # command -> (exit status, a line its output must hold)
     "verify": (1, " checkpoints damaged in runs/exp2."),
     "prune": (0, "Kept "),
     "export": (0, "to best.keras"),
+    "average": (0, "Averaged 2 checkpoints into last2.keras"),
     "plot": (0, ""),
 }
 

@@ -41,9 +41,11 @@ def commit_bytes(manager, name, data=b"weights", path=None, **meta):
 
 
 def objects(url: str) -> list[str]:
+    """The objects under `url`, the run history's log entries left out (test_history's)."""
     fs, root = fsspec.core.url_to_fs(url)
     fs.invalidate_cache()
-    return sorted(p[len(root.rstrip("/")) + 1 :] for p in fs.find(root))
+    found = (p[len(root.rstrip("/")) + 1 :] for p in fs.find(root))
+    return sorted(p for p in found if not p.startswith(f"{META_DIR}/history.jsonl.d/"))
 
 
 def write_lock(url: str, **holder) -> None:

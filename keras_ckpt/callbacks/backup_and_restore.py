@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, cast
@@ -17,6 +18,7 @@ from keras_ckpt import distribute
 from keras_ckpt import snapshot as snap
 from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
+from keras_ckpt.cadence import DEFAULT_MAX_OVERHEAD, Cadence, check_max_overhead
 from keras_ckpt.errors import ResumeError
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast, to_json
@@ -73,9 +75,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         backup_dir: Path (or fsspec URL) of the folder holding the backups. Other files there are
             left alone.
         save_freq: `"epoch"` (at every epoch end), a positive int (every that many training
-            steps, counted across epochs), or `False` as in Keras: no scheduled backups, only on
-            SIGTERM/SIGINT (`save_on_interrupt=True`) or by `every_seconds`.
-            Defaults to `"epoch"`.
+            steps, counted across epochs), `"auto"` (every that many steps that backups cost at
+            most `max_overhead` of training time, measured as training goes), or `False` as in
+            Keras: no scheduled backups, only on SIGTERM/SIGINT (`save_on_interrupt=True`) or by
+            `every_seconds`. Defaults to `"epoch"`.
         double_checkpoint: Keep the previous backup too, so a damaged newest one can be skipped.
             Same as `keep_last=2`. Defaults to `False`.
         delete_checkpoint: Delete this callback's backups (and nothing else) when `fit` completes.
@@ -88,6 +91,13 @@ class BackupAndRestore(keras.callbacks.Callback):
             to host memory. At most one backup is in flight; an error in the background is raised
             at the next batch or epoch end, and `fit` (also when stopped by a signal) returns only
             after the last backup is committed. Defaults to `True`.
+        max_overhead: With `save_freq="auto"` only: the fraction of training time backups may
+            cost, a float in (0, 1). The callback backs up after the first step to measure a
+            backup (the part that blocks training, plus any wait for the previous background
+            write), measures the step time, and picks the interval in steps; it decides again
+            when the costs drift, and prints the interval in one line each time it changes.
+            `every_seconds` still bounds the longest gap. Each backup records the interval and
+            the measured costs in its record (`owner_state["cadence"]`). Defaults to `0.02`.
 
     Raises:
         ValueError: an argument is invalid, or `keep_last < 2` with `double_checkpoint=True`.
@@ -122,6 +132,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         keep_last: int | None = None,
         save_on_interrupt: bool = True,
         async_save: bool = True,
+        max_overhead: float | None = None,
     ):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
@@ -135,8 +146,19 @@ class BackupAndRestore(keras.callbacks.Callback):
                     "save_on_interrupt=False, every_seconds=None"
                 )
             self.save_freq: str | int | bool | None = False
+        elif save_freq == "auto" and isinstance(save_freq, str):
+            self.save_freq = "auto"
         else:
             self.save_freq = check_save_freq(save_freq)
+        # [features/cadence] save_freq="auto": the interval comes from measured costs.
+        self._cadence: Cadence | None = None
+        self.max_overhead = max_overhead
+        if self.save_freq == "auto":
+            self.max_overhead = check_max_overhead(
+                DEFAULT_MAX_OVERHEAD if max_overhead is None else max_overhead
+            )
+        elif max_overhead is not None:
+            raise invalid("max_overhead", 'None unless save_freq="auto"', max_overhead)
         self.double_checkpoint = check_bool("double_checkpoint", double_checkpoint)
         self.delete_checkpoint = check_bool("delete_checkpoint", delete_checkpoint)
         self.async_save = check_bool("async_save", async_save)
@@ -148,10 +170,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             raise invalid("keep_last", "at least 2 with `double_checkpoint=True`", keep_last)
         self.keep_last = keep_last
         self.every_seconds = every_seconds
+        auto = self.save_freq == "auto"
         self._schedule = Schedule(
-            save_freq=None if save_freq is False else self.save_freq,
+            save_freq=None if save_freq is False or auto else self.save_freq,
             every_seconds=every_seconds,
-            on_demand=save_freq is False,
+            on_demand=save_freq is False or auto,
         )
         self.backup_dir = os.fspath(backup_dir)
         self.manager = CheckpointManager(self.backup_dir)
@@ -169,6 +192,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._previous_handlers: dict[int, Any] = {}
         self._stopped_by_signal = False
         self._epoch_save_logs: dict[str, Any] | None = None
+        if self.save_freq == "auto":
+            self._cadence = Cadence(check_max_overhead(self.max_overhead), self.async_save)
+        self._tick: tuple[float, int] | None = None  # (time, global step) of the last batch end
 
     # ------------------------------------------------------------------ fit hooks
 
@@ -211,6 +237,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._epoch_save_logs is not None:
             self._save(self._epoch_save_logs)
             self._epoch_save_logs = None
+        self._tick = (time.perf_counter(), self._progress.global_step)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # `_model` in the per-batch checks: on JAX, `model` syncs every variable out of the
@@ -225,11 +252,26 @@ class BackupAndRestore(keras.callbacks.Callback):
             return
         self._writer.check()
         self._progress.end_batch(batch)
+        if self._cadence is not None:
+            self._schedule.save_freq = self._pace()
         due = self._schedule.due_after_batch(self._progress.global_step)
         if self._signal_pending is not None:
             self._stop(save=True, logs=logs)
         elif due:
             self._save(logs)
+        self._tick = (time.perf_counter(), self._progress.global_step)
+
+    def _pace(self) -> int | None:
+        """Feeds the step time to the cadence; returns the interval the schedule should use."""
+        cadence = self._cadence
+        assert cadence is not None
+        if self._tick is not None:
+            started, step = self._tick
+            cadence.record_steps(self._progress.global_step - step, time.perf_counter() - started)
+        message = cadence.decide()
+        if message is not None and self._chief:
+            print(f'BackupAndRestore(save_freq="auto"): {message}.', flush=True)
+        return cadence.save_freq
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         st.stop_replay(self.model)
@@ -257,7 +299,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._writer.wait()
             if self.delete_checkpoint and completed and self._chief:
                 for record in self.manager.checkpoints(OWNER):
-                    self.manager.delete(record.name)
+                    self.manager.delete(
+                        record.name, reason="fit completed (delete_checkpoint=True)"
+                    )
         finally:
             self.manager.close()
 
@@ -285,7 +329,20 @@ class BackupAndRestore(keras.callbacks.Callback):
             # capture too, then drop the copy; only the chief writes and prunes.
             self._capture(logs)
             return
-        self._writer.run(lambda: self._capture(logs), self._write_and_prune)
+        if self._cadence is None:
+            self._writer.run(lambda: self._capture(logs), self._write_and_prune)
+            return
+        cadence = self._cadence
+        started, waited = time.perf_counter(), self._writer.stats.waited_seconds
+
+        def timed_write(snapshot: _Snapshot) -> None:
+            begun = time.perf_counter()
+            self._write_and_prune(snapshot)
+            cadence.record_write(time.perf_counter() - begun)
+
+        self._writer.run(lambda: self._capture(logs), timed_write)
+        waited = self._writer.stats.waited_seconds - waited
+        cadence.record_save(time.perf_counter() - started - waited, waited)
 
     def _write_and_prune(self, snapshot: _Snapshot) -> None:
         with self.manager.stage() as folder:
@@ -357,6 +414,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                 "callback": OWNER,
                 "iterations": snapshot.state["iterations"],
                 "retention": to_json(KeepLast(self.keep_last)),
+                **({"cadence": self._cadence.get_state()} if self._cadence is not None else {}),
             },
         )
 

@@ -70,7 +70,8 @@ def _which(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect, verify, prune, export and plot keras-ckpt checkpoint directories.",
+        description="Inspect, verify, prune, export, average and plot keras-ckpt checkpoint "
+        "directories.",
         epilog=(
             "examples:\n  keras-ckpt list runs/exp1 --why\n  keras-ckpt verify runs/exp1\n"
             "  keras-ckpt prune runs/exp1 --keep-best 3 --monitor val_loss --dry-run\n\n"
@@ -147,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--owner", help="prune only this callback's checkpoints")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="replay the keep options over the run's whole history (pruned saves included) and "
+        "print what they would have kept and the disk used; touches no file",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _command(
@@ -158,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _which(p)
     p.add_argument("output", metavar="OUT", help="OUT.keras (full model) or OUT.weights.h5")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+
+    p = _command(
+        sub,
+        "average",
+        "Average the weights of several checkpoints into one file that plain Keras loads.",
+        "  keras-ckpt average runs/exp1 last:5 averaged.keras\n"
+        "  keras-ckpt average runs/exp1 best:3 avg.weights.h5 --monitor val_accuracy",
+    )
+    p.add_argument(
+        "select", metavar="SELECT", help="last:N, best:N, or checkpoint names joined by commas"
+    )
+    p.add_argument("output", metavar="OUT", help="OUT.keras (full models) or OUT.weights.h5")
+    p.add_argument("--monitor", help="metric for best:N (default: the one its callback monitored)")
+    p.add_argument("--mode", choices=("min", "max"), help="for best:N (default: inferred)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
     p = _command(
@@ -186,6 +208,14 @@ def _run(args: argparse.Namespace) -> int:
         from keras_ckpt.cli._show import cmd_show
 
         return cmd_show(args)
+    if args.command == "average":
+        from keras_ckpt.cli._history import cmd_average
+
+        return cmd_average(args)
+    if args.command == "prune" and args.simulate:
+        from keras_ckpt.cli._history import cmd_simulate
+
+        return cmd_simulate(args)
     if args.command == "plot":
         from keras_ckpt.cli._plot import cmd_plot
 

@@ -1,15 +1,13 @@
 """`plot`: monitored metrics over training, with the checkpoints that exist and those pruned.
 
-Only what the records say is drawn. A pruned checkpoint leaves no record, so it appears only if a
-callback keeps a save history in its `owner_state["history"]` (a list of
-`{"name", "epoch", "global_step", "metrics"}`); otherwise the figure says that pruned saves are not
-shown rather than guessing.
+Only what the directory says is drawn: the records of the checkpoints that exist, and the run
+history (`CheckpointManager.history()`) for the ones retention deleted since.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from keras_ckpt.cli._common import (
@@ -20,21 +18,6 @@ from keras_ckpt.cli._common import (
     resolve_mode,
 )
 from keras_ckpt.records import Record
-
-
-def _saved_history(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
-    """Every save the owners' histories list, by checkpoint name."""
-    saves: dict[str, dict[str, Any]] = {}
-    for record in records:
-        history = record.owner_state.get("history")
-        for entry in history if isinstance(history, list) else ():
-            if isinstance(entry, Mapping) and isinstance(entry.get("metrics"), Mapping):
-                saves[str(entry.get("name"))] = {
-                    "epoch": int(entry.get("epoch", 0)),
-                    "global_step": int(entry.get("global_step", 0)),
-                    "metrics": {k: float(v) for k, v in entry["metrics"].items()},
-                }
-    return saves
 
 
 def _default_metrics(records: Sequence[Record], monitor: str | None) -> list[str]:
@@ -68,9 +51,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
             f"No checkpoint in {args.directory} records {', '.join(missing) or 'any metric'}. "
             f"Recorded metrics: {', '.join(sorted(known)) or 'none'}"
         )
-    present = {r.name for r in records}
-    history = _saved_history(records)
-    pruned = [save for name, save in history.items() if name not in present]
+    pruned: list[dict[str, Any]] = [
+        {"epoch": e.epoch, "global_step": e.global_step, "metrics": e.metrics}
+        for e in manager.history()
+        if not e.exists
+    ]
     x_key = "epoch" if args.x == "epoch" else "global_step"
 
     families: dict[str, list[str]] = {}
@@ -111,11 +96,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
                     color="grey",
                     label=f"{metric}: pruned ({len(gone)})",
                 )
-            if metric == monitor and kept:
-                # The same ranking as `list`, `show best` and `best()` (ties: the newer).
+            if metric == monitor and points:
+                # Over the whole history; ties go to the newer, and a kept best is the very
+                # checkpoint `list`, `show best` and `best()` name.
+                sign = 1 if resolve_mode(metric, mode) == "min" else -1
+                top = min(sign * p[1] for p in points)
                 record = manager.best(metric, resolve_mode(metric, mode))
-                assert record is not None
-                best = (getattr(record, x_key), record.metrics[metric])
+                if record is not None and sign * record.metrics[metric] <= top:
+                    best = (getattr(record, x_key), record.metrics[metric], True)
+                else:
+                    best = max((p for p in points if sign * p[1] == top), key=lambda p: p[0])
                 ax.plot(
                     best[0],
                     best[1],
@@ -123,7 +113,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                     color="gold",
                     markersize=16,
                     markeredgecolor="black",
-                    label=f"best {metric} = {best[1]:.4g}",
+                    label=f"best {metric} = {best[1]:.4g} ({'kept' if best[2] else 'pruned'})",
                 )
         ax.set_ylabel(family)
         ax.grid(alpha=0.3)
@@ -131,11 +121,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     axes[-1].set_xlabel("epoch" if args.x == "epoch" else "global step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     kept_count = plural(len(records), "checkpoint")
-    note = (
-        f"{kept_count} kept, {len(pruned)} pruned (from the callbacks' history)"
-        if history
-        else f"{kept_count} kept; pruned ones leave no record and are not shown"
-    )
+    note = f"{kept_count} kept, {len(pruned)} pruned (from the run history)"
     axes[0].set_title(f"{args.directory}\n{note}", fontsize="medium")
     fig.savefig(args.output)
     print(f"Wrote {args.output}: {', '.join(metrics)} over {kept_count} ({note}).")

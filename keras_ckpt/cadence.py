@@ -1,0 +1,203 @@
+"""How often to back up, chosen from measured costs: `BackupAndRestore(save_freq="auto")`. Pure.
+
+A backup costs training the time its thread is blocked: the copy of the state to host memory (the
+whole write, when saving inline), plus any wait for the previous background write still under way.
+Backing up every `I` steps of `s` seconds each, the overhead is `cost / (I * s)`, so the smallest
+interval that keeps it under `max_overhead` (`m`) is
+
+- inline writes: `I >= blocking / (m * s)`;
+- background writes (`blocking` on the training thread, `write` seconds in the writer): the next
+  backup waits `max(0, write - I * s)` for this one, so `I >= blocking / (m * s)` and
+  `I >= (blocking + write) / ((1 + m) * s)`.
+
+`Cadence` measures those costs (one backup early, then every backup and every step), decides the
+interval once it has a few step timings and the first backup is written, and decides again when a
+new decision would differ from the current one by more than `drift` (the costs drifted). No Keras,
+no files, no clock of its own: the callback passes durations in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from keras_ckpt._validate import invalid
+
+__all__ = ["Cadence", "check_max_overhead", "interval_for"]
+
+DEFAULT_MAX_OVERHEAD = 0.02
+
+
+def check_max_overhead(value: object) -> float:
+    """`value` if it is a number strictly between 0 and 1 (not a bool, not a string).
+
+    Example:
+
+    >>> check_max_overhead(0.05)
+    0.05
+    >>> check_max_overhead(1)
+    Traceback (most recent call last):
+    ValueError: Invalid value for argument `max_overhead`. Expected a float in (0, 1), ...
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < 1  # also refuses NaN
+    ):
+        raise invalid("max_overhead", "a float in (0, 1), e.g. 0.02 for 2%", value)
+    return float(value)
+
+
+def interval_for(
+    step_seconds: float,
+    blocking_seconds: float,
+    write_seconds: float,
+    max_overhead: float,
+    *,
+    background: bool,
+) -> int:
+    """The fewest steps between backups that keeps their cost at most `max_overhead` of training.
+
+    Example:
+
+    >>> interval_for(0.010, 0.002, 0.050, 0.02, background=True)  # 10 ms steps
+    10
+    >>> interval_for(0.010, 0.052, 0.052, 0.02, background=False)  # the same backup, inline
+    260
+    """
+    step = max(step_seconds, 1e-9)
+    needed = blocking_seconds / (max_overhead * step)
+    if background:
+        needed = max(needed, (blocking_seconds + write_seconds) / ((1 + max_overhead) * step))
+    # a hair below an integer is that integer: float noise must not add a step
+    return max(1, math.ceil(needed - 1e-9))
+
+
+def _mean(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else (1 - weight) * old + weight * new
+
+
+@dataclass
+class Cadence:
+    """Measured costs and the interval chosen from them.
+
+    Args:
+        max_overhead: Fraction of training time backups may cost, in (0, 1).
+        background: True if backups are written in a background thread.
+        min_samples: Step timings (batch ends) needed after the first backup before deciding.
+        drift: Decide again when the interval the latest costs call for differs from the current
+            one by more than this factor.
+        weight: Weight of the newest backup's costs in their running means.
+        step_weight: Weight of the newest step timing in the running mean of the step time
+            (there are many more of them, and they are noisier).
+
+    Example:
+
+    >>> cadence = Cadence(0.02, background=False, min_samples=2)
+    >>> cadence.save_freq  # back up after the first step, to measure a backup
+    1
+    >>> cadence.record_save(blocking=0.05, waited=0.0)
+    >>> cadence.record_write(0.05)
+    >>> cadence.save_freq is None  # measuring steps now
+    True
+    >>> for _ in range(2):
+    ...     cadence.record_steps(1, 0.01)
+    >>> print(cadence.decide())
+    backs up every 250 steps (a step takes 10.0 ms, a backup blocks training 50.0 ms and is
+    written in 50.0 ms; max_overhead=0.02)
+    >>> cadence.save_freq
+    250
+    """
+
+    max_overhead: float = DEFAULT_MAX_OVERHEAD
+    background: bool = True
+    min_samples: int = 5
+    drift: float = 1.5
+    weight: float = 0.3
+    step_weight: float = 0.05
+    interval: int | None = field(default=None, init=False)
+    step_seconds: float | None = field(default=None, init=False)
+    blocking_seconds: float | None = field(default=None, init=False)
+    write_seconds: float | None = field(default=None, init=False)
+    saves: int = field(default=0, init=False)
+    _samples: int = field(default=0, init=False)
+    _lost: float = field(default=0.0, init=False)
+    _trained: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self.max_overhead = check_max_overhead(self.max_overhead)
+
+    @property
+    def save_freq(self) -> int | None:
+        """Steps between backups for the schedule: 1 until the first backup, None while measuring
+        the steps after it, then the chosen interval."""
+        if self.saves == 0:
+            return 1
+        return self.interval
+
+    def record_steps(self, steps: int, seconds: float) -> None:
+        """`steps` training steps took `seconds` (backup time excluded). Ignored before the first
+        backup: the first steps include tracing and compilation."""
+        if self.saves == 0 or steps < 1 or seconds <= 0:
+            return
+        self.step_seconds = _mean(self.step_seconds, seconds / steps, self.step_weight)
+        self._samples += 1
+        self._trained += seconds
+
+    def record_save(self, blocking: float, waited: float) -> None:
+        """A backup blocked the training thread `blocking` seconds after waiting `waited` for the
+        previous one."""
+        self.saves += 1
+        self.blocking_seconds = _mean(self.blocking_seconds, max(blocking, 0.0), self.weight)
+        self._lost += max(blocking, 0.0) + max(waited, 0.0)
+
+    def record_write(self, seconds: float) -> None:
+        """A backup's whole write (in the writer thread when writing in the background) took
+        `seconds`."""
+        self.write_seconds = _mean(self.write_seconds, max(seconds, 0.0), self.weight)
+
+    @property
+    def measured_overhead(self) -> float | None:
+        """What backups have cost so far, as a fraction of the step time measured since the first
+        backup (None before any step time is measured)."""
+        return self._lost / self._trained if self._trained > 0 else None
+
+    def decide(self) -> str | None:
+        """Chooses or revises the interval; returns a one-line message when it changes."""
+        if (
+            self.saves == 0
+            or self._samples < self.min_samples
+            or self.step_seconds is None
+            or self.write_seconds is None  # the first backup is still being written
+        ):
+            return None
+        blocking = self.blocking_seconds or 0.0
+        write = self.write_seconds
+        ideal = interval_for(
+            self.step_seconds, blocking, write, self.max_overhead, background=self.background
+        )
+        previous = self.interval
+        if previous is not None and previous / self.drift <= ideal <= previous * self.drift:
+            return None
+        self.interval = ideal
+        costs = (
+            f"a step takes {self.step_seconds * 1e3:.1f} ms, a backup blocks training "
+            f"{blocking * 1e3:.1f} ms and is written in {write * 1e3:.1f} ms; "
+            f"max_overhead={self.max_overhead:g}"
+        )
+        if previous is None:
+            return f"backs up every {ideal} steps ({costs})"
+        return f"now backs up every {ideal} steps instead of {previous}: costs drifted ({costs})"
+
+    def get_state(self) -> dict[str, Any]:
+        """What a backup records about the cadence (JSON)."""
+        return {
+            "save_freq": "auto",
+            "max_overhead": self.max_overhead,
+            "interval": self.interval,
+            "step_seconds": self.step_seconds,
+            "blocking_seconds": self.blocking_seconds,
+            "write_seconds": self.write_seconds,
+            "measured_overhead": self.measured_overhead,
+        }

@@ -1,0 +1,174 @@
+"""`save_freq="auto"`: the backup interval chosen from measured costs (pure), and in a real fit."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+
+import numpy as np
+import pytest
+from conftest import build_model
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keras_ckpt import BackupAndRestore, CheckpointManager
+from keras_ckpt.cadence import Cadence, check_max_overhead, interval_for
+from keras_ckpt.storage import LocalStorage
+
+seconds = st.floats(1e-5, 10.0, allow_nan=False, allow_infinity=False)
+overheads = st.floats(1e-3, 0.9, allow_nan=False)
+
+
+def overhead(interval, step, blocking, write, background):
+    """Training time lost per backup over training time between backups."""
+    lost = blocking + (max(0.0, write - interval * step) if background else 0.0)
+    return lost / (interval * step)
+
+
+@given(step=seconds, blocking=seconds, write=seconds, m=overheads, background=st.booleans())
+def test_the_interval_is_the_smallest_that_keeps_the_overhead(step, blocking, write, m, background):
+    write = max(write, blocking) if not background else write
+    interval = interval_for(step, blocking, write, m, background=background)
+    assert interval >= 1
+    assert overhead(interval, step, blocking, write, background) <= m * (1 + 1e-6)
+    if interval > 1:
+        assert overhead(interval - 1, step, blocking, write, background) > m * (1 - 1e-6)
+
+
+@given(step=seconds, blocking=seconds, write=seconds, m=overheads, slower=st.floats(1.0, 100.0))
+def test_slower_backups_never_shorten_the_interval(step, blocking, write, m, slower):
+    for background in (True, False):
+        base = interval_for(step, blocking, write, m, background=background)
+        slow = interval_for(step, blocking * slower, write * slower, m, background=background)
+        assert slow >= base
+
+
+@given(step=seconds, blocking=seconds, m=overheads)
+def test_a_larger_budget_never_lengthens_the_interval(step, blocking, m):
+    tight = interval_for(step, blocking, blocking, m, background=False)
+    loose = interval_for(step, blocking, blocking, min(0.99, m * 2), background=False)
+    assert loose <= tight
+
+
+def measured(cadence, *, step, blocking, write, samples=5):
+    cadence.record_save(blocking, 0.0)
+    cadence.record_write(write)
+    for _ in range(samples):
+        cadence.record_steps(2, 2 * step)
+    return cadence.decide()
+
+
+def test_cadence_probes_once_then_measures_then_decides():
+    cadence = Cadence(0.05, background=True)
+    assert cadence.save_freq == 1
+    cadence.record_steps(1, 30.0)  # the first step (compilation) is not a step time
+    assert cadence.step_seconds is None
+    cadence.record_save(0.01, 0.0)
+    assert cadence.save_freq is None
+    for _ in range(4):
+        cadence.record_steps(1, 0.02)
+        assert cadence.decide() is None  # not enough step timings yet
+    cadence.record_steps(1, 0.02)
+    assert cadence.decide() is None  # the first backup is still being written
+    cadence.record_write(0.2)
+    message = cadence.decide()
+    assert cadence.save_freq == interval_for(0.02, 0.01, 0.2, 0.05, background=True) == 10
+    assert message.startswith("backs up every 10 steps (a step takes 20.0 ms")
+
+
+def test_cadence_redecides_only_when_costs_drift():
+    cadence = Cadence(0.1, background=False, weight=1.0, step_weight=1.0)
+    measured(cadence, step=0.01, blocking=0.01, write=0.01)
+    assert cadence.interval == 10
+    assert measured(cadence, step=0.01, blocking=0.012, write=0.012) is None  # 12: within 1.5x
+    assert cadence.interval == 10
+    message = measured(cadence, step=0.01, blocking=0.05, write=0.05)
+    assert cadence.interval == 50
+    assert message.startswith("now backs up every 50 steps instead of 10: costs drifted")
+
+
+def test_cadence_state_is_json():
+    import json
+
+    cadence = Cadence(0.02)
+    measured(cadence, step=0.01, blocking=0.001, write=0.01)
+    state = json.loads(json.dumps(cadence.get_state()))
+    assert state["save_freq"] == "auto" and state["interval"] == cadence.interval
+    assert state["max_overhead"] == 0.02 and state["measured_overhead"] > 0
+
+
+@pytest.mark.parametrize(
+    "value", [0, 0.0, -0.1, 1, 1.0, 1.5, True, False, "0.02", None, float("nan"), math.inf]
+)
+def test_invalid_max_overhead_is_refused(value, tmp_path):
+    message = r"Invalid value for argument `max_overhead`\. Expected a float in \(0, 1\)"
+    with pytest.raises(ValueError, match=message):
+        check_max_overhead(value)
+    if value is not None:
+        with pytest.raises(ValueError, match=message):
+            BackupAndRestore(tmp_path, save_freq="auto", max_overhead=value)
+
+
+@pytest.mark.parametrize("value", [1e-6, 0.02, 0.999])
+def test_the_nearest_valid_max_overhead_is_accepted(value, tmp_path):
+    assert BackupAndRestore(tmp_path, save_freq="auto", max_overhead=value).max_overhead == value
+
+
+@pytest.mark.parametrize("save_freq", ["epoch", 10, False])
+def test_max_overhead_only_with_auto(save_freq, tmp_path):
+    with pytest.raises(ValueError, match=r'`max_overhead`\. Expected None unless save_freq="auto"'):
+        BackupAndRestore(tmp_path, save_freq=save_freq, max_overhead=0.02)
+
+
+def test_auto_defaults_to_two_percent(tmp_path):
+    assert BackupAndRestore(tmp_path, save_freq="auto").max_overhead == 0.02
+    assert BackupAndRestore(tmp_path).max_overhead is None
+
+
+# --------------------------------------------------------------------------- in a real fit
+
+
+def fit(tmp_path, name, *, samples=96, epochs=2, **kwargs):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(samples, 8)).astype("float32")
+    y = rng.integers(0, 3, size=samples).astype("int32")
+    backup = BackupAndRestore(tmp_path / name, save_freq="auto", delete_checkpoint=False, **kwargs)
+    build_model().fit(x, y, batch_size=2, epochs=epochs, callbacks=[backup], verbose=0)
+    return backup
+
+
+def intervals(output):
+    return [int(n) for n in re.findall(r"backs up every (\d+) steps", output)]
+
+
+def test_a_fit_with_auto_writes_backups_and_says_and_records_its_interval(tmp_path, capsys):
+    fit(tmp_path, "auto", max_overhead=0.5)
+    out = capsys.readouterr().out
+    chosen = intervals(out)
+    assert chosen, out
+    assert out.count('BackupAndRestore(save_freq="auto"): ') == len(chosen)
+    records = CheckpointManager(tmp_path / "auto").checkpoints()
+    assert records and records[-1].global_step > 1  # more than the probe after step 1
+    cadence = records[-1].owner_state["cadence"]
+    assert cadence["save_freq"] == "auto" and cadence["max_overhead"] == 0.5
+    assert cadence["interval"] in chosen
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_slower_saves_make_the_interval_grow(tmp_path, capsys, mocker, async_save):
+    fit(tmp_path, "warm-up", epochs=1, max_overhead=0.5, async_save=async_save)  # first-use costs
+    fit(tmp_path, "fast", max_overhead=0.5, async_save=async_save)
+    fast = intervals(capsys.readouterr().out)
+    real_publish = LocalStorage.publish
+
+    def slow_publish(self, staged):
+        time.sleep(0.3)
+        return real_publish(self, staged)
+
+    mocker.patch.object(LocalStorage, "publish", slow_publish)
+    # long enough for the slow first backup to be written in the background, and then some
+    fit(tmp_path, "slow", samples=960, epochs=1, max_overhead=0.5, async_save=async_save)
+    slow = intervals(capsys.readouterr().out)
+    assert fast and slow
+    assert slow[-1] > fast[-1], (fast, slow)
