@@ -687,15 +687,15 @@ def test_one_checkpoint_is_not_called_checkpoints(tied, tmp_path):
     pruned = cli("prune", tied, "--keep-last", 1, "--dry-run").out
     assert "Would delete 0 of 1 checkpoint (" in pruned
     plotted = cli("plot", tied, "-o", tmp_path / "one.png").out
-    assert "over 1 checkpoint (1 checkpoint kept;" in plotted
+    assert "over 1 checkpoint (1 checkpoint kept, 4 pruned" in plotted
     for text in (cli("list", tied).out, pruned, plotted):
         assert "1 checkpoints" not in text
 
 
-def test_plot_help_does_not_promise_pruned_checkpoints():
-    text = cli("plot", "--help").out
-    assert "Pruned checkpoints leave no record and are not drawn" in " ".join(text.split())
-    assert "kept and pruned" not in text
+def test_plot_help_says_pruned_saves_come_from_the_history():
+    text = " ".join(cli("plot", "--help").out.split())
+    assert "a cross per save retention pruned (from the run history)" in text
+    assert "not drawn" not in text
 
 
 # ---------------------------------------------------------------------------- errors and help

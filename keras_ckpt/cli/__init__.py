@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "plot",
-        "Plot monitored metrics over training, one point per checkpoint that still exists, the "
-        "best starred (PNG/SVG/PDF). Pruned checkpoints leave no record and are not drawn.",
+        "Plot monitored metrics over the whole run: a dot per checkpoint that exists, a cross per "
+        "save retention pruned (from the run history), the best starred (PNG/SVG/PDF).",
         "  keras-ckpt plot runs/exp1 -o run.png\n"
         "  keras-ckpt plot runs/exp1 -o run.png --metric val_accuracy --x step",
     )
