@@ -30,6 +30,7 @@ class _RecordingStore(saving_lib.H5IOStore):
     def __init__(self) -> None:  # no file: the parent's __init__ would open one
         self.mode = "w"
         self.ops: list[tuple[str, Any, Any]] = []
+        self.saved_ids: set[int] = set()
 
     def __bool__(self) -> bool:
         return True
@@ -39,6 +40,7 @@ class _RecordingStore(saving_lib.H5IOStore):
         return self
 
     def __setitem__(self, key: str, value: Any) -> None:
+        self.saved_ids.add(id(value))  # a variable object, for most layers and every optimizer
         array = np.array(backend.convert_to_numpy(value), copy=True)
         self.ops.append(("set", key, array))
 
@@ -55,6 +57,8 @@ class Snapshot:
         ops: Keras's saving calls, in order, with host copies of every variable.
         config_json, metadata_json: The `.keras` file's JSON members (full models only).
         assets_dir: Local folder of saved assets (full models with assets only).
+        saved_ids: `id()` of every object the walk handed to the store: the variables the file
+            holds as they are (a layer that saves a computed array instead is not among them).
     """
 
     weights_only: bool
@@ -63,6 +67,7 @@ class Snapshot:
     metadata_json: str = ""
     assets_dir: str | None = None
     nbytes: int = field(default=0)
+    saved_ids: frozenset[int] = field(default=frozenset())
 
     def discard(self) -> None:
         """Frees the temporary assets folder (the arrays go with the object)."""
@@ -97,7 +102,15 @@ def take(model: Any, *, weights_only: bool) -> Snapshot:
         else:
             assets.close()
     nbytes = sum(op[2].nbytes for op in store.ops if op[0] == "set")
-    return Snapshot(weights_only, store.ops, config_json, metadata_json, assets_dir, nbytes)
+    return Snapshot(
+        weights_only,
+        store.ops,
+        config_json,
+        metadata_json,
+        assets_dir,
+        nbytes,
+        frozenset(store.saved_ids),
+    )
 
 
 def _replay(ops: list[tuple[str, Any, Any]], store: saving_lib.H5IOStore) -> None:
