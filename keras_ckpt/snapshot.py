@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,16 @@ from keras.src import backend
 from keras.src.saving import saving_lib
 
 __all__ = ["Snapshot", "take", "write"]
+
+
+def _saves_own_variables_by_index(owner: Any) -> bool:
+    """True for an optimizer whose saving is Keras's `BaseOptimizer.save_own_variables`."""
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    return (
+        isinstance(owner, BaseOptimizer)
+        and type(owner).save_own_variables is BaseOptimizer.save_own_variables
+    )
 
 
 class _RecordingStore(saving_lib.H5IOStore):
@@ -40,7 +51,14 @@ class _RecordingStore(saving_lib.H5IOStore):
         return self
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.saved_ids.add(id(value))  # a variable object, for most layers and every optimizer
+        # Which variables the file holds as they are, by identity: layers hand over the variable
+        # itself; Keras's optimizer hands over `self.variables[i].numpy()` as key `str(i)`
+        # (`BaseOptimizer.save_own_variables`), so the caller's frame names the variable. A
+        # temporary's id cannot be a live variable's: variables outlive the walk.
+        self.saved_ids.add(id(value))
+        owner = sys._getframe(1).f_locals.get("self")
+        if _saves_own_variables_by_index(owner) and key.isdigit():
+            self.saved_ids.add(id(owner.variables[int(key)]))
         array = np.array(backend.convert_to_numpy(value), copy=True)
         self.ops.append(("set", key, array))
 
