@@ -56,7 +56,7 @@ class _RecordingStore(saving_lib.H5IOStore):
         # (`BaseOptimizer.save_own_variables`), so the caller's frame names the variable. A
         # temporary's id cannot be a live variable's: variables outlive the walk.
         self.saved_ids.add(id(value))
-        owner = sys._getframe(1).f_locals.get("self")
+        owner: Any = sys._getframe(1).f_locals.get("self")
         if _saves_own_variables_by_index(owner) and key.isdigit():
             self.saved_ids.add(id(owner.variables[int(key)]))
         array = np.array(backend.convert_to_numpy(value), copy=True)
