@@ -180,6 +180,16 @@ def test_nothing_is_stored_twice(tmp_path, data):
     assert sorted(p for p, _, where in layout if where == "extra") == expected
 
 
+def test_cli_show_counts_only_keras_part_of_a_backup(tmp_path, data):
+    from keras_ckpt.cli._show import inspect_file
+
+    model = trained(data)
+    backup_file.write(backup_file.capture(model, {}, []), tmp_path / "b.weights.h5")
+    info = inspect_file(str(tmp_path / "b.weights.h5"))
+    assert info["weights"]["arrays"] == len(model.weights)
+    assert info["optimizer"]["variables"] == len(model.optimizer.variables)
+
+
 def test_a_file_without_backup_state_is_reported_as_damaged(tmp_path, data):
     model = trained(data)
     model.save_weights(tmp_path / "plain.weights.h5")

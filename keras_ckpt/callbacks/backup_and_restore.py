@@ -49,8 +49,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     A backup holds the model, optimizer (built before loading; the restored `iterations` is
     checked), metric and `SeedGenerator` variables; epoch, step and global step; Python, NumPy and
     TensorFlow RNG state; the state of `EarlyStopping`, `ReduceLROnPlateau` and every callback of
-    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. The first file of each
-    backup, `backup-<global step>/model.weights.h5`, is a plain Keras weights file.
+    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. Each backup is one file,
+    `backup-<global step>.weights.h5`: a plain Keras weights file (`model.load_weights` loads it)
+    with the rest of the state in an extra group Keras ignores (see `keras_ckpt.backup_file`).
 
     To resume inside an epoch, the resumed run replays the input of the batches already trained
     (it pulls them from the input pipeline without training), so it sees exactly the batches the
