@@ -13,8 +13,10 @@ saving walk leaves out::
 
 Keras's walk never writes a name starting with `__` (`saving_lib._walk_saveable` skips such
 attributes), so no layer can collide with the group, and `load_weights` ignores it silently
-(`tests/test_backup_file.py`). Which variables the Keras part holds is learnt by identity while the
-snapshot is taken, so nothing is stored twice.
+(`tests/test_backup_file.py`). Which variables the Keras part holds, and in which dataset, is learnt
+by identity while the snapshot is taken, so nothing is stored twice; the JSON layout names each
+variable's dataset, and a restore reads them directly (views of a memory map of the file), without
+Keras's loading walk.
 
 The bytes are produced by exactly two calls, each swappable for a faster implementation: `write`
 (today Keras's writer via `snapshot.write`, then h5py adds the group) and `read`.
@@ -23,6 +25,7 @@ The bytes are produced by exactly two calls, each swappable for a faster impleme
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ __all__ = [
     "capture",
     "file_name",
     "is_round1",
+    "keep_only",
     "read",
     "restore_variables",
     "write",
@@ -55,8 +59,6 @@ FORMAT = "keras_ckpt.backup/2"
 GROUP = "__keras_ckpt__"
 SUFFIX = ".weights.h5"
 _STATE = "state.json"
-_KERAS = "keras"  # layout tag: the variable is in Keras's part of the file
-_EXTRA = "extra"  # layout tag: the variable is in GROUP/variables/<i>
 
 
 class BackupFileError(CorruptCheckpointError):
@@ -94,13 +96,13 @@ class BackupSnapshot:
 
 @dataclass
 class BackupContents:
-    """What `read` found in a backup file; the Keras part stays in the file until restored.
+    """What `read` found in a backup file.
 
     Attributes:
-        path: The local file (the Keras part is loaded from it by `restore_variables`).
+        path: The local file it was read from.
         state: The JSON state as `capture` was given it.
         layout: `(path, shape)` of every training variable, in `state.training_variables` order.
-        variables: The variables outside Keras's part, by layout index.
+        variables: Every variable's value, by layout index.
         callback_arrays: Arrays of each stateful callback, in callback order.
     """
 
@@ -138,10 +140,11 @@ def capture(model: Any, state: dict[str, Any], callbacks: Sequence[Any]) -> Back
     layout = []
     extra: dict[int, np.ndarray] = {}
     for i, variable in enumerate(variables):
-        in_keras = id(variable) in weights.saved_ids
-        layout.append([variable.path, list(variable.shape), _KERAS if in_keras else _EXTRA])
-        if not in_keras:
+        dataset = weights.saved.get(id(variable))
+        if dataset is None:  # not in Keras's part: stored once, in our group
+            dataset = f"{GROUP}/variables/{i}"
             extra[i] = np.array(_to_numpy(variable), copy=True)
+        layout.append([variable.path, list(variable.shape), dataset])
     entries, arrays = [], []
     for callback in callbacks:
         cb_state, cb_arrays = st.callback_state(callback)
@@ -185,14 +188,17 @@ def write(snapshot: BackupSnapshot, path: str | os.PathLike[str]) -> SealedFile 
 
 
 def read(path: str | os.PathLike[str]) -> BackupContents:
-    """Reads a backup file's state and extra arrays (the Keras part is loaded on restore).
+    """Reads a backup file: its state and every variable, Keras's part included.
+
+    Arrays of contiguous datasets are views of a private memory map of the file (no copy until
+    they are assigned); others are read by h5py.
 
     Raises:
         BackupFileError: the file is not a readable backup of this format.
     """
     path = os.fspath(path)
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r") as f, open(path, "rb") as raw:
             group = f.get(GROUP)
             if not isinstance(group, h5py.Group) or _STATE not in group:
                 raise BackupFileError(f"{path} holds no keras-ckpt backup state ({GROUP}/)")
@@ -200,11 +206,16 @@ def read(path: str | os.PathLike[str]) -> BackupContents:
             if not isinstance(state, dict) or state.get("format") != FORMAT:
                 found = state.get("format") if isinstance(state, dict) else None
                 raise BackupFileError(f"{path}: unknown backup format {found!r}")
-            layout = [(str(p), tuple(int(n) for n in shape)) for p, shape, _ in state["layout"]]
-            variables = {}
-            for i, (_, _, where) in enumerate(state["layout"]):
-                if where == _EXTRA:
-                    variables[i] = group[f"variables/{i}"][()]
+            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_COPY)
+            layout, variables = [], {}
+            for i, (name, shape, dataset) in enumerate(state["layout"]):
+                layout.append((str(name), tuple(int(n) for n in shape)))
+                variables[i] = _array(f[dataset], mapped)
+                if variables[i].shape != layout[-1][1]:
+                    raise BackupFileError(
+                        f"{path}: {dataset} has shape {variables[i].shape}, the backup's layout "
+                        f"says {layout[-1][1]} for {name}"
+                    )
             callback_arrays = [
                 [group[f"callbacks/{k}/{j}"][()] for j in range(int(entry["arrays"]))]
                 for k, entry in enumerate(state["callbacks"])
@@ -216,17 +227,42 @@ def read(path: str | os.PathLike[str]) -> BackupContents:
     return BackupContents(path, state, layout, variables, callback_arrays)
 
 
-def restore_variables(model: Any, contents: BackupContents, *, only: Any = None) -> None:
+def _array(dataset: h5py.Dataset, mapped: mmap.mmap) -> np.ndarray:
+    if dataset.attrs.get("dtype") == "bfloat16":  # as Keras's `H5IOStore.__getitem__` reads it
+        import ml_dtypes
+
+        return np.array(dataset, dtype=ml_dtypes.bfloat16)
+    offset = dataset.id.get_offset()
+    if (
+        offset is None
+        or dataset.chunks is not None
+        or dataset.dtype.kind not in "biuf"
+        or offset + dataset.nbytes > len(mapped)
+    ):
+        return np.asarray(dataset[()])
+    array = np.frombuffer(mapped, dtype=dataset.dtype, count=dataset.size, offset=offset)
+    return array.reshape(dataset.shape)
+
+
+def restore_variables(
+    model: Any, contents: BackupContents, *, only: set[int] | None = None
+) -> None:
     """Assigns the backup's variables to the model's `state.training_variables`.
 
     The caller checks first that the layout matches the model. With `only` (a set of variable
-    ids), assigns just those of the extra variables and does not touch Keras's part.
+    ids), assigns just those.
     """
     variables = st.training_variables(model)
-    if only is None:
-        # Keras's own loader for Keras's part, as Keras's BackupAndRestore restores.
-        model.load_weights(contents.path)
     for index, array in contents.variables.items():
         variable = variables[index]
         if only is None or id(variable) in only:
             variable.assign(array)
+
+
+def keep_only(contents: BackupContents, ids: set[int], model: Any) -> BackupContents:
+    """The same contents holding only the variables in `ids` (frees the rest, and the map)."""
+    variables = st.training_variables(model)
+    kept = {i: np.array(a) for i, a in contents.variables.items() if id(variables[i]) in ids}
+    return BackupContents(
+        contents.path, contents.state, contents.layout, kept, contents.callback_arrays
+    )

@@ -41,13 +41,15 @@ class _RecordingStore(saving_lib.H5IOStore):
     def __init__(self) -> None:  # no file: the parent's __init__ would open one
         self.mode = "w"
         self.ops: list[tuple[str, Any, Any]] = []
-        self.saved_ids: set[int] = set()
+        self.saved: dict[int, str] = {}
+        self._group = "vars"
 
     def __bool__(self) -> bool:
         return True
 
     def make(self, path: str, metadata: dict[str, Any] | None = None) -> _RecordingStore:
         self.ops.append(("make", path, dict(metadata) if metadata else None))
+        self._group = f"{path}/vars" if path else "vars"  # where `H5IOStore` puts its datasets
         return self
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -55,10 +57,11 @@ class _RecordingStore(saving_lib.H5IOStore):
         # itself; Keras's optimizer hands over `self.variables[i].numpy()` as key `str(i)`
         # (`BaseOptimizer.save_own_variables`), so the caller's frame names the variable. A
         # temporary's id cannot be a live variable's: variables outlive the walk.
-        self.saved_ids.add(id(value))
+        dataset = f"{self._group}/{key}"
+        self.saved[id(value)] = dataset
         owner: Any = sys._getframe(1).f_locals.get("self")
         if _saves_own_variables_by_index(owner) and key.isdigit():
-            self.saved_ids.add(id(owner.variables[int(key)]))
+            self.saved[id(owner.variables[int(key)])] = dataset
         array = np.array(backend.convert_to_numpy(value), copy=True)
         self.ops.append(("set", key, array))
 
@@ -75,8 +78,9 @@ class Snapshot:
         ops: Keras's saving calls, in order, with host copies of every variable.
         config_json, metadata_json: The `.keras` file's JSON members (full models only).
         assets_dir: Local folder of saved assets (full models with assets only).
-        saved_ids: `id()` of every object the walk handed to the store: the variables the file
-            holds as they are (a layer that saves a computed array instead is not among them).
+        saved: `id()` of every object the walk handed to the store, mapped to its dataset's path
+            in the `.weights.h5` file: the variables the file holds as they are (a layer that
+            saves a computed array instead is not among them).
     """
 
     weights_only: bool
@@ -85,7 +89,7 @@ class Snapshot:
     metadata_json: str = ""
     assets_dir: str | None = None
     nbytes: int = field(default=0)
-    saved_ids: frozenset[int] = field(default=frozenset())
+    saved: dict[int, str] = field(default_factory=dict)
 
     def discard(self) -> None:
         """Frees the temporary assets folder (the arrays go with the object)."""
@@ -127,7 +131,7 @@ def take(model: Any, *, weights_only: bool) -> Snapshot:
         metadata_json,
         assets_dir,
         nbytes,
-        frozenset(store.saved_ids),
+        store.saved,
     )
 
 

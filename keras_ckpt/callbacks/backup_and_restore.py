@@ -407,6 +407,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._progress = Progress(**progress)
         self.manager.protect(record.name)
         st.set_initial_epoch(self.model, progress["epoch"])
+        # Kept for the resumed epoch's begin: the metric variables (fit resets them) and the rest.
+        metric_ids = {id(v) for v in self.model.metrics_variables}
+        contents = backup_file.keep_only(contents, metric_ids, self.model)
         self._pending = {**progress, "contents": contents, "name": record.name}
 
     def _resume_epoch(self, pending: dict[str, Any]) -> None:
