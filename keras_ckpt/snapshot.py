@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,21 +25,43 @@ from keras.src.saving import saving_lib
 __all__ = ["Snapshot", "take", "write"]
 
 
+def _saves_own_variables_by_index(owner: Any) -> bool:
+    """True for an optimizer whose saving is Keras's `BaseOptimizer.save_own_variables`."""
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    return (
+        isinstance(owner, BaseOptimizer)
+        and type(owner).save_own_variables is BaseOptimizer.save_own_variables
+    )
+
+
 class _RecordingStore(saving_lib.H5IOStore):
     """Accepts what layers save and keeps host copies, in order; writes nothing."""
 
     def __init__(self) -> None:  # no file: the parent's __init__ would open one
         self.mode = "w"
         self.ops: list[tuple[str, Any, Any]] = []
+        self.saved: dict[int, str] = {}
+        self._group = "vars"
 
     def __bool__(self) -> bool:
         return True
 
     def make(self, path: str, metadata: dict[str, Any] | None = None) -> _RecordingStore:
         self.ops.append(("make", path, dict(metadata) if metadata else None))
+        self._group = f"{path}/vars" if path else "vars"  # where `H5IOStore` puts its datasets
         return self
 
     def __setitem__(self, key: str, value: Any) -> None:
+        # Which variables the file holds as they are, by identity: layers hand over the variable
+        # itself; Keras's optimizer hands over `self.variables[i].numpy()` as key `str(i)`
+        # (`BaseOptimizer.save_own_variables`), so the caller's frame names the variable. A
+        # temporary's id cannot be a live variable's: variables outlive the walk.
+        dataset = f"{self._group}/{key}"
+        self.saved[id(value)] = dataset
+        owner: Any = sys._getframe(1).f_locals.get("self")
+        if _saves_own_variables_by_index(owner) and key.isdigit():
+            self.saved[id(owner.variables[int(key)])] = dataset
         array = np.array(backend.convert_to_numpy(value), copy=True)
         self.ops.append(("set", key, array))
 
@@ -55,6 +78,9 @@ class Snapshot:
         ops: Keras's saving calls, in order, with host copies of every variable.
         config_json, metadata_json: The `.keras` file's JSON members (full models only).
         assets_dir: Local folder of saved assets (full models with assets only).
+        saved: `id()` of every object the walk handed to the store, mapped to its dataset's path
+            in the `.weights.h5` file: the variables the file holds as they are (a layer that
+            saves a computed array instead is not among them).
     """
 
     weights_only: bool
@@ -63,6 +89,7 @@ class Snapshot:
     metadata_json: str = ""
     assets_dir: str | None = None
     nbytes: int = field(default=0)
+    saved: dict[int, str] = field(default_factory=dict)
 
     def discard(self) -> None:
         """Frees the temporary assets folder (the arrays go with the object)."""
@@ -97,7 +124,15 @@ def take(model: Any, *, weights_only: bool) -> Snapshot:
         else:
             assets.close()
     nbytes = sum(op[2].nbytes for op in store.ops if op[0] == "set")
-    return Snapshot(weights_only, store.ops, config_json, metadata_json, assets_dir, nbytes)
+    return Snapshot(
+        weights_only,
+        store.ops,
+        config_json,
+        metadata_json,
+        assets_dir,
+        nbytes,
+        store.saved,
+    )
 
 
 def _replay(ops: list[tuple[str, Any, Any]], store: saving_lib.H5IOStore) -> None:

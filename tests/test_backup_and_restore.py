@@ -276,12 +276,12 @@ def test_damaged_newest_backup_is_reported_and_the_previous_one_used(tmp_path, d
     manager = keras_ckpt.CheckpointManager(tmp_path)
     names = [r.name for r in manager.checkpoints(owner=OWNER)]
     assert names == ["backup-000000004", "backup-000000006"]
-    damaged = tmp_path / "backup-000000006" / "state.npz"
+    damaged = tmp_path / "backup-000000006.weights.h5"
     raw = bytearray(damaged.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     damaged.write_bytes(bytes(raw))
     probe = Probe()
-    with pytest.warns(UserWarning, match=r"backup-000000006.*state\.npz.*checksum"):
+    with pytest.warns(UserWarning, match=r"backup-000000006.*weights\.h5.*checksum"):
         fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path), probe])
     # backup-000000004 was taken after the last batch of epoch 0: that epoch ends again.
     assert probe.epochs[0] == 0 and probe.iterations[0] == 4
@@ -294,11 +294,7 @@ def test_backup_files_and_record(tmp_path, data):
     record = keras_ckpt.CheckpointManager(tmp_path).latest()
     assert record.kind == "training_state" and record.owner == OWNER
     assert (record.epoch, record.step, record.global_step) == (0, 3, 3)
-    assert [f.path for f in record.files] == [
-        "backup-000000003/model.weights.h5",
-        "backup-000000003/state.npz",
-        "backup-000000003/state.json",
-    ]
+    assert [f.path for f in record.files] == ["backup-000000003.weights.h5"]  # one file
     plain = build_model(dropout=0.5)
     plain.load_weights(tmp_path / record.path)  # a plain Keras weights file
 

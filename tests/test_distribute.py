@@ -169,7 +169,7 @@ def test_retention_runs_once_per_save_on_the_chief_only(cluster_runs):
 def test_kill_leaves_the_backup_of_step_10_and_no_partial_files(cluster_runs):
     assert cluster_runs["survivor"]["returncode"] != 0  # it could not train on alone
     after = cluster_runs["after_kill"]
-    assert "backup/backup-000000010/model.weights.h5" in after
+    assert "backup/backup-000000010.weights.h5" in after
     assert not [p for p in after if "/staging/" in p or "/pending/" in p]
 
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import keras
-import numpy as np
 
-from keras_ckpt import distribute
-from keras_ckpt import snapshot as snap
+from keras_ckpt import backup_file, distribute
 from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
 from keras_ckpt.cadence import DEFAULT_MAX_OVERHEAD, Cadence, check_max_overhead
@@ -29,22 +26,17 @@ from keras_ckpt.writer import Writer
 __all__ = ["BackupAndRestore"]
 
 OWNER = "BackupAndRestore"
-WEIGHTS_FILE = "model.weights.h5"
-ARRAYS_FILE = "state.npz"
-STATE_FILE = "state.json"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
 class _Snapshot:
-    """Host copies of one backup: what `write` turns into files without touching the model."""
+    """Host copies of one backup: what `write` turns into a file without touching the model."""
 
     name: str
     progress: Progress
-    arrays: dict[str, np.ndarray]
-    state: dict[str, Any]
     metrics: dict[str, float]
-    weights: snap.Snapshot
+    backup: backup_file.BackupSnapshot
 
 
 class BackupAndRestore(keras.callbacks.Callback):
@@ -59,8 +51,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     A backup holds the model, optimizer (built before loading; the restored `iterations` is
     checked), metric and `SeedGenerator` variables; epoch, step and global step; Python, NumPy and
     TensorFlow RNG state; the state of `EarlyStopping`, `ReduceLROnPlateau` and every callback of
-    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. The first file of each
-    backup, `backup-<global step>/model.weights.h5`, is a plain Keras weights file.
+    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. Each backup is one file,
+    `backup-<global step>.weights.h5`: a plain Keras weights file (`model.load_weights` loads it)
+    with the rest of the state in an extra group Keras ignores (see `keras_ckpt.backup_file`).
 
     To resume inside an epoch, the resumed run replays the input of the batches already trained
     (it pulls them from the input pipeline without training), so it sees exactly the batches the
@@ -353,30 +346,16 @@ class BackupAndRestore(keras.callbacks.Callback):
         """Host copies of everything a backup holds: the only part that must block training."""
         progress = Progress(**vars(self._progress))
         name = self._backup_name(progress)
-        weights = snap.take(self.model, weights_only=True)
-        variables = st.training_variables(self.model)
-        arrays = {
-            f"var_{i}": np.array(keras.ops.convert_to_numpy(v), copy=True)
-            for i, v in enumerate(variables)
-        }
-        callbacks = []
-        for index, callback in enumerate(self._stateful_callbacks()):
-            cb_state, cb_arrays = st.callback_state(callback)
-            for j, array in enumerate(cb_arrays):
-                arrays[f"cb_{index}_{j}"] = array
-            callbacks.append({"class": type(callback).__name__, "state": cb_state})
         state = {
             "progress": vars(progress),
-            "variables": [[v.path, list(v.shape)] for v in variables],
             "iterations": st.optimizer_iterations(self.model),
             "epoch_start": self._epoch_start,
             "tf_rng": st.capture_tf_rng(),
             "torch_rng": st.capture_torch_rng(),
             "schedule_step": progress.global_step,
-            "callbacks": callbacks,
         }
-        json.dumps(state)  # fail here, not in the writer, on a callback state JSON cannot hold
-        return _Snapshot(name, progress, arrays, state, clean_metrics(logs), weights)
+        backup = backup_file.capture(self.model, state, self._stateful_callbacks())
+        return _Snapshot(name, progress, clean_metrics(logs), backup)
 
     def _backup_name(self, progress: Progress) -> str:
         """`backup-<global step>`, made unique: an epoch-end backup can follow a step backup at
@@ -388,21 +367,12 @@ class BackupAndRestore(keras.callbacks.Callback):
         return name
 
     def _write(self, snapshot: _Snapshot, folder: str) -> Record:
-        weights_path = os.path.join(folder, WEIGHTS_FILE)
-        snap.write(snapshot.weights, weights_path)
-        arrays_path = os.path.join(folder, ARRAYS_FILE)
-        state_path = os.path.join(folder, STATE_FILE)
-        with open(arrays_path, "wb") as f:
-            np.savez(f, **cast(dict[str, Any], snapshot.arrays))
-        with open(state_path, "w") as f:
-            json.dump(snapshot.state, f)
+        filename = backup_file.file_name(snapshot.name)
+        staged = os.path.join(folder, filename)
+        backup_file.write(snapshot.backup, staged)
         progress = snapshot.progress
         return self.manager.commit(
-            {
-                f"{snapshot.name}/{WEIGHTS_FILE}": weights_path,
-                f"{snapshot.name}/{ARRAYS_FILE}": arrays_path,
-                f"{snapshot.name}/{STATE_FILE}": state_path,
-            },
+            {filename: staged},
             name=snapshot.name,
             kind="training_state",
             epoch=progress.epoch,
@@ -412,7 +382,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             owner=OWNER,
             owner_state={
                 "callback": OWNER,
-                "iterations": snapshot.state["iterations"],
+                "iterations": snapshot.backup.state["iterations"],
                 "retention": to_json(KeepLast(self.keep_last)),
                 **({"cadence": self._cadence.get_state()} if self._cadence is not None else {}),
             },
@@ -425,18 +395,56 @@ class BackupAndRestore(keras.callbacks.Callback):
     # ------------------------------------------------------------------ restoring
 
     def _restore(self, record: Record) -> None:
-        folder = record.path.rsplit("/", 1)[0]
-        with self.manager.storage.local_path(f"{folder}/{STATE_FILE}") as path:
-            with open(path) as f:
-                state = json.load(f)
-        with self.manager.storage.local_path(f"{folder}/{ARRAYS_FILE}") as path:
-            with np.load(path) as npz:
-                arrays = {key: npz[key] for key in npz.files}
+        """Restores the backup of `record` (verified), or the newest good one before it if its
+        file cannot be read as a backup."""
+        while True:
+            if backup_file.is_round1(f.path for f in record.files):
+                raise ResumeError(
+                    f"Backup {record.name} in {self.backup_dir} was written by an earlier "
+                    "keras-ckpt as a folder of three files (model.weights.h5, state.npz, "
+                    "state.json); this version writes one `.weights.h5` per backup and cannot "
+                    "resume from it. Resume that run with the keras-ckpt version that wrote it, "
+                    "or start over with another `backup_dir` (or after deleting this one). Its "
+                    f"`{record.path}` is a plain Keras weights file if you need the weights."
+                )
+            with self.manager.storage.local_path(record.path) as path:
+                try:
+                    contents = backup_file.read(path)
+                except backup_file.BackupFileError as error:
+                    previous = self._previous_good_backup(record)
+                    if previous is None:
+                        raise
+                    warnings.warn(
+                        f"Backup {record.name} in {self.backup_dir} is damaged ({error}); "
+                        f"resuming from {previous.name} instead.",
+                        stacklevel=2,
+                    )
+                    record = previous
+                    continue
+                self._restore_contents(record, contents)
+                return
+
+    def _previous_good_backup(self, record: Record) -> Record | None:
+        older = [r for r in self.manager.checkpoints(OWNER) if r.sequence < record.sequence]
+        for candidate in reversed(older):
+            result = self.manager.verify(candidate.name)[0]
+            if result.ok:
+                return candidate
+            warnings.warn(
+                f"Backup {candidate.name} in {self.backup_dir} is damaged ("
+                + "; ".join(result.problems)
+                + "); skipping it.",
+                stacklevel=3,
+            )
+        return None
+
+    def _restore_contents(self, record: Record, contents: backup_file.BackupContents) -> None:
+        state = contents.state
         st.build_metrics(self.model, self._context.epoch_iterator)
-        if len(state["variables"]) > len(st.training_variables(self.model)):
+        if len(contents.layout) > len(st.training_variables(self.model)):
             st.ensure_global_seed_generator()
         variables = st.training_variables(self.model)
-        saved = [(p, tuple(s)) for p, s in state["variables"]]
+        saved = contents.layout
         current = [(v.path, tuple(v.shape)) for v in variables]
         if [shape for _, shape in saved] != [shape for _, shape in current]:
             raise ResumeError(
@@ -445,8 +453,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                 + _first_difference(saved, current)
                 + ". Use another `backup_dir` for a different model."
             )
-        for i, variable in enumerate(variables):
-            variable.assign(arrays[f"var_{i}"])
+        backup_file.restore_variables(self.model, contents)
         iterations = st.optimizer_iterations(self.model)
         if iterations != state["iterations"]:
             raise ResumeError(
@@ -458,11 +465,15 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._progress = Progress(**progress)
         self.manager.protect(record.name)
         st.set_initial_epoch(self.model, progress["epoch"])
-        self._pending = {**progress, "state": state, "arrays": arrays, "name": record.name}
+        # Kept for the resumed epoch's begin: the metric variables (fit resets them) and the rest.
+        metric_ids = {id(v) for v in self.model.metrics_variables}
+        contents = backup_file.keep_only(contents, metric_ids, self.model)
+        self._pending = {**progress, "contents": contents, "name": record.name}
 
     def _resume_epoch(self, pending: dict[str, Any]) -> None:
         """Puts back what must be as it was when the interrupted epoch began, then replays."""
-        state, arrays = pending["state"], pending["arrays"]
+        contents: backup_file.BackupContents = pending["contents"]
+        state = contents.state
         start = state["epoch_start"]
         st.restore_host_rng(start["rng"])
         if self._counter is not None:
@@ -474,18 +485,16 @@ class BackupAndRestore(keras.callbacks.Callback):
             holder = st.input_state_holder(self._counter.epoch_iterator)
             if holder is not None and "input" in start:
                 holder.set_checkpoint_state(start["input"])
-        variables = st.training_variables(self.model)
+        # fit reset the metrics at this epoch's begin: put back the interrupted epoch's values.
         metric_ids = {id(v) for v in self.model.metrics_variables}
-        for i, variable in enumerate(variables):
-            if id(variable) in metric_ids:
-                variable.assign(arrays[f"var_{i}"])
-        self._restore_callbacks(state["callbacks"], arrays)
+        backup_file.restore_variables(self.model, contents, only=metric_ids)
+        self._restore_callbacks(state["callbacks"], contents.callback_arrays)
         # PyTorch: unseeded Dropout draws from torch's global RNG at every trained step, which
         # replay does not repeat; put it where the interrupted run had it at the backup.
         torch_rng = state.get("torch_rng")
         st.start_replay(self.model, pending["step"], lambda: st.restore_torch_rng(torch_rng))
 
-    def _restore_callbacks(self, saved: list[dict[str, Any]], arrays: dict[str, Any]) -> None:
+    def _restore_callbacks(self, saved: list[dict[str, Any]], arrays: list[list[Any]]) -> None:
         callbacks = self._stateful_callbacks()
         names = [type(c).__name__ for c in callbacks]
         if names != [entry["class"] for entry in saved]:
@@ -496,15 +505,8 @@ class BackupAndRestore(keras.callbacks.Callback):
                 stacklevel=2,
             )
         for index, (callback, entry) in enumerate(zip(callbacks, saved, strict=False)):
-            if type(callback).__name__ != entry["class"]:
-                continue
-            count = (
-                int(entry["state"].get("best_weights", 0))
-                if isinstance(entry["state"], dict)
-                else 0
-            )
-            cb_arrays = [arrays[f"cb_{index}_{j}"] for j in range(count)]
-            st.set_callback_state(callback, entry["state"], cb_arrays)
+            if type(callback).__name__ == entry["class"]:
+                st.set_callback_state(callback, entry["state"], arrays[index])
 
     # ------------------------------------------------------------------ signals
 

@@ -95,8 +95,8 @@ def _weights(f: Any) -> dict[str, Any]:
     optimizer: dict[str, Any] = {"variables": 0, "bytes": 0, "iterations": None, "name": None}
 
     def visit(name: str, obj: Any) -> None:
-        if not isinstance(obj, h5py.Dataset):
-            return
+        if not isinstance(obj, h5py.Dataset) or name.startswith("__"):
+            return  # Keras never writes `__` names; a backup's own state lives there
         if name.split("/")[0] in _OPTIMIZER_GROUPS:
             if optimizer["variables"] == 0 and obj.shape == () and obj.dtype.kind in "iu":
                 optimizer["iterations"] = int(obj[()])  # Keras puts `iterations` first

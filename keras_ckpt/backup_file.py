@@ -1,0 +1,268 @@
+"""The backup file of `BackupAndRestore`: the only module that knows a backup's bytes.
+
+A backup is ONE file, `backup-<global step>.weights.h5`: a plain Keras weights file holding the
+model's and optimizer's variables exactly as `model.save_weights` writes them (so plain
+`model.load_weights(path)` loads it), plus one extra top-level HDF5 group with only what Keras's
+saving walk leaves out::
+
+    __keras_ckpt__/state.json         the JSON state, as a uint8 dataset: format, progress, RNG,
+                                      callback states, epoch-start state, variables layout
+    __keras_ckpt__/variables/<i>      variable i of the layout, if Keras's file does not hold it
+                                      (metric and SeedGenerator variables, Keras's global seed)
+    __keras_ckpt__/callbacks/<k>/<j>  array j of stateful callback k (EarlyStopping.best_weights)
+
+Keras's walk never writes a name starting with `__` (`saving_lib._walk_saveable` skips such
+attributes), so no layer can collide with the group, and `load_weights` ignores it silently
+(`tests/test_backup_file.py`). Which variables the Keras part holds, and in which dataset, is learnt
+by identity while the snapshot is taken, so nothing is stored twice; the JSON layout names each
+variable's dataset, and a restore reads them directly (views of a memory map of the file), without
+Keras's loading walk.
+
+The bytes are produced by exactly two calls, each swappable for a faster implementation: `write`
+(today Keras's writer via `snapshot.write`, then h5py adds the group) and `read`.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+from keras_ckpt import snapshot as snap
+from keras_ckpt import state as st
+from keras_ckpt.errors import CorruptCheckpointError
+from keras_ckpt.storage import SealedFile
+
+__all__ = [
+    "BackupContents",
+    "BackupFileError",
+    "BackupSnapshot",
+    "FORMAT",
+    "GROUP",
+    "SUFFIX",
+    "capture",
+    "file_name",
+    "is_round1",
+    "keep_only",
+    "read",
+    "restore_variables",
+    "write",
+]
+
+FORMAT = "keras_ckpt.backup/2"
+GROUP = "__keras_ckpt__"
+SUFFIX = ".weights.h5"
+_STATE = "state.json"
+
+
+class BackupFileError(CorruptCheckpointError):
+    """A backup file could not be read as one (truncated, altered, or not a backup at all).
+
+    Example:
+
+    >>> issubclass(BackupFileError, CorruptCheckpointError)
+    True
+    """
+
+
+@dataclass
+class BackupSnapshot:
+    """Host copies of one backup, taken on the training thread; `write` needs nothing else.
+
+    Attributes:
+        weights: Keras's saving walk of the model (model and optimizer variables).
+        variables: Host copies of the variables Keras's walk does not hold, by layout index.
+        callback_arrays: Arrays of each stateful callback, in callback order.
+        state: The JSON state (with `layout` and `callbacks`).
+    """
+
+    weights: snap.Snapshot
+    variables: dict[int, np.ndarray]
+    callback_arrays: list[list[np.ndarray]]
+    state: dict[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        extra = sum(a.nbytes for a in self.variables.values())
+        extra += sum(a.nbytes for arrays in self.callback_arrays for a in arrays)
+        return self.weights.nbytes + extra
+
+
+@dataclass
+class BackupContents:
+    """What `read` found in a backup file.
+
+    Attributes:
+        path: The local file it was read from.
+        state: The JSON state as `capture` was given it.
+        layout: `(path, shape)` of every training variable, in `state.training_variables` order.
+        variables: Every variable's value, by layout index.
+        callback_arrays: Arrays of each stateful callback, in callback order.
+    """
+
+    path: str
+    state: dict[str, Any]
+    layout: list[tuple[str, tuple[int, ...]]]
+    variables: dict[int, np.ndarray] = field(default_factory=dict)
+    callback_arrays: list[list[np.ndarray]] = field(default_factory=list)
+
+
+def file_name(name: str) -> str:
+    """The file of backup `name`: `backup-000000042` -> `backup-000000042.weights.h5`."""
+    return f"{name}{SUFFIX}"
+
+
+def is_round1(paths: Iterable[str]) -> bool:
+    """True for the files of a backup written by keras-ckpt round 1: a folder `backup-<N>/`
+    holding `model.weights.h5`, `state.npz` and `state.json`, which this format replaced."""
+    return any(p.endswith("/state.npz") for p in paths)
+
+
+def capture(model: Any, state: dict[str, Any], callbacks: Sequence[Any]) -> BackupSnapshot:
+    """Copies a backup's state to host memory: the only part of a backup that blocks training.
+
+    Args:
+        model: The model being trained (its optimizer is built if it is not yet).
+        state: JSON-serialisable state of the caller (progress, RNG, epoch-start state, ...).
+        callbacks: The stateful callbacks whose state goes with the backup, in a fixed order.
+
+    Raises:
+        TypeError: a callback state (or `state`) cannot be written as JSON.
+    """
+    variables = st.training_variables(model)  # builds the optimizer first, so Keras saves it
+    weights = snap.take(model, weights_only=True)
+    layout = []
+    extra: dict[int, np.ndarray] = {}
+    for i, variable in enumerate(variables):
+        dataset = weights.saved.get(id(variable))
+        if dataset is None:  # not in Keras's part: stored once, in our group
+            dataset = f"{GROUP}/variables/{i}"
+            extra[i] = np.array(_to_numpy(variable), copy=True)
+        layout.append([variable.path, list(variable.shape), dataset])
+    entries, arrays = [], []
+    for callback in callbacks:
+        cb_state, cb_arrays = st.callback_state(callback)
+        # The array count is ours, never read back from the callback's own state.
+        entry: dict[str, Any] = {"class": type(callback).__name__, "state": cb_state}
+        entry["arrays"] = len(cb_arrays)
+        entries.append(entry)
+        arrays.append([np.array(a, copy=True) for a in cb_arrays])
+    full = {**state, "format": FORMAT, "layout": layout, "callbacks": entries}
+    json.dumps(full)  # fail here, on the training thread, not in the writer
+    return BackupSnapshot(weights, extra, arrays, full)
+
+
+def _to_numpy(variable: Any) -> Any:
+    import keras
+
+    return keras.ops.convert_to_numpy(variable)
+
+
+def write(snapshot: BackupSnapshot, path: str | os.PathLike[str]) -> SealedFile | None:
+    """Writes the backup file at local `path`. Swappable: one call produces all its bytes.
+
+    Returns the file's size and checksum if the writer computed them while writing (then the
+    store need not read the file back), else None.
+    """
+    path = os.fspath(path)
+    snap.write(snapshot.weights, path)
+    with h5py.File(path, "a") as f:
+        group = f.create_group(GROUP)
+        text = json.dumps(snapshot.state).encode()
+        group.create_dataset(_STATE, data=np.frombuffer(text, dtype=np.uint8))
+        variables = group.create_group("variables")
+        for index, array in snapshot.variables.items():
+            variables.create_dataset(str(index), data=array)
+        callbacks = group.create_group("callbacks")
+        for k, arrays in enumerate(snapshot.callback_arrays):
+            holder = callbacks.create_group(str(k))
+            for j, array in enumerate(arrays):
+                holder.create_dataset(str(j), data=array)
+    return None
+
+
+def read(path: str | os.PathLike[str]) -> BackupContents:
+    """Reads a backup file: its state and every variable, Keras's part included.
+
+    Arrays of contiguous datasets are views of a private memory map of the file (no copy until
+    they are assigned); others are read by h5py.
+
+    Raises:
+        BackupFileError: the file is not a readable backup of this format.
+    """
+    path = os.fspath(path)
+    try:
+        with h5py.File(path, "r") as f, open(path, "rb") as raw:
+            group = f.get(GROUP)
+            if not isinstance(group, h5py.Group) or _STATE not in group:
+                raise BackupFileError(f"{path} holds no keras-ckpt backup state ({GROUP}/)")
+            state = json.loads(bytes(group[_STATE][()]).decode())
+            if not isinstance(state, dict) or state.get("format") != FORMAT:
+                found = state.get("format") if isinstance(state, dict) else None
+                raise BackupFileError(f"{path}: unknown backup format {found!r}")
+            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_COPY)
+            layout, variables = [], {}
+            for i, (name, shape, dataset) in enumerate(state["layout"]):
+                layout.append((str(name), tuple(int(n) for n in shape)))
+                variables[i] = _array(f[dataset], mapped)
+                if variables[i].shape != layout[-1][1]:
+                    raise BackupFileError(
+                        f"{path}: {dataset} has shape {variables[i].shape}, the backup's layout "
+                        f"says {layout[-1][1]} for {name}"
+                    )
+            callback_arrays = [
+                [group[f"callbacks/{k}/{j}"][()] for j in range(int(entry["arrays"]))]
+                for k, entry in enumerate(state["callbacks"])
+            ]
+    except BackupFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise BackupFileError(f"Cannot read backup file {path}: {error}") from error
+    return BackupContents(path, state, layout, variables, callback_arrays)
+
+
+def _array(dataset: h5py.Dataset, mapped: mmap.mmap) -> np.ndarray:
+    if dataset.attrs.get("dtype") == "bfloat16":  # as Keras's `H5IOStore.__getitem__` reads it
+        import ml_dtypes
+
+        return np.array(dataset, dtype=ml_dtypes.bfloat16)
+    offset = dataset.id.get_offset()
+    if (
+        offset is None
+        or dataset.chunks is not None
+        or dataset.dtype.kind not in "biuf"
+        or offset + dataset.nbytes > len(mapped)
+    ):
+        return np.asarray(dataset[()])
+    array = np.frombuffer(mapped, dtype=dataset.dtype, count=dataset.size, offset=offset)
+    return array.reshape(dataset.shape)
+
+
+def restore_variables(
+    model: Any, contents: BackupContents, *, only: set[int] | None = None
+) -> None:
+    """Assigns the backup's variables to the model's `state.training_variables`.
+
+    The caller checks first that the layout matches the model. With `only` (a set of variable
+    ids), assigns just those.
+    """
+    variables = st.training_variables(model)
+    for index, array in contents.variables.items():
+        variable = variables[index]
+        if only is None or id(variable) in only:
+            variable.assign(array)
+
+
+def keep_only(contents: BackupContents, ids: set[int], model: Any) -> BackupContents:
+    """The same contents holding only the variables in `ids` (frees the rest, and the map)."""
+    variables = st.training_variables(model)
+    kept = {i: np.array(a) for i, a in contents.variables.items() if id(variables[i]) in ids}
+    return BackupContents(
+        contents.path, contents.state, contents.layout, kept, contents.callback_arrays
+    )
