@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["average", "select"]
 
 WEIGHTS_MEMBER = "model.weights.h5"
-# Top-level HDF5 groups of a weights file that hold no model variable: the optimizer's state.
-NOT_MODEL = ("optimizer",)
+# Top-level HDF5 groups of a weights file that hold no model variable: the optimizer's state, and
+# a backup's training state (`backup_file.GROUP`, dropped from the averaged file).
+NOT_MODEL = ("optimizer", "__keras_ckpt__")
 _SELECTOR = re.compile(r"(last|best):(.*)")
 
 
@@ -178,6 +179,8 @@ def average(
         with h5py.File(weights, "r+") as target:
             for key, array in means.items():
                 target[key][...] = array
+            if NOT_MODEL[1] in target:  # a backup's resume state belongs to no average
+                del target[NOT_MODEL[1]]
         if out.endswith(".weights.h5"):
             with open(weights, "rb") as src, atomic_local_file(out) as dest:
                 shutil.copyfileobj(src, dest)

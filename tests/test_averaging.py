@@ -277,5 +277,7 @@ def test_backups_average_to_a_weights_file(tmp_path, data):
     for i, weight in enumerate(model.weights):
         mean = np.mean([e[i] for e in expected], axis=0).astype(np.float32)
         np.testing.assert_allclose(np.asarray(weight), mean, rtol=1e-6)
+    with h5py.File(tmp_path / "avg.weights.h5") as averaged:
+        assert "__keras_ckpt__" not in averaged  # a backup's resume state is not averaged
     with pytest.raises(ValueError, match="hold weights only, not a full model"):
         manager.average("last:2", tmp_path / "avg.keras")
