@@ -61,9 +61,18 @@ def local_header(name: str, crc: int, size: int, *, length: int | None = None) -
             raise ValueError(f"A zip local header cannot be padded to {length} bytes")
         extra += struct.pack("<HH", _PAD_ID, pad - 4) + bytes(pad - 4)
     head = _LOCAL.pack(
-        0x04034B50, version, flags, 0, dos_time, dos_date, crc, shown, shown,
-        len(encoded), len(extra),
-    )  # fmt: skip
+        0x04034B50,
+        version,
+        flags,
+        0,
+        dos_time,
+        dos_date,
+        crc,
+        shown,
+        shown,
+        len(encoded),
+        len(extra),
+    )
     return head + encoded + extra
 
 
@@ -104,9 +113,24 @@ def archive_tail(first: Member, others: list[tuple[str, bytes]], start: int) -> 
         version = 45 if extra_values else 20
         parts.append(
             _CENTRAL.pack(
-                0x02014B50, 3 << 8 | version, version, flags, 0, dos_time, dos_date,
-                member.crc, size, size, len(encoded), len(extra), 0, 0, 0, 0o600 << 16, offset,
-            )  # fmt: skip
+                0x02014B50,
+                3 << 8 | version,
+                version,
+                flags,
+                0,
+                dos_time,
+                dos_date,
+                member.crc,
+                size,
+                size,
+                len(encoded),
+                len(extra),
+                0,
+                0,
+                0,
+                0o600 << 16,
+                offset,
+            )
             + encoded
             + extra
         )
@@ -116,15 +140,29 @@ def archive_tail(first: Member, others: list[tuple[str, bytes]], start: int) -> 
     if directory_start >= _MAX32 or count >= 0xFFFF or any(m.size >= _MAX32 for m in members):
         parts.append(
             _END64.pack(
-                0x06064B50, _END64.size - 12, 45, 45, 0, 0, count, count,
-                directory_size, directory_start,
-            )  # fmt: skip
+                0x06064B50,
+                _END64.size - 12,
+                45,
+                45,
+                0,
+                0,
+                count,
+                count,
+                directory_size,
+                directory_start,
+            )
         )
         parts.append(_LOCATOR64.pack(0x07064B50, 0, position, 1))
     parts.append(
         _END.pack(
-            0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
-            min(directory_size, _MAX32), min(directory_start, _MAX32), 0,
-        )  # fmt: skip
+            0x06054B50,
+            0,
+            0,
+            min(count, 0xFFFF),
+            min(count, 0xFFFF),
+            min(directory_size, _MAX32),
+            min(directory_start, _MAX32),
+            0,
+        )
     )
     return b"".join(parts)

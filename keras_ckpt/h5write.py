@@ -73,8 +73,10 @@ def _lay_out(
         if kind == "make":
             path, group = a, None
             if b or eager_groups:
-                group = file.create_group("vars") if not a else file.create_group(a).create_group(
-                    "vars"
+                group = (
+                    file.create_group("vars")
+                    if not a
+                    else file.create_group(a).create_group("vars")
                 )
                 for k, v in (b or {}).items():
                     group.attrs[k] = v
@@ -226,7 +228,7 @@ def _write_one_pass(
         if userblock:
             member_crc = 0
             for _, data in segments:
-                member_crc = zlib.crc32(data, member_crc)
+                member_crc = zlib.crc32(data, member_crc)  # type: ignore[arg-type]
             name = saving_lib._VARS_FNAME_H5
             header = _zip.local_header(name, member_crc, size - userblock, length=userblock)
             others = [
@@ -264,9 +266,7 @@ def _replay(ops: list[tuple[str, Any, Any]], store: Any) -> None:
             entry[a] = b
 
 
-def _write_with_keras(
-    snapshot: Snapshot, path: str, extras: tuple[str, dict, dict] | None
-) -> None:
+def _write_with_keras(snapshot: Snapshot, path: str, extras: tuple[str, dict, dict] | None) -> None:
     """Keras's own store, fed with the snapshot's host copies (the fallback)."""
     if snapshot.weights_only:
         store = saving_lib.H5IOStore(path, mode="w")

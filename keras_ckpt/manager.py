@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,7 +33,14 @@ from keras_ckpt.records import (
     validate_name,
     validate_path,
 )
-from keras_ckpt.storage import META_DIR, DirectoryLockHandle, Storage, seal_file, storage_for
+from keras_ckpt.storage import (
+    META_DIR,
+    DirectoryLockHandle,
+    SealedFile,
+    Storage,
+    seal_file,
+    storage_for,
+)
 
 __all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint"]
 
@@ -288,15 +295,14 @@ class CheckpointManager:
             CheckpointNotFoundError: nothing matches.
             CorruptCheckpointError: the named checkpoint, or every candidate, is damaged.
         """
+        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=kind)
+        return self._first_good(which, candidates, None)[0]
+
+    def _candidates(
+        self, which: str, *, monitor: str | None, mode: str, owner: str | None, kind: str | None
+    ) -> list[Record]:
         if which not in ("latest", "best"):
-            record = self.get(which)
-            result = self._verify_record(record)
-            if not result.ok:
-                raise CorruptCheckpointError(
-                    f"Checkpoint {record.name} in {self.directory} is damaged: "
-                    + "; ".join(result.problems)
-                )
-            return record
+            return [self.get(which)]
         if which == "latest":
             candidates = list(reversed(self.checkpoints(owner)))
         else:
@@ -309,15 +315,44 @@ class CheckpointManager:
                 f"No checkpoint in {self.directory} to use as {which!r}"
                 + (f" (none has {monitor!r} in its metrics)" if which == "best" else "")
             )
+        return candidates
+
+    def _first_good(
+        self, which: str, candidates: list[Record], use: Callable[[Record], Any] | None
+    ) -> tuple[Record, Any]:
+        """`use(record)` of the first candidate that is whole; a damaged one is skipped (for
+        `"latest"`/`"best"`, with a warning naming the damaged file) or raises (a named one).
+
+        With `use` None, each candidate is verified by reading its files; otherwise `use` reads
+        the main file and checks it against its record (`h5read`), the other files are verified.
+        """
         for record in candidates:
-            result = self._verify_record(record)
-            if result.ok:
-                return record
+            problems = []
+            value: Any = None
+            if use is None:
+                problems = list(self._verify_record(record).problems)
+            else:
+                rest = replace(record, files=record.files[1:])
+                problems = list(self._verify_record(rest).problems) if rest.files else []
+                if not problems:
+                    try:
+                        value = use(record)
+                    except CorruptCheckpointError as e:
+                        problems = [str(e)]
+                    except FileNotFoundError:
+                        problems = [f"{record.path}: missing file"]
+            if not problems:
+                return record, value
+            if which not in ("latest", "best"):
+                raise CorruptCheckpointError(
+                    f"Checkpoint {record.name} in {self.directory} is damaged: "
+                    + "; ".join(problems)
+                )
             warnings.warn(
                 f"Checkpoint {record.name} in {self.directory} is damaged ("
-                + "; ".join(result.problems)
+                + "; ".join(problems)
                 + f"); skipping it for {which!r}.",
-                stacklevel=2,
+                stacklevel=3,
             )
         raise CorruptCheckpointError(
             f"Every candidate for {which!r} in {self.directory} is damaged; run "
@@ -343,7 +378,11 @@ class CheckpointManager:
         owner: str | None = None,
         **load_kwargs: Any,
     ) -> Any:
-        """Loads a full-model checkpoint with `keras.saving.load_model`.
+        """Loads a full-model checkpoint as `keras.saving.load_model` would.
+
+        The file is read once: its checksum is checked on the bytes the model is loaded from
+        (`keras_ckpt.h5read`), so a damaged `"latest"` or `"best"` is skipped for the previous
+        good one, with a warning naming the damaged file.
 
         Args:
             which: A checkpoint name, `"latest"` or `"best"`.
@@ -356,22 +395,24 @@ class CheckpointManager:
         Raises:
             ValueError: the checkpoint holds weights only (use `load_weights` on a built model).
         """
-        record = self.resolve(
-            which,
-            monitor=monitor,
-            mode=mode,
-            owner=owner,
-            kind="model" if which in ("latest", "best") else None,
-        )
-        if record.kind != "model":
-            raise ValueError(
-                f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, not a full "
-                "model: build the model in code and call `load_weights(model, ...)` instead."
-            )
-        import keras
+        kind = "model" if which in ("latest", "best") else None
+        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=kind)
+        for record in candidates:
+            if record.kind != "model":
+                raise ValueError(
+                    f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, not a "
+                    "full model: build the model in code and call `load_weights(model, ...)` "
+                    "instead."
+                )
+        from keras_ckpt import h5read
 
-        with self.storage.local_path(record.path) as path:
-            return keras.saving.load_model(path, **load_kwargs)
+        def load(record: Record) -> Any:
+            entry = record.files[0]
+            with self.storage.local_path(record.path) as path:
+                expected = SealedFile(entry.size, entry.checksum)
+                return h5read.load_model(path, expected, name=entry.path, **load_kwargs)
+
+        return self._first_good(which, candidates, load)[1]
 
     def load_weights(
         self,
@@ -393,13 +434,20 @@ class CheckpointManager:
             which: A checkpoint name, `"latest"` or `"best"`.
             monitor, mode, owner: As for `load_model`.
         """
-        record = self.resolve(which, monitor=monitor, mode=mode, owner=owner)
+        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=None)
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
-        with self.storage.local_path(record.path) as path:
-            model.load_weights(path)
-        return record
+        from keras_ckpt import h5read
+
+        def load(record: Record) -> None:
+            entry = record.files[0]
+            with self.storage.local_path(record.path) as path:
+                h5read.load_weights(
+                    model, path, SealedFile(entry.size, entry.checksum), name=entry.path
+                )
+
+        return self._first_good(which, candidates, load)[0]
 
     def _read(self) -> tuple[list[Record], list[tuple[str, Exception]]]:
         """Records as a reader sees them, with replacements caught half-way settled.
@@ -566,6 +614,7 @@ class CheckpointManager:
         metrics: Mapping[str, float] | None = None,
         owner: str | None = None,
         owner_state: Mapping[str, Any] | None = None,
+        sealed: Mapping[str, SealedFile] | None = None,
     ) -> Record:
         """Publishes staged files and then their record: the checkpoint exists once this returns.
 
@@ -576,6 +625,8 @@ class CheckpointManager:
                 atomically (its record is updated after its files).
             kind: `"model"`, `"weights"` or `"training_state"`.
             metrics: Logs at that moment; non-finite and non-numeric values are dropped.
+            sealed: Size and checksum of staged files whose writer computed them (and fsynced
+                the file), by relpath: those are not read back, only their size is checked.
 
         Raises:
             ForeignFileError: a final path holds a file no record of this directory names.
@@ -605,8 +656,14 @@ class CheckpointManager:
                 )
             entries = []
             for relpath, source in files.items():
-                sealed = seal_file(source)
-                entries.append(FileEntry(relpath, sealed.size, sealed.checksum))
+                known = (sealed or {}).get(relpath)
+                seal = known if known is not None else seal_file(source)
+                if known is not None and os.path.getsize(source) != known.size:
+                    raise OSError(
+                        f"Staged file {source} holds {os.path.getsize(source)} bytes, its writer "
+                        f"reported {known.size}"
+                    )
+                entries.append(FileEntry(relpath, seal.size, seal.checksum))
             keras_version, backend = _keras_identity()
             record = Record(
                 name=name,

@@ -61,6 +61,8 @@ def _host_view(value: Any) -> np.ndarray:
 
     The caller copies it at once (before the next training step).
     """
+    if isinstance(value, np.ndarray):
+        return value
     if backend.backend() == "tensorflow":
         variable = getattr(value, "value", value)  # a Keras variable holds a tf.Variable
         read = getattr(variable, "read_value", None)
