@@ -8,7 +8,17 @@ import inspect
 import pytest
 
 import keras_ckpt
-from keras_ckpt import distribute, errors, manager, policies, records, state
+from keras_ckpt import (
+    distribute,
+    errors,
+    h5read,
+    h5write,
+    manager,
+    policies,
+    records,
+    snapshot,
+    state,
+)
 from keras_ckpt.callbacks import backup_and_restore, model_checkpoint
 
 PUBLIC = [
@@ -32,6 +42,9 @@ MODULES = [
     state,
     model_checkpoint,
     backup_and_restore,
+    snapshot,
+    h5write,
+    h5read,
 ]
 
 
