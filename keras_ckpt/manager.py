@@ -332,15 +332,16 @@ class CheckpointManager:
             if use is None:
                 problems = list(self._verify_record(record).problems)
             else:
-                rest = replace(record, files=record.files[1:])
-                problems = list(self._verify_record(rest).problems) if rest.files else []
+                if len(record.files) > 1:  # side files: verified by reading them
+                    rest = replace(record, files=record.files[1:])
+                    problems = list(self._verify_record(rest).problems)
+                if not problems and not self.storage.exists(record.path):
+                    problems = [f"{record.path}: missing file"]
                 if not problems:
                     try:
                         value = use(record)
                     except CorruptCheckpointError as e:
                         problems = [str(e)]
-                    except FileNotFoundError:
-                        problems = [f"{record.path}: missing file"]
             if not problems:
                 return record, value
             if which not in ("latest", "best"):
