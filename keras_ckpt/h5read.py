@@ -27,7 +27,7 @@ from keras_ckpt._keras_private import saving_lib
 from keras_ckpt.errors import CorruptCheckpointError
 from keras_ckpt.storage import CHECKSUM_ALGORITHM, SealedFile
 
-__all__ = ["VerifiedFile", "load_weights", "load_model"]
+__all__ = ["VerifiedFile", "load_weights", "load_weights_and_extras", "load_model"]
 
 _CHUNK = 8 * 1024 * 1024
 
@@ -268,6 +268,61 @@ def load_weights(
         del source
         model.load_weights(os.fspath(path), skip_mismatch=skip_mismatch)
         return False
+
+
+def _read_group(source: VerifiedFile | None, file: h5py.File, group: str) -> tuple[dict, dict]:
+    if group not in file:
+        raise KeyError(f"{file.filename} has no group {group!r}")
+    node = file[group]
+    arrays = {
+        key: np.array(source._array(ds) if source is not None else ds[()], copy=True)
+        for key, ds in node.items()
+        if isinstance(ds, h5py.Dataset)
+    }
+    return arrays, dict(node.attrs.items())
+
+
+def load_weights_and_extras(
+    model: Any,
+    path: str | os.PathLike[str],
+    expected: SealedFile | None,
+    *,
+    extra_group: str,
+    name: str | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """`load_weights`, and the datasets and attributes of `extra_group` (see `h5write`), in the
+    same checked read of a `.weights.h5` file.
+
+    Raises:
+        CorruptCheckpointError: the file differs from `expected`.
+        KeyError: the file has no group `extra_group`.
+
+    Example:
+
+    >>> import keras, os, tempfile
+    >>> import numpy as np
+    >>> from keras_ckpt import h5write, snapshot
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "b.weights.h5")
+    >>> sealed = h5write.write_snapshot(snapshot.take(model, weights_only=True), path,
+    ...     extra_group="keras_ckpt", extra_arrays={"rng": np.arange(3)}, extra_attrs={"step": 7})
+    >>> arrays, attrs = load_weights_and_extras(model, path, sealed, extra_group="keras_ckpt")
+    >>> arrays["rng"].tolist(), int(attrs["step"])
+    ([0, 1, 2], 7)
+    """
+    if not model.built:
+        raise ValueError("You are loading weights into a model that has not yet been built.")
+    source = VerifiedFile(path, expected, name=name)
+    try:
+        with source.open_hdf5() as file:
+            extras = _read_group(source, file, extra_group)
+            _load_state(model, source.store(file), None)
+        return extras
+    except _NotInPlace:
+        del source
+        model.load_weights(os.fspath(path))
+        with h5py.File(path, "r") as file:
+            return _read_group(None, file, extra_group)
 
 
 def load_model(

@@ -237,6 +237,11 @@ def test_extra_group_is_written_and_plain_keras_ignores_it(tmp_path, data):
     loaded = fresh_like(model)
     loaded.load_weights(path)
     assert_same_state(state_of(loaded), state_of(model))
+    again = fresh_like(model)
+    arrays, attrs = h5read.load_weights_and_extras(again, path, sealed, extra_group="keras_ckpt")
+    assert_same_state(state_of(again), state_of(model))
+    assert sorted(arrays) == ["big", "small"] and attrs["state"] == '{"epoch": 3}'
+    np.testing.assert_array_equal(arrays["big"], extra["big"])
     with pytest.raises(ValueError, match="already a group"):
         h5write.write_snapshot(
             snapshot.take(model, weights_only=True), str(path), extra_group="layers"
