@@ -64,17 +64,15 @@ def _host_view(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if backend.backend() == "tensorflow":
-        variable = getattr(value, "value", value)  # a Keras variable holds a tf.Variable
-        read = getattr(variable, "read_value", None)
-        tensor = read() if callable(read) else variable
-        to_numpy = getattr(tensor, "_numpy", None)  # EagerTensor: a view, not a copy
-        if callable(to_numpy):
-            try:
-                array = to_numpy()
-            except Exception:  # not an eager CPU tensor: take Keras's way below
-                array = None
-            if isinstance(array, np.ndarray):
-                return array
+        try:
+            variable = getattr(value, "value", value)  # a Keras variable holds a tf.Variable
+            read = getattr(variable, "read_value", None)
+            tensor = read() if callable(read) else variable
+            array = tensor._numpy()  # EagerTensor: a view, where `.numpy()` would copy
+        except Exception:  # not an eager tensor (or TF changed): Keras's way below
+            array = None
+        if isinstance(array, np.ndarray):
+            return array
     return np.asarray(backend.convert_to_numpy(value))
 
 
