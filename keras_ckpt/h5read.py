@@ -25,7 +25,7 @@ import numpy as np
 
 from keras_ckpt._keras_private import saving_lib
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.storage import CHECKSUM_ALGORITHM, SealedFile
+from keras_ckpt.storage import SealedFile
 
 __all__ = ["VerifiedFile", "load_weights", "load_weights_and_extras", "load_model"]
 
@@ -74,7 +74,7 @@ class VerifiedFile:
                     break
                 crc.update(self.buffer[position : position + count])
                 position += count
-        self.sealed = SealedFile(position, f"{CHECKSUM_ALGORITHM}:{crc.digest().hex()}")
+        self.sealed = SealedFile(position, f"crc32c:{crc.digest().hex()}")
         if expected is not None:
             if self.sealed.size != expected.size:
                 raise CorruptCheckpointError(

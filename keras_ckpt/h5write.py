@@ -32,7 +32,7 @@ import numpy as np
 from keras_ckpt import _zip
 from keras_ckpt._keras_private import layout_matches_keras, saving_lib
 from keras_ckpt.snapshot import _SMALL, Snapshot, _is_bfloat16
-from keras_ckpt.storage import CHECKSUM_ALGORITHM, SealedFile, seal_file
+from keras_ckpt.storage import SealedFile, seal_file
 
 __all__ = ["write_snapshot", "lay_out_plainly", "USERBLOCK"]
 
@@ -254,7 +254,7 @@ def _write_one_pass(
             os.fsync(fd)
     finally:
         os.close(fd)
-    return SealedFile(size + len(tail), f"{CHECKSUM_ALGORITHM}:{crc.digest().hex()}")
+    return SealedFile(size + len(tail), f"crc32c:{crc.digest().hex()}")
 
 
 def _replay(ops: list[tuple[str, Any, Any]], store: Any) -> None:
