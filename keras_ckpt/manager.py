@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from keras_ckpt import history as run_history
@@ -261,15 +261,14 @@ class CheckpointManager:
             CheckpointNotFoundError: nothing matches.
             CorruptCheckpointError: the named checkpoint, or every candidate, is damaged.
         """
+        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=kind)
+        return self._first_good(which, candidates, None)[0]
+
+    def _candidates(
+        self, which: str, *, monitor: str | None, mode: str, owner: str | None, kind: str | None
+    ) -> list[Record]:
         if which not in ("latest", "best"):
-            checked = self._checked(self.get(which))
-            if checked is None:
-                raise CheckpointNotFoundError(f"Checkpoint {which!r} was deleted meanwhile")
-            if checked[1]:
-                raise CorruptCheckpointError(
-                    f"Checkpoint {which} in {self.directory} is damaged: " + "; ".join(checked[1])
-                )
-            return checked[0]
+            return [self.get(which)]
         check_choice("mode", mode, ("auto", "min", "max"))
         pool = self.checkpoints(owner)
         if kind is not None and pool and not any(r.kind == kind for r in pool):
@@ -295,18 +294,54 @@ class CheckpointManager:
                 f"No checkpoint in {self.directory} to use as {which!r}"
                 + (f" (none has {monitor!r} in its metrics)" if which == "best" else "")
             )
+        return candidates
+
+    def _first_good(
+        self, which: str, candidates: list[Record], use: Callable[[Record], Any] | None
+    ) -> tuple[Record, Any]:
+        """`use(record)` of the first candidate that is whole; a damaged one is skipped (for
+        `"latest"`/`"best"`, with a warning naming the damaged file) or raises (a named one).
+
+        With `use` None, each candidate is verified by reading its files. Otherwise `use` reads
+        the main file and checks it against its record in the same pass (`h5read`); the other
+        files are verified first. A record changed meanwhile is checked again (`_checked`).
+        """
+        named = which not in ("latest", "best")
         for candidate in candidates:
-            checked = self._checked(candidate)
-            if checked is None:
-                continue  # deleted while we looked
-            record, problems = checked
+            if use is None or len(candidate.files) > 1:
+                checked = self._checked(candidate)
+                if checked is None:
+                    if named:
+                        raise CheckpointNotFoundError(f"Checkpoint {which!r} was deleted meanwhile")
+                    continue  # deleted while we looked
+                record, problems = checked[0], list(checked[1])
+            else:
+                record, problems = candidate, []
+            value: Any = None
+            if use is not None and not problems:
+                if not self.storage.exists(record.path):
+                    problems = [f"{record.path}: missing file"]
+                else:
+                    try:
+                        value = use(record)
+                    except CorruptCheckpointError as e:
+                        again = self._checked(record)  # a writer may have replaced it meanwhile
+                        if again is not None and not again[1] and again[0] != record:
+                            record, value = again[0], use(again[0])
+                        else:
+                            problems = [str(e)]
             if not problems:
-                return record
+                return record, value
+            if named:
+                raise CorruptCheckpointError(
+                    f"Checkpoint {record.name} in {self.directory} is damaged: "
+                    + "; ".join(problems)
+                )
             warnings.warn(
                 f"Checkpoint {record.name} in {self.directory} is damaged ("
                 + "; ".join(problems)
                 + f"); skipping it for {which!r}.",
-                stacklevel=2,
+                stacklevel=3,
             )
         raise CorruptCheckpointError(
             f"Every candidate for {which!r} in {self.directory} is damaged; run "
@@ -322,7 +357,11 @@ class CheckpointManager:
         owner: str | None = None,
         **load_kwargs: Any,
     ) -> Any:
-        """Loads a full-model checkpoint with `keras.saving.load_model`.
+        """Loads a full-model checkpoint as `keras.saving.load_model` would.
+
+        The file is read once: its checksum is checked on the bytes the model is loaded from
+        (`keras_ckpt.h5read`), so a damaged `"latest"` or `"best"` is skipped for the previous
+        good one, with a warning naming the damaged file.
 
         Args:
             which: A checkpoint name, `"latest"` or `"best"`.
@@ -335,22 +374,24 @@ class CheckpointManager:
         Raises:
             ValueError: the checkpoint holds weights only (use `load_weights` on a built model).
         """
-        record = self.resolve(
-            which,
-            monitor=monitor,
-            mode=mode,
-            owner=owner,
-            kind="model" if which in ("latest", "best") else None,
-        )
-        if record.kind != "model":
-            raise ValueError(
-                f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, not a full "
-                "model: build the model in code and call `load_weights(model, ...)` instead."
-            )
-        import keras
+        kind = "model" if which in ("latest", "best") else None
+        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=kind)
+        for record in candidates:
+            if record.kind != "model":
+                raise ValueError(
+                    f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, not a "
+                    "full model: build the model in code and call `load_weights(model, ...)` "
+                    "instead."
+                )
+        from keras_ckpt import h5read
 
-        with self.storage.local_path(record.path) as path:
-            return keras.saving.load_model(path, **load_kwargs)
+        def load(record: Record) -> Any:
+            entry = record.files[0]
+            with self.storage.local_path(record.path) as path:
+                expected = SealedFile(entry.size, entry.checksum)
+                return h5read.load_model(path, expected, name=entry.path, **load_kwargs)
+
+        return self._first_good(which, candidates, load)[1]
 
     def load_weights(
         self,
@@ -372,13 +413,20 @@ class CheckpointManager:
             which: A checkpoint name, `"latest"` or `"best"`.
             monitor, mode, owner: As for `load_model`.
         """
-        record = self.resolve(which, monitor=monitor, mode=mode, owner=owner)
+        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=None)
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
-        with self.storage.local_path(record.path) as path:
-            model.load_weights(path)
-        return record
+        from keras_ckpt import h5read
+
+        def load(record: Record) -> None:
+            entry = record.files[0]
+            with self.storage.local_path(record.path) as path:
+                h5read.load_weights(
+                    model, path, SealedFile(entry.size, entry.checksum), name=entry.path
+                )
+
+        return self._first_good(which, candidates, load)[0]
 
     # ----------------------------------------------------------------- writing
 

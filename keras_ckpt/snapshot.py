@@ -1,12 +1,17 @@
-"""Host snapshots of a model, written later as the same files `model.save`/`save_weights` write.
+"""Host snapshots of a model: what `model.save`/`save_weights` would write, frozen at one step.
 
-Background saving needs the state frozen at one step while training goes on. `take` runs Keras's
-own saving walk (`saving_lib._save_state`) on the training thread into a store that only copies each
-variable to host memory; `write_*` replays those copies into Keras's real `H5IOStore`, in any thread.
-The files are Keras's own format, written by Keras's own code, so plain Keras loads them.
+`Snapshotter.take` runs Keras's own saving walk (`saving_lib._save_state`) on the training thread
+into a store that writes nothing: it learns *what* Keras would write (groups, their metadata
+attributes, datasets, `bfloat16` markers) and copies each variable once into a host buffer that
+the snapshotter owns and reuses at the next save (allocated and pre-faulted once; re-allocated only
+when a shape or dtype changes). At most one save is in flight (`writer.Writer`), so at most one
+extra copy of the state exists. `keras_ckpt.h5write` turns a snapshot into the file.
 
-This and `state.py` are the modules that touch private Keras APIs (`keras.src.saving.saving_lib`);
-`tests/test_snapshot.py` pins each one.
+The copy never keeps a view of backend memory across a training step: on JAX, Keras donates the
+state buffers to the next step, so a zero-copy view could change under the writer.
+
+This module, `h5write`, `h5read` and `state.py` touch private Keras APIs
+(`keras.src.saving.saving_lib`); `_keras_private` checks them at import.
 """
 
 from __future__ import annotations
@@ -14,15 +19,62 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from keras.src import backend
-from keras.src.saving import saving_lib
 
-__all__ = ["Snapshot", "take", "write"]
+from keras_ckpt._keras_private import saving_lib
+
+__all__ = ["Snapshot", "Snapshotter", "take", "write"]
+
+# Arrays below this size are copied plainly and written by h5py with the file's layout.
+_SMALL = 4096
+# Dtypes the one-pass writer lays out itself; anything else goes through Keras's own writer.
+_PLAIN_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    )
+)
+
+
+def _is_bfloat16(dtype: np.dtype) -> bool:
+    return backend.standardize_dtype(dtype) == "bfloat16"
+
+
+def _host_view(value: Any) -> np.ndarray:
+    """The value's bytes as a NumPy array, without a copy where the backend allows one.
+
+    The caller copies it at once (before the next training step).
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if backend.backend() == "tensorflow":
+        try:
+            variable = getattr(value, "value", value)  # a Keras variable holds a tf.Variable
+            read = getattr(variable, "read_value", None)
+            tensor = read() if callable(read) else variable
+            array = tensor._numpy()  # EagerTensor: a view, where `.numpy()` would copy
+        except Exception:  # not an eager tensor (or TF changed): Keras's way below
+            array = None
+        if isinstance(array, np.ndarray):
+            return array
+    return np.asarray(backend.convert_to_numpy(value))
 
 
 def _saves_own_variables_by_index(owner: Any) -> bool:
@@ -36,13 +88,15 @@ def _saves_own_variables_by_index(owner: Any) -> bool:
 
 
 class _RecordingStore(saving_lib.H5IOStore):
-    """Accepts what layers save and keeps host copies, in order; writes nothing."""
+    """Takes what layers save: records Keras's calls in order, copies each value to host memory."""
 
-    def __init__(self) -> None:  # no file: the parent's __init__ would open one
+    def __init__(self, snapshotter: Snapshotter) -> None:  # no file: the parent would open one
         self.mode = "w"
         self.ops: list[tuple[str, Any, Any]] = []
         self.saved: dict[int, str] = {}
         self._group = "vars"
+        self._snapshotter = snapshotter
+        self.plain = True  # every value has a dtype the one-pass writer handles
 
     def __bool__(self) -> bool:
         return True
@@ -62,11 +116,89 @@ class _RecordingStore(saving_lib.H5IOStore):
         owner: Any = sys._getframe(1).f_locals.get("self")
         if _saves_own_variables_by_index(owner) and key.isdigit():
             self.saved[id(owner.variables[int(key)])] = dataset
-        array = np.array(backend.convert_to_numpy(value), copy=True)
-        self.ops.append(("set", key, array))
+        source = _host_view(value)
+        if source.dtype not in _PLAIN_DTYPES and not _is_bfloat16(source.dtype):
+            self.plain = False
+            self.ops.append(("set", key, np.array(source, copy=True)))
+            return
+        self.ops.append(("set", key, self._snapshotter._copy(len(self.ops), source)))
 
     def close(self) -> None:
         pass
+
+
+class Snapshotter:
+    """Takes snapshots of one model into host buffers it reuses from one save to the next.
+
+    A snapshot's arrays are the snapshotter's buffers: the next `take` overwrites them, so write
+    (or discard) a snapshot before taking the next (`writer.Writer` runs one save at a time).
+    Use one snapshotter per callback.
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> snapshotter = Snapshotter()
+    >>> first = snapshotter.take(model, weights_only=True)
+    >>> second = snapshotter.take(model, weights_only=True)  # same buffers, refreshed
+    >>> first.nbytes == second.nbytes == 12
+    True
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, np.ndarray] = {}
+        self.generation = 0
+
+    def _copy(self, slot: int, source: np.ndarray) -> np.ndarray:
+        if source.nbytes < _SMALL:
+            return np.array(source, copy=True)
+        buffer = self._buffers.get(slot)
+        if buffer is None or buffer.shape != source.shape or buffer.dtype != source.dtype:
+            buffer = np.empty(source.shape, source.dtype)
+            buffer.reshape(-1).view(np.uint8).fill(0)  # fault the pages in now, not mid-copy
+            self._buffers[slot] = buffer
+        np.copyto(buffer, source, casting="no")
+        return buffer
+
+    def take(self, model: Any, *, weights_only: bool) -> Snapshot:
+        """Copies everything `model.save` (or `save_weights`) would write, to host memory."""
+        self.generation += 1
+        store = _RecordingStore(self)
+        assets = None if weights_only else saving_lib.DiskIOStore("assets", mode="w")
+        try:
+            saving_lib._save_state(
+                model,
+                weights_store=store,
+                assets_store=assets,
+                inner_path="",
+                visited_saveables=set(),
+            )
+            config_json, metadata_json = ("", "")
+            if not weights_only:
+                config_json, metadata_json = saving_lib._serialize_model_as_json(model)
+        except BaseException:
+            if assets is not None:
+                assets.close()  # removes its temporary folder
+            raise
+        assets_dir = None
+        if assets is not None:
+            if any(os.scandir(assets.working_dir)):
+                assets_dir = assets.working_dir  # kept until the snapshot is written
+            else:
+                assets.close()
+        nbytes = sum(op[2].nbytes for op in store.ops if op[0] == "set")
+        return Snapshot(
+            weights_only,
+            store.ops,
+            config_json,
+            metadata_json,
+            assets_dir,
+            nbytes,
+            plain=store.plain,
+            saved=store.saved,
+            owner=self,
+            generation=self.generation,
+        )
 
 
 @dataclass
@@ -75,9 +207,12 @@ class Snapshot:
 
     Attributes:
         weights_only: True for a `.weights.h5` file, False for a `.keras` file.
-        ops: Keras's saving calls, in order, with host copies of every variable.
+        ops: Keras's saving calls, in order: `("make", path, metadata)` and
+            `("set", key, host array)`.
         config_json, metadata_json: The `.keras` file's JSON members (full models only).
         assets_dir: Local folder of saved assets (full models with assets only).
+        nbytes: Bytes of array data.
+        plain: Every array has a dtype the one-pass writer lays out (else Keras's writer is used).
         saved: `id()` of every object the walk handed to the store, mapped to its dataset's path
             in the `.weights.h5` file: the variables the file holds as they are (a layer that
             saves a computed array instead is not among them).
@@ -90,6 +225,17 @@ class Snapshot:
     assets_dir: str | None = None
     nbytes: int = field(default=0)
     saved: dict[int, str] = field(default_factory=dict)
+    plain: bool = True
+    owner: Snapshotter | None = field(default=None, repr=False)
+    generation: int = 0
+
+    def check_current(self) -> None:
+        """Raises if a later `take` of the same snapshotter has overwritten this one's buffers."""
+        if self.owner is not None and self.owner.generation != self.generation:
+            raise RuntimeError(
+                "This snapshot's buffers were reused by a later take(); write a snapshot before "
+                "taking the next one with the same Snapshotter."
+            )
 
     def discard(self) -> None:
         """Frees the temporary assets folder (the arrays go with the object)."""
@@ -99,76 +245,29 @@ class Snapshot:
 
 
 def take(model: Any, *, weights_only: bool) -> Snapshot:
-    """Copies everything `model.save` (or `save_weights`) would write, to host memory."""
-    store = _RecordingStore()
-    assets = None if weights_only else saving_lib.DiskIOStore("assets", mode="w")
-    try:
-        saving_lib._save_state(
-            model,
-            weights_store=store,
-            assets_store=assets,
-            inner_path="",
-            visited_saveables=set(),
-        )
-        config_json, metadata_json = ("", "")
-        if not weights_only:
-            config_json, metadata_json = saving_lib._serialize_model_as_json(model)
-    except BaseException:
-        if assets is not None:
-            assets.close()  # removes its temporary folder
-        raise
-    assets_dir = None
-    if assets is not None:
-        if any(os.scandir(assets.working_dir)):
-            assets_dir = assets.working_dir  # kept until the snapshot is written
-        else:
-            assets.close()
-    nbytes = sum(op[2].nbytes for op in store.ops if op[0] == "set")
-    return Snapshot(
-        weights_only,
-        store.ops,
-        config_json,
-        metadata_json,
-        assets_dir,
-        nbytes,
-        store.saved,
-    )
+    """A snapshot in fresh buffers (use a `Snapshotter` to reuse them across saves).
+
+    Example:
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> take(model, weights_only=True).nbytes
+    12
+    """
+    return Snapshotter().take(model, weights_only=weights_only)
 
 
-def _replay(ops: list[tuple[str, Any, Any]], store: saving_lib.H5IOStore) -> None:
-    for kind, a, b in ops:
-        if kind == "make":
-            store.make(a, metadata=b)
-        else:
-            store[a] = b
+def write(snapshot: Snapshot, path: str, *, sync: bool = True) -> Any:
+    """Writes `snapshot` to a local `path` as Keras would; returns its `storage.SealedFile`.
 
+    Example:
 
-def write(snapshot: Snapshot, path: str) -> None:
-    """Writes `snapshot` to a local `path` as Keras would (`.keras` zip or `.weights.h5`)."""
-    if snapshot.weights_only:
-        store = saving_lib.H5IOStore(path, mode="w")
-        try:
-            _replay(snapshot.ops, store)
-        finally:
-            store.close()
-        return
-    # Keras builds the weights in a BytesIO through h5py's Python file driver (a callback into
-    # Python, under the GIL, for every write) and copies it into the zip. Written to a real file
-    # by HDF5's own driver and streamed into the zip, the same bytes cost training less.
-    weights_path = f"{path}.{saving_lib._VARS_FNAME_H5}"
-    store = saving_lib.H5IOStore(weights_path, mode="w")
-    try:
-        _replay(snapshot.ops, store)
-    finally:
-        store.close()
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(saving_lib._METADATA_FILENAME, snapshot.metadata_json)
-        archive.writestr(saving_lib._CONFIG_FILENAME, snapshot.config_json)
-        archive.write(weights_path, saving_lib._VARS_FNAME_H5)
-        if snapshot.assets_dir:
-            for root, _, files in os.walk(snapshot.assets_dir):
-                for name in files:
-                    full = os.path.join(root, name)
-                    relative = os.path.relpath(full, snapshot.assets_dir).replace(os.sep, "/")
-                    archive.write(full, f"{saving_lib._ASSETS_DIRNAME}/{relative}")
-    os.remove(weights_path)
+    >>> import keras, os, tempfile
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.weights.h5")
+    >>> write(take(model, weights_only=True), path).checksum.startswith("crc32c:")
+    True
+    """
+    from keras_ckpt import h5write
+
+    return h5write.write_snapshot(snapshot, path, sync=sync)

@@ -13,11 +13,14 @@ from keras_ckpt import (
     cadence,
     distribute,
     errors,
+    h5read,
+    h5write,
     history,
     manager,
     policies,
     records,
     results,
+    snapshot,
     state,
 )
 from keras_ckpt.callbacks import backup_and_restore, model_checkpoint
@@ -47,6 +50,9 @@ MODULES = [
     history,
     averaging,
     cadence,
+    snapshot,
+    h5write,
+    h5read,
 ]
 
 

@@ -92,4 +92,6 @@ def test_recording_store_is_accepted_by_keras_saving_walk():
             inner_path="",
             visited_saveables=set(),
         )
-    assert isinstance(snapshot._RecordingStore(), snapshot.saving_lib.H5IOStore)
+    assert isinstance(
+        snapshot._RecordingStore(snapshot.Snapshotter()), snapshot.saving_lib.H5IOStore
+    )

@@ -10,7 +10,7 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import distribute, snapshot
+from keras_ckpt import distribute, h5write, snapshot
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
 from keras_ckpt.callbacks._monitor import Monitor
 from keras_ckpt.callbacks._naming import format_name, split_filepath, template_fields
@@ -333,15 +333,18 @@ class ModelCheckpoint(keras.callbacks.Callback):
         # Settled here, on the training thread: the writer thread must not touch `self.model`
         # (on JAX that property syncs the trainer's state into the variables).
         policy = self.retention_policy()
-        if self._writer.background:
-            self._writer.run(
-                lambda: snapshot.take(self.model, weights_only=self.save_weights_only),
-                lambda snap: self._commit(snap, fields, policy, epoch_index, display),
-            )
-        else:
+        if self._legacy_h5:  # Keras writes a legacy `.h5` full model from the live model
             self._writer.run(
                 lambda: None, lambda _: self._commit(None, fields, policy, epoch_index, display)
             )
+            return
+        # Host copies on the training thread (into buffers reused from save to save), written
+        # by the one-pass writer inline or in the writer thread.
+        snapshotter = self.__dict__.setdefault("_snapshotter", snapshot.Snapshotter())
+        self._writer.run(
+            lambda: snapshotter.take(self.model, weights_only=self.save_weights_only),
+            lambda snap: self._commit(snap, fields, policy, epoch_index, display),
+        )
 
     def _commit(
         self,
@@ -351,20 +354,19 @@ class ModelCheckpoint(keras.callbacks.Callback):
         epoch_index: int,
         display: str,
     ) -> None:
-        """Writes the file (from `snap`, or from the live model when saving inline) and commits it."""
+        """Writes the file (from `snap`; a legacy `.h5` from the live model) and commits it."""
         name = fields["name"]
         with self.manager.stage() as folder:
             staged = os.path.join(folder, name)
+            sealed = None
             if snap is not None:
                 try:
-                    snapshot.write(snap, staged)
+                    sealed = {name: h5write.write_snapshot(snap, staged)}  # fsynced, checksummed
                 finally:
                     snap.discard()
-            elif self.save_weights_only:
-                self.model.save_weights(staged, overwrite=True)
             else:
                 self.model.save(staged, overwrite=True)
-            self.manager.commit({name: staged}, **fields)
+            self.manager.commit({name: staged}, sealed=sealed, **fields)
         if self.verbose:
             print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
         policy = self._applicable(policy) if policy is not None else None

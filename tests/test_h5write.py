@@ -1,0 +1,405 @@
+"""keras_ckpt.h5write / h5read: Keras's own formats written in one pass and read back in place."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+
+import h5py
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+from conftest import build_model
+
+import keras_ckpt
+from keras_ckpt import _keras_private, _zip, h5read, h5write, snapshot
+from keras_ckpt.errors import CorruptCheckpointError
+from keras_ckpt.manager import CheckpointManager
+from keras_ckpt.storage import seal_file
+
+
+@keras.saving.register_keras_serializable(package="keras_ckpt_tests")
+class Counter(keras.layers.Layer):
+    """A registered custom layer with int and bool variables besides a float one."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
+        self.count = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, name="count"
+        )
+        self.flags = self.add_weight(
+            shape=(4,), dtype="bool", initializer="zeros", trainable=False, name="flags"
+        )
+
+    def call(self, x, training=False):
+        if training:
+            self.count.assign_add(1)
+            self.flags.assign(keras.ops.ones((4,), dtype="bool"))
+        return x * self.scale
+
+
+def awkward_model(*, bfloat16: bool = False) -> keras.Model:
+    """Nested functional + BatchNormalization, custom layer, bfloat16 layer, Adam with EMA."""
+    keras.utils.set_random_seed(0)
+    if bfloat16:
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        inner_in = keras.Input((8,))
+        h = keras.layers.Dense(1200, activation="relu")(inner_in)  # large: the pwrite path
+        h = keras.layers.BatchNormalization()(h)
+        inner = keras.Model(inner_in, h, name="inner")
+        x_in = keras.Input((8,))
+        h = inner(x_in)
+        h = Counter()(h)
+        h = keras.layers.Dense(16, dtype="bfloat16")(h)
+        out = keras.layers.Dense(3, activation="softmax", dtype="float32")(h)
+        model = keras.Model(x_in, out)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    model.compile(
+        optimizer=keras.optimizers.Adam(use_ema=True),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def trained(data, **kwargs):
+    model = awkward_model(**kwargs)
+    model.fit(*data, epochs=1, batch_size=16, verbose=0)
+    return model
+
+
+def state_of(model) -> list[np.ndarray]:
+    return [np.asarray(v.numpy()) for v in model.weights + model.optimizer.variables]
+
+
+def assert_same_state(a: list[np.ndarray], b: list[np.ndarray]) -> None:
+    assert len(a) == len(b) > 0
+    for left, right in zip(a, b, strict=True):
+        assert left.dtype == right.dtype
+        np.testing.assert_array_equal(left, right)
+
+
+def h5_tree(path) -> dict:
+    """Every group and dataset with its attributes (and, for datasets, dtype and value)."""
+    source = path
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            source = io.BytesIO(archive.read("model.weights.h5"))
+    out = {}
+    with h5py.File(source, "r") as f:
+
+        def visit(name, obj):
+            attrs = {k: str(v) for k, v in obj.attrs.items()}
+            if isinstance(obj, h5py.Dataset):
+                out[name] = ("dataset", obj.dtype.str, obj.shape, attrs, obj[()].tobytes())
+            else:
+                out[name] = ("group", attrs)
+
+        f.visititems(visit)
+    return out
+
+
+def fresh_like(model) -> keras.Model:
+    clone = awkward_model()
+    clone.optimizer.build(clone.trainable_variables)
+    assert [v.shape for v in clone.weights] == [v.shape for v in model.weights]
+    return clone
+
+
+@pytest.fixture(params=[False, True], ids=["float32", "mixed_bfloat16"])
+def bf16(request):
+    return request.param
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_same_datasets_and_attributes_as_keras_and_plain_keras_loads_it(
+    tmp_path, data, bf16, suffix
+):
+    model = trained(data, bfloat16=bf16)
+    weights_only = suffix == ".weights.h5"
+    ours, theirs = tmp_path / f"ours{suffix}", tmp_path / f"keras{suffix}"
+    sealed = h5write.write_snapshot(snapshot.take(model, weights_only=weights_only), str(ours))
+    assert sealed == seal_file(ours)
+    (model.save_weights if weights_only else model.save)(theirs)
+    assert h5_tree(ours) == h5_tree(theirs)
+    assert any(v[3].get("dtype") == "bfloat16" for v in h5_tree(ours).values() if v[0] == "dataset")
+    if weights_only:
+        loaded = fresh_like(model)
+        loaded.load_weights(ours)
+    else:
+        loaded = keras.saving.load_model(ours)
+        assert isinstance(loaded.get_layer(index=2), Counter)
+    assert_same_state(state_of(loaded), state_of(model))
+
+
+def test_keras_file_is_one_clean_zip_with_its_hdf5_member_at_4096(tmp_path, data):
+    model = trained(data)
+    path = tmp_path / "m.keras"
+    h5write.write_snapshot(snapshot.take(model, weights_only=False), str(path))
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        names = [i.filename for i in archive.infolist()]
+        info = archive.getinfo("model.weights.h5")
+    assert names == ["model.weights.h5", "metadata.json", "config.json"]
+    assert info.compress_type == zipfile.ZIP_STORED and info.header_offset == 0
+    with open(path, "rb") as f:
+        assert f.read(h5write.USERBLOCK + 8)[-8:] == b"\x89HDF\r\n\x1a\n"
+    with h5py.File(path, "r") as f:  # h5py opens the member in place
+        assert f.userblock_size == h5write.USERBLOCK and "layers" in f
+
+
+def test_assets_of_a_lookup_layer_are_in_the_file_and_load(tmp_path):
+    lookup = keras.layers.StringLookup()
+    lookup.adapt(["a", "b", "c", "a"])  # an adapted vocabulary is saved as an asset
+    model = keras.Sequential([keras.Input((1,), dtype="string"), lookup])
+    path = tmp_path / "m.keras"
+    h5write.write_snapshot(snapshot.take(model, weights_only=False), str(path))
+    model.save(tmp_path / "keras.keras")
+    with zipfile.ZipFile(path) as ours, zipfile.ZipFile(tmp_path / "keras.keras") as theirs:
+        assert sorted(ours.namelist()) == sorted(theirs.namelist())
+        assert any(n.startswith("assets/") for n in ours.namelist())
+        assert ours.testzip() is None
+    for loaded in (keras.saving.load_model(path), h5read.load_model(path)):
+        assert loaded.layers[-1].get_vocabulary() == lookup.get_vocabulary()
+
+
+def test_snapshotter_reuses_its_buffers_and_reallocates_on_a_new_shape(data):
+    model = trained(data)
+    snapshotter = snapshot.Snapshotter()
+    first = snapshotter.take(model, weights_only=True)
+    big = [op[2] for op in first.ops if op[0] == "set" and op[2].nbytes >= snapshot._SMALL]
+    assert big
+    second = snapshotter.take(model, weights_only=True)
+    again = [op[2] for op in second.ops if op[0] == "set" and op[2].nbytes >= snapshot._SMALL]
+    assert all(a is b for a, b in zip(big, again, strict=True))
+    with pytest.raises(RuntimeError, match="reused by a later take"):
+        h5write.write_snapshot(first, "/nonexistent/never-written.weights.h5")
+    slot, buffer = next(iter(snapshotter._buffers.items()))
+    renewed = snapshotter._copy(slot, np.zeros(buffer.size + 1, buffer.dtype))
+    assert renewed is not buffer and snapshotter._buffers[slot] is renewed
+
+
+class Capture(keras.callbacks.Callback):
+    """The model's state at each epoch end, as a checkpoint saved then holds it (Keras swaps the
+    EMA weights in when `fit` ends, after the last save)."""
+
+    def __init__(self):
+        super().__init__()
+        self.states = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.states.append(state_of(self.model))
+
+
+@pytest.mark.parametrize("async_save", [True, False], ids=["background", "inline"])
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_model_checkpoint_files_load_in_plain_keras(tmp_path, data, async_save, suffix):
+    model = awkward_model(bfloat16=True)
+    callback = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / f"m-{{epoch}}{suffix}"),
+        save_weights_only=suffix == ".weights.h5",
+        async_save=async_save,
+    )
+    capture = Capture()
+    model.fit(*data, epochs=2, batch_size=16, verbose=0, callbacks=[callback, capture])
+    path = tmp_path / f"m-2{suffix}"
+    if suffix == ".keras":
+        loaded = keras.saving.load_model(path)
+    else:
+        loaded = fresh_like(model)
+        loaded.load_weights(path)
+    assert_same_state(state_of(loaded), capture.states[-1])
+    record = CheckpointManager(tmp_path).get(f"m-2{suffix}")
+    assert record.files[0].checksum == seal_file(path).checksum
+
+
+def test_extra_group_is_written_and_plain_keras_ignores_it(tmp_path, data):
+    model = trained(data)
+    path = tmp_path / "b.weights.h5"
+    extra = {"big": np.arange(5000, dtype="float64"), "small": np.array([1, 2], "int64")}
+    sealed = h5write.write_snapshot(
+        snapshot.take(model, weights_only=True),
+        str(path),
+        extra_group="keras_ckpt",
+        extra_arrays=extra,
+        extra_attrs={"state": '{"epoch": 3}'},
+    )
+    assert sealed == seal_file(path)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["keras_ckpt/big"][()], extra["big"])
+        np.testing.assert_array_equal(f["keras_ckpt/small"][()], extra["small"])
+        assert f["keras_ckpt"].attrs["state"] == '{"epoch": 3}'
+    loaded = fresh_like(model)
+    loaded.load_weights(path)
+    assert_same_state(state_of(loaded), state_of(model))
+    again = fresh_like(model)
+    arrays, attrs = h5read.load_weights_and_extras(again, path, sealed, extra_group="keras_ckpt")
+    assert_same_state(state_of(again), state_of(model))
+    assert sorted(arrays) == ["big", "small"] and attrs["state"] == '{"epoch": 3}'
+    np.testing.assert_array_equal(arrays["big"], extra["big"])
+    with pytest.raises(ValueError, match="already a group"):
+        h5write.write_snapshot(
+            snapshot.take(model, weights_only=True), str(path), extra_group="layers"
+        )
+
+
+class _Float8(keras.layers.Layer):
+    """Saves a float8 array beside its variables: a dtype the one-pass writer leaves to Keras."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(3,), initializer="ones")
+
+    def call(self, x):
+        return x
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["f8"] = np.arange(4, dtype="float32").astype(ml_dtypes.float8_e4m3fn)
+
+    def load_own_variables(self, store):
+        self.w.assign(store["0"])
+
+
+def test_exotic_dtypes_fall_back_to_keras_writer(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), _Float8(), keras.layers.Dense(2)])
+    snap = snapshot.take(model, weights_only=True)
+    assert not snap.plain
+    path = tmp_path / "s.weights.h5"
+    sealed = h5write.write_snapshot(snap, str(path))
+    assert sealed == seal_file(path)
+    model.save_weights(tmp_path / "keras.weights.h5")
+    assert h5_tree(path) == h5_tree(tmp_path / "keras.weights.h5")
+
+
+def test_a_layout_that_differs_from_keras_falls_back_to_keras_writer(tmp_path, data, monkeypatch):
+    model = trained(data)
+    monkeypatch.setattr(h5write, "layout_matches_keras", lambda: (False, False))
+    for suffix, weights_only in ((".weights.h5", True), (".keras", False)):
+        path = tmp_path / f"m{suffix}"
+        sealed = h5write.write_snapshot(snapshot.take(model, weights_only=weights_only), str(path))
+        assert sealed == seal_file(path)
+        with open(path, "rb") as f:  # Keras's writer: no 4096-byte aligned member
+            assert f.read(h5write.USERBLOCK + 8)[-8:] != b"\x89HDF\r\n\x1a\n"
+    assert_same_state(state_of(keras.saving.load_model(tmp_path / "m.keras")), state_of(model))
+
+
+def test_layout_probe_matches_the_installed_keras():
+    matches, _eager = _keras_private.layout_matches_keras()
+    assert matches
+
+
+def test_missing_private_keras_function_fails_clearly_at_import(monkeypatch):
+    monkeypatch.delattr(_keras_private.saving_lib, "_save_state")
+    with pytest.raises(ImportError, match=r"private saving API changed.*_save_state` is missing"):
+        _keras_private._check()
+
+
+def test_changed_private_keras_signature_fails_clearly(monkeypatch):
+    monkeypatch.setattr(_keras_private.saving_lib, "_load_state", lambda model, store: None)
+    with pytest.raises(ImportError, match=r"_load_state.* changed"):
+        _keras_private._check()
+
+
+def test_legacy_h5_full_model_is_written_by_keras_and_sealed(tmp_path, data):
+    model = build_model()
+    callback = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.h5"))
+    model.fit(*data, epochs=1, batch_size=16, verbose=0, callbacks=[callback])
+    record = CheckpointManager(tmp_path).get("m-1.h5")
+    assert record.files[0].checksum == seal_file(tmp_path / "m-1.h5").checksum
+    loaded = CheckpointManager(tmp_path).load_model("m-1.h5")
+    for a, b in zip(loaded.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# ------------------------------------------------------------------ reading
+
+
+@pytest.mark.parametrize("writer", ["ours", "keras"])
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_fast_reader_loads_ours_in_place_and_keras_files_too(tmp_path, data, writer, suffix):
+    model = trained(data, bfloat16=True)
+    path = tmp_path / f"m{suffix}"
+    weights_only = suffix == ".weights.h5"
+    if writer == "ours":
+        h5write.write_snapshot(snapshot.take(model, weights_only=weights_only), str(path))
+    else:
+        (model.save_weights if weights_only else model.save)(path)
+    expected = seal_file(path, sync=False)
+    target = fresh_like(model)
+    in_place = h5read.load_weights(target, path, expected)
+    # Keras's `.keras` holds its HDF5 member at an arbitrary offset: Keras's loader reads it.
+    assert in_place == (writer == "ours" or weights_only)
+    assert_same_state(state_of(target), state_of(model))
+    if not weights_only:
+        assert_same_state(state_of(h5read.load_model(path, expected)), state_of(model))
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_a_flipped_byte_is_found_by_the_reader(tmp_path, data, suffix):
+    model = trained(data)
+    path = tmp_path / f"m{suffix}"
+    sealed = h5write.write_snapshot(
+        snapshot.take(model, weights_only=suffix == ".weights.h5"), str(path)
+    )
+    with open(path, "r+b") as f:
+        f.seek(sealed.size // 2)
+        byte = f.read(1)
+        f.seek(sealed.size // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    target = fresh_like(model)
+    before = state_of(target)
+    with pytest.raises(CorruptCheckpointError, match=r"checksum mismatch"):
+        h5read.load_weights(target, path, sealed, name="m")
+    assert_same_state(state_of(target), before)  # nothing was assigned
+    if suffix == ".keras":
+        with pytest.raises(CorruptCheckpointError, match=r"checksum mismatch"):
+            h5read.load_model(path, sealed)
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_manager_load_latest_skips_a_damaged_newest_for_the_previous(tmp_path, data, suffix):
+    model = awkward_model()
+    callback = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / f"m-{{epoch}}{suffix}"), save_weights_only=suffix == ".weights.h5"
+    )
+    capture = Capture()
+    model.fit(*data, epochs=2, batch_size=16, verbose=0, callbacks=[callback, capture])
+    first = capture.states[0]
+    newest = tmp_path / f"m-2{suffix}"
+    with open(newest, "r+b") as f:
+        f.seek(os.path.getsize(newest) - 100)
+        f.write(b"\xff")
+    manager = CheckpointManager(tmp_path)
+    with pytest.warns(UserWarning, match=rf"m-2{suffix} in .* is damaged \(m-2{suffix}: checksum"):
+        if suffix == ".keras":
+            loaded = manager.load_model("latest")
+        else:
+            loaded = fresh_like(model)
+            assert manager.load_weights(loaded, "latest").name == f"m-1{suffix}"
+    assert_same_state(state_of(loaded), first)
+    with pytest.raises(CorruptCheckpointError, match=rf"m-2{suffix}: checksum mismatch"):
+        manager.load_weights(fresh_like(model), f"m-2{suffix}")
+
+
+def test_zip64_tail_for_a_member_past_4_gib_is_read_by_zipfile(tmp_path):
+    size = (1 << 32) + 10  # sparse: nothing of it is written
+    path = tmp_path / "big.zip"
+    header = _zip.local_header("model.weights.h5", 0, size, length=4096)
+    tail = _zip.archive_tail(
+        _zip.Member("model.weights.h5", 0, size, 0), [("config.json", b"{}")], 4096 + size
+    )
+    with open(path, "wb") as f:
+        f.write(header)
+        f.seek(4096 + size)
+        f.write(tail)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("model.weights.h5")
+        assert (info.file_size, info.header_offset) == (size, 0)
+        assert archive.read("config.json") == b"{}"
+        assert archive.getinfo("config.json").header_offset == 4096 + size
+    assert struct.unpack("<I", header[:4])[0] == 0x04034B50 and len(header) == 4096
