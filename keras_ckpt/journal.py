@@ -91,30 +91,38 @@ class _Session:
     lock: HeldLock
     records: dict[str, Record] = field(default_factory=dict)
     mutex: threading.RLock = field(default_factory=threading.RLock)
-    _owner_of: dict[str, str] = field(default_factory=dict)
+    _owners_of: dict[str, set[str]] = field(default_factory=dict)
     _sequence: int = 0
 
     def put(self, record: Record) -> None:
         self.drop(record.name)
         self.records[record.name] = record
         for entry in record.files:
-            self._owner_of[entry.path] = record.name
+            self._owners_of.setdefault(entry.path, set()).add(record.name)
         self._sequence = max(self._sequence, record.sequence)
 
     def drop(self, name: str) -> Record | None:
         record = self.records.pop(name, None)
         if record is not None:
             for entry in record.files:
-                if self._owner_of.get(entry.path) == name:
-                    del self._owner_of[entry.path]
+                owners = self._owners_of.get(entry.path)
+                if owners is not None:
+                    owners.discard(name)
+                    if not owners:
+                        del self._owners_of[entry.path]
         return record
 
+    def owners_of(self, path: str) -> set[str]:
+        """Names of the records that name file `path` (two hand-edited records may share one)."""
+        return set(self._owners_of.get(path, ()))
+
     def owner_of(self, path: str) -> str | None:
-        """Name of the record that names file `path`, if any."""
-        return self._owner_of.get(path)
+        """Name of a record that names file `path`, if any: the file stays until none does."""
+        owners = self._owners_of.get(path)
+        return min(owners) if owners else None
 
     def names_below(self, folder: str) -> bool:
-        return any(path.startswith(f"{folder}/") for path in self._owner_of)
+        return any(path.startswith(f"{folder}/") for path in self._owners_of)
 
     def next_sequence(self) -> int:
         return self._sequence + 1
@@ -318,7 +326,8 @@ class Journal:
 
     def _check_targets(self, session: _Session, name: str, files: Mapping[str, str]) -> None:
         for relpath in files:
-            holder = session.owner_of(relpath)
+            others = session.owners_of(relpath) - {name}
+            holder = min(others) if others else session.owner_of(relpath)
             if holder is not None and holder != name:
                 raise ForeignFileError(
                     f"Cannot write {relpath} for checkpoint {name!r}: it belongs to checkpoint "
@@ -354,7 +363,7 @@ class Journal:
         """
         session = self.open()
         with contextlib.suppress(OSError):
-            self._remove_unnamed(session, record.files)
+            self._remove_unnamed(session, record.files, links=False)
             if not any(session.owner_of(f.path) is not None for f in record.files):
                 self.storage.remove(pending_path(record.name))
 
@@ -392,16 +401,19 @@ class Journal:
         session: _Session,
         entries: tuple[FileEntry, ...],
         only_if: Callable[[FileEntry], bool] = lambda entry: True,
+        *,
+        links: bool = True,
     ) -> None:
         """Removes the files no record names; a symbolic link on the way is removed as a link
-        once no record names anything below it, never followed."""
-        links = set()
+        once no record names anything below it, never followed. Without `links` (undoing a commit,
+        which never wrote through a link) a link met on the way is left alone."""
+        found = set()
         for entry in entries:
             if session.owner_of(entry.path) is None and only_if(entry):
                 link = self.storage.remove(entry.path)
                 if link is not None:
-                    links.add(link)
-        for link in sorted(links):
+                    found.add(link)
+        for link in sorted(found) if links else ():
             if session.owner_of(link) is None and not session.names_below(link):
                 self.storage.remove(link)
                 warnings.warn(

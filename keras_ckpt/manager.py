@@ -200,31 +200,36 @@ class CheckpointManager:
                     f"Checkpoint {which} in {self.directory} is damaged: " + "; ".join(checked[1])
                 )
             return checked[0]
-        if which == "latest":
-            candidates = list(reversed(self.checkpoints(owner)))
-        else:
-            monitor = monitor or self._default_monitor(owner)
-            candidates = self._ranked_by(monitor, mode, owner)
-        if kind is not None:
-            candidates = [r for r in candidates if r.kind == kind]
-        if not candidates:
-            raise CheckpointNotFoundError(
-                f"No checkpoint in {self.directory} to use as {which!r}"
-                + (f" (none has {monitor!r} in its metrics)" if which == "best" else "")
-            )
-        for candidate in candidates:
-            checked = self._checked(candidate)
-            if checked is None:
-                continue  # deleted while we looked
-            record, problems = checked
-            if not problems:
-                return record
-            warnings.warn(
-                f"Checkpoint {record.name} in {self.directory} is damaged ("
-                + "; ".join(problems)
-                + f"); skipping it for {which!r}.",
-                stacklevel=2,
-            )
+        metric = (monitor or self._default_monitor(owner)) if which == "best" else ""
+        for _ in range(_REREADS):  # listed again only if every candidate was deleted meanwhile
+            if which == "latest":
+                candidates = list(reversed(self.checkpoints(owner)))
+            else:
+                candidates = self._ranked_by(metric, mode, owner)
+            if kind is not None:
+                candidates = [r for r in candidates if r.kind == kind]
+            if not candidates:
+                raise CheckpointNotFoundError(
+                    f"No checkpoint in {self.directory} to use as {which!r}"
+                    + (f" (none has {metric!r} in its metrics)" if which == "best" else "")
+                )
+            damaged = False
+            for candidate in candidates:
+                checked = self._checked(candidate)
+                if checked is None:
+                    continue  # deleted while we looked
+                record, problems = checked
+                if not problems:
+                    return record
+                damaged = True
+                warnings.warn(
+                    f"Checkpoint {record.name} in {self.directory} is damaged ("
+                    + "; ".join(problems)
+                    + f"); skipping it for {which!r}.",
+                    stacklevel=2,
+                )
+            if damaged:
+                break
         raise CorruptCheckpointError(
             f"Every candidate for {which!r} in {self.directory} is damaged; run "
             f"`keras-ckpt verify {self.directory}` for details."

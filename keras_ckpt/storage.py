@@ -74,6 +74,20 @@ def atomic_local_file(path: str) -> Iterator[IO[bytes]]:
     fsync_dir(folder)
 
 
+def _open_regular(path: str) -> IO[bytes]:
+    """Opens a file for reading, refusing anything but a regular file: a FIFO or a device put in
+    place of a checkpoint file (or of a record) would block a reader or never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -174,11 +188,13 @@ class LocalStorage(Storage):
             return []
 
     def read_bytes(self, relpath: str) -> bytes:
-        with open(self._abs(relpath), "rb") as f:
+        with _open_regular(self._abs(relpath)) as f:
             return f.read()
 
     def seal(self, relpath: str) -> SealedFile:
-        return seal_file(self._abs(relpath), sync=False)
+        with _open_regular(self._abs(relpath)) as f:
+            size, checksum = checksum_stream(f.read)
+        return SealedFile(size=size, checksum=checksum)
 
     @contextlib.contextmanager
     def local_path(self, relpath: str) -> Iterator[str]:
