@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import threading
 import time
@@ -43,10 +44,17 @@ PENDING_DIR = f"{META_DIR}/pending"
 _NAME_MAX = 255  # bytes in one file name on common file systems
 
 
+_HASHED = re.compile(r"~[0-9a-f]{16}\.json\Z")
+
+
 def _file_name(name: str) -> str:
-    """`<name>.json`, or for names too long for that a shorter one that still says which."""
+    """`<name>.json`, or for names too long for that a shorter one that still says which.
+
+    A short name that looks like a shortened one (`...~<16 hex digits>`) is shortened too, so that
+    no name can take another's record file.
+    """
     file = f"{name}.json"
-    if len(file.encode()) <= _NAME_MAX:
+    if len(file.encode()) <= _NAME_MAX and not _HASHED.search(file):
         return file
     head = name.encode()[:200].decode("utf-8", "ignore")
     return f"{head}~{hashlib.sha256(name.encode()).hexdigest()[:16]}.json"

@@ -495,3 +495,16 @@ def test_resolve_latest_never_reports_damage_when_its_candidates_were_pruned_mea
             assert reader.resolve("latest").name == "c2"
     finally:
         writer.close()
+
+
+def test_a_short_name_shaped_like_a_hashed_record_name_never_takes_a_long_names_record(tmp_path):
+    long_name = "x" * 300  # its record file name is shortened and hashed
+    lookalike = journal.record_path(long_name).rsplit("/", 1)[1].removesuffix(".json")
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, long_name, {"long.bin": b"l"})
+        commit(manager, lookalike, {"short.bin": b"s"})
+    results = CheckpointManager(tmp_path).verify()
+    assert sorted((r.name, r.ok) for r in results) == sorted(
+        [(long_name, True), (lookalike, True)]
+    )  # before: the lookalike's record overwrote the long name's, whose checkpoint was lost
+    assert journal.record_path(lookalike) != journal.record_path(long_name)
