@@ -336,9 +336,13 @@ class LocalStorage(Storage):
                 "directory would corrupt each other's retention; give each run its own directory "
                 "or stop the other process."
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except BaseException:
+            os.close(fd)  # a disk fault here must not leave the directory locked by nobody
+            raise
         return _FileLock(fd, path)
 
 
@@ -375,9 +379,11 @@ class _FileLock(HeldLock):
             self._lost = "this process is a fork of the writer that holds it"
 
     def _release(self) -> None:
-        if self._lost is None:
-            os.ftruncate(self._fd, 0)
-        os.close(self._fd)  # closing the last descriptor drops the flock
+        try:
+            if self._lost is None:
+                os.ftruncate(self._fd, 0)
+        finally:
+            os.close(self._fd)  # closing the last descriptor drops the flock
 
 
 def _read_holder(fd: int) -> str:
