@@ -110,6 +110,7 @@ class _Folders:
     def __init__(self, root: str, parts: list[str], *, create: bool):
         if create:
             os.makedirs(root, exist_ok=True)  # writers check first that their lock still exists
+        self.root = root
         self.fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
         try:
             for i, part in enumerate(parts):
@@ -134,6 +135,12 @@ class _Folders:
                     raise
                 if stat.S_ISLNK(os.lstat(part, dir_fd=parent).st_mode):
                     raise _LinkInPath(relpath) from None
+                if e.errno == errno.ENOTDIR:  # say which: the bare error names only `part`
+                    raise NotADirectoryError(
+                        errno.ENOTDIR,
+                        "Not a folder, where keras-ckpt needs one (move it away)",
+                        os.path.join(self.root, *relpath.split("/")),
+                    ) from None
                 raise
         raise FileNotFoundError(errno.ENOENT, "folder keeps vanishing", relpath)
 

@@ -508,3 +508,17 @@ def test_a_short_name_shaped_like_a_hashed_record_name_never_takes_a_long_names_
         [(long_name, True), (lookalike, True)]
     )  # before: the lookalike's record overwrote the long name's, whose checkpoint was lost
     assert journal.record_path(lookalike) != journal.record_path(long_name)
+
+
+@pytest.mark.parametrize("own", [META_DIR, f"{META_DIR}/pending", f"{META_DIR}/staging"])
+def test_a_file_in_place_of_a_library_folder_is_refused_naming_its_path(tmp_path, own):
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+    shutil.rmtree(tmp_path / own, ignore_errors=True)
+    (tmp_path / own).write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=f"Not a folder.*{tmp_path / own}"):
+        with CheckpointManager(tmp_path) as manager:
+            commit(manager, "b")
+    assert (tmp_path / own).read_text() == "not a folder"  # left for the user to look at
+    expected = [] if own == META_DIR else ["a"]
+    assert [r.name for r in CheckpointManager(tmp_path).checkpoints()] == expected
