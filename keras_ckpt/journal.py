@@ -32,7 +32,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keras_ckpt import locks
-from keras_ckpt.errors import CheckpointNotFoundError, ForeignFileError, RecordFormatError
+from keras_ckpt.errors import (
+    CheckpointNotFoundError,
+    ForeignFileError,
+    LockLostError,
+    RecordFormatError,
+)
 from keras_ckpt.locks import HeldLock
 from keras_ckpt.records import META_DIR, FileEntry, Record, clean_metrics
 from keras_ckpt.storage import seal_file
@@ -253,7 +258,13 @@ class Journal:
         """Joins this process's writer session of the directory, taking its lock (and recovering
         what a crashed writer left) if it is the first."""
         if self.session is None:
-            self.session = locks.share(self.storage.url, self._start)
+            session = locks.share(self.storage.url, self._start)
+            try:
+                session.lock.check()
+            except LockLostError:  # a forgotten writer's, whose directory was deleted: start anew
+                locks.discard(self.storage.url, session)
+                session = locks.share(self.storage.url, self._start)
+            self.session = session
         return self.session
 
     def close(self) -> None:

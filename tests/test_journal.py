@@ -522,3 +522,17 @@ def test_a_file_in_place_of_a_library_folder_is_refused_naming_its_path(tmp_path
     assert (tmp_path / own).read_text() == "not a folder"  # left for the user to look at
     expected = [] if own == META_DIR else ["a"]
     assert [r.name for r in CheckpointManager(tmp_path).checkpoints()] == expected
+
+
+def test_a_new_manager_writes_into_a_directory_deleted_under_a_forgotten_writer(tmp_path):
+    run = tmp_path / "run"
+    stale = CheckpointManager(run)  # e.g. the callback of an interrupted fit, never closed
+    stale.open_for_writing()
+    commit(stale, "a")
+    shutil.rmtree(run)  # the user starts over
+    with CheckpointManager(run) as manager:  # as LockLostError's message says: a new manager
+        manager.open_for_writing()
+        commit(manager, "b")
+    assert [(r.name, r.ok) for r in CheckpointManager(run).verify()] == [("b", True)]
+    with pytest.raises(LockLostError):
+        commit(stale, "c")  # the forgotten writer still may not write
