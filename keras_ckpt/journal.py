@@ -311,11 +311,13 @@ class Journal:
         with session.mutex:
             previous = session.records.get(name)
             self._check_targets(session, name, files)
-            if previous is not None and len(previous.files) > 1:
+            overwritten = [e.path for e in previous.files if e.path in files] if previous else []
+            if previous is not None and overwritten and max(len(previous.files), len(files)) > 1:
                 raise ValueError(
-                    f"Cannot replace checkpoint {name!r} in {self.label} in place: it has "
-                    f"{len(previous.files)} files, and a kill between their renames would leave "
-                    "neither version whole. Commit it under a new name."
+                    f"Cannot replace checkpoint {name!r} in {self.label} in place: the old "
+                    f"version has {len(previous.files)} files and the new one {len(files)}, and a "
+                    "kill between their renames would leave neither version whole. Commit it under "
+                    "a new name (or new file paths)."
                 )
             keras_version, backend = _keras_identity()
             record = Record(

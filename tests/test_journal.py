@@ -536,3 +536,15 @@ def test_a_new_manager_writes_into_a_directory_deleted_under_a_forgotten_writer(
     assert [(r.name, r.ok) for r in CheckpointManager(run).verify()] == [("b", True)]
     with pytest.raises(LockLostError):
         commit(stale, "c")  # the forgotten writer still may not write
+
+
+def test_replacing_a_one_file_checkpoint_by_several_files_in_place_is_refused(tmp_path):
+    # Before: allowed, and a SIGKILL between publishing fixed.bin and extra.bin left neither
+    # version whole; the next writer dropped the committed checkpoint ("Dropping checkpoint").
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "fixed", {"fixed.bin": b"v1"})
+        with pytest.raises(ValueError, match="Cannot replace checkpoint 'fixed'.*in place"):
+            commit(manager, "fixed", {"fixed.bin": b"v2", "extra.bin": b"e2"})
+        commit(manager, "fixed", {"fixed-2.bin": b"v2", "extra.bin": b"e2"})  # new paths: safe
+    assert [(r.name, r.ok) for r in CheckpointManager(tmp_path).verify()] == [("fixed", True)]
+    assert not (tmp_path / "fixed.bin").exists()
