@@ -339,8 +339,10 @@ class Journal:
                 self.storage.publish(files)
                 self._live()
                 self.storage.write_atomic(record_path(record.name), record.to_json().encode())
-            except BaseException:
+            except BaseException as e:
                 self.abort(record)
+                if isinstance(e, OSError):
+                    self._live()  # a folder vanished under us: say why (LockLostError) if so
                 raise
             self.finish(record, previous)
             return record

@@ -548,3 +548,23 @@ def test_replacing_a_one_file_checkpoint_by_several_files_in_place_is_refused(tm
         commit(manager, "fixed", {"fixed-2.bin": b"v2", "extra.bin": b"e2"})  # new paths: safe
     assert [(r.name, r.ok) for r in CheckpointManager(tmp_path).verify()] == [("fixed", True)]
     assert not (tmp_path / "fixed.bin").exists()
+
+
+@pytest.mark.parametrize("moved", [META_DIR, ""], ids=["keras_ckpt", "directory"])
+def test_a_directory_moved_away_during_a_commit_raises_lock_lost(tmp_path, mocker, moved):
+    run = tmp_path / "run"
+    with CheckpointManager(run) as manager:
+        commit(manager, "a")
+        real_publish = LocalStorage.publish
+
+        def publish_after_move(self, staged):
+            os.rename(run / moved if moved else run, tmp_path / "moved")  # by another process
+            return real_publish(self, staged)
+
+        mocker.patch.object(LocalStorage, "publish", publish_after_move)
+        with pytest.raises(LockLostError, match="deleted or replaced"):
+            commit(manager, "b")  # before: a bare FileNotFoundError naming a staged file
+    assert not (run / META_DIR).exists()  # nothing re-created
+    assert [r.name for r in CheckpointManager(tmp_path / "moved").checkpoints()] == (
+        [] if moved else ["a"]
+    )
