@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import threading
 import time
@@ -31,7 +32,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keras_ckpt import history, locks
-from keras_ckpt.errors import CheckpointNotFoundError, ForeignFileError, RecordFormatError
+from keras_ckpt.errors import (
+    CheckpointNotFoundError,
+    ForeignFileError,
+    LockLostError,
+    RecordFormatError,
+)
 from keras_ckpt.locks import HeldLock
 from keras_ckpt.records import META_DIR, FileEntry, Record, clean_metrics
 from keras_ckpt.storage import seal_file
@@ -43,10 +49,17 @@ PENDING_DIR = f"{META_DIR}/pending"
 _NAME_MAX = 255  # bytes in one file name on common file systems
 
 
+_HASHED = re.compile(r"~[0-9a-f]{16}\.json\Z")
+
+
 def _file_name(name: str) -> str:
-    """`<name>.json`, or for names too long for that a shorter one that still says which."""
+    """`<name>.json`, or for names too long for that a shorter one that still says which.
+
+    A short name that looks like a shortened one (`...~<16 hex digits>`) is shortened too, so that
+    no name can take another's record file.
+    """
     file = f"{name}.json"
-    if len(file.encode()) <= _NAME_MAX:
+    if len(file.encode()) <= _NAME_MAX and not _HASHED.search(file):
         return file
     head = name.encode()[:200].decode("utf-8", "ignore")
     return f"{head}~{hashlib.sha256(name.encode()).hexdigest()[:16]}.json"
@@ -91,30 +104,38 @@ class _Session:
     lock: HeldLock
     records: dict[str, Record] = field(default_factory=dict)
     mutex: threading.RLock = field(default_factory=threading.RLock)
-    _owner_of: dict[str, str] = field(default_factory=dict)
+    _owners_of: dict[str, set[str]] = field(default_factory=dict)
     _sequence: int = 0
 
     def put(self, record: Record) -> None:
         self.drop(record.name)
         self.records[record.name] = record
         for entry in record.files:
-            self._owner_of[entry.path] = record.name
+            self._owners_of.setdefault(entry.path, set()).add(record.name)
         self._sequence = max(self._sequence, record.sequence)
 
     def drop(self, name: str) -> Record | None:
         record = self.records.pop(name, None)
         if record is not None:
             for entry in record.files:
-                if self._owner_of.get(entry.path) == name:
-                    del self._owner_of[entry.path]
+                owners = self._owners_of.get(entry.path)
+                if owners is not None:
+                    owners.discard(name)
+                    if not owners:
+                        del self._owners_of[entry.path]
         return record
 
+    def owners_of(self, path: str) -> set[str]:
+        """Names of the records that name file `path` (two hand-edited records may share one)."""
+        return set(self._owners_of.get(path, ()))
+
     def owner_of(self, path: str) -> str | None:
-        """Name of the record that names file `path`, if any."""
-        return self._owner_of.get(path)
+        """Name of a record that names file `path`, if any: the file stays until none does."""
+        owners = self._owners_of.get(path)
+        return min(owners) if owners else None
 
     def names_below(self, folder: str) -> bool:
-        return any(path.startswith(f"{folder}/") for path in self._owner_of)
+        return any(path.startswith(f"{folder}/") for path in self._owners_of)
 
     def next_sequence(self) -> int:
         return self._sequence + 1
@@ -237,7 +258,13 @@ class Journal:
         """Joins this process's writer session of the directory, taking its lock (and recovering
         what a crashed writer left) if it is the first."""
         if self.session is None:
-            self.session = locks.share(self.storage.url, self._start)
+            session = locks.share(self.storage.url, self._start)
+            try:
+                session.lock.check()
+            except LockLostError:  # a forgotten writer's, whose directory was deleted: start anew
+                locks.discard(self.storage.url, session)
+                session = locks.share(self.storage.url, self._start)
+            self.session = session
         return self.session
 
     def close(self) -> None:
@@ -285,11 +312,13 @@ class Journal:
         with session.mutex:
             previous = session.records.get(name)
             self._check_targets(session, name, files)
-            if previous is not None and len(previous.files) > 1:
+            overwritten = [e.path for e in previous.files if e.path in files] if previous else []
+            if previous is not None and overwritten and max(len(previous.files), len(files)) > 1:
                 raise ValueError(
-                    f"Cannot replace checkpoint {name!r} in {self.label} in place: it has "
-                    f"{len(previous.files)} files, and a kill between their renames would leave "
-                    "neither version whole. Commit it under a new name."
+                    f"Cannot replace checkpoint {name!r} in {self.label} in place: the old "
+                    f"version has {len(previous.files)} files and the new one {len(files)}, and a "
+                    "kill between their renames would leave neither version whole. Commit it under "
+                    "a new name (or new file paths)."
                 )
             keras_version, backend = _keras_identity()
             record = Record(
@@ -311,15 +340,18 @@ class Journal:
                 self.storage.publish(files)
                 self._live()
                 self.storage.write_atomic(record_path(record.name), record.to_json().encode())
-            except BaseException:
+            except BaseException as e:
                 self.abort(record)
+                if isinstance(e, OSError):
+                    self._live()  # a folder vanished under us: say why (LockLostError) if so
                 raise
             self.finish(record, previous)
             return record
 
     def _check_targets(self, session: _Session, name: str, files: Mapping[str, str]) -> None:
         for relpath in files:
-            holder = session.owner_of(relpath)
+            others = session.owners_of(relpath) - {name}
+            holder = min(others) if others else session.owner_of(relpath)
             if holder is not None and holder != name:
                 raise ForeignFileError(
                     f"Cannot write {relpath} for checkpoint {name!r}: it belongs to checkpoint "
@@ -356,7 +388,7 @@ class Journal:
         """
         session = self.open()
         with contextlib.suppress(OSError):
-            self._remove_unnamed(session, record.files)
+            self._remove_unnamed(session, record.files, links=False)
             if not any(session.owner_of(f.path) is not None for f in record.files):
                 self.storage.remove(pending_path(record.name))
 
@@ -413,16 +445,19 @@ class Journal:
         session: _Session,
         entries: tuple[FileEntry, ...],
         only_if: Callable[[FileEntry], bool] = lambda entry: True,
+        *,
+        links: bool = True,
     ) -> None:
         """Removes the files no record names; a symbolic link on the way is removed as a link
-        once no record names anything below it, never followed."""
-        links = set()
+        once no record names anything below it, never followed. Without `links` (undoing a commit,
+        which never wrote through a link) a link met on the way is left alone."""
+        found = set()
         for entry in entries:
             if session.owner_of(entry.path) is None and only_if(entry):
                 link = self.storage.remove(entry.path)
                 if link is not None:
-                    links.add(link)
-        for link in sorted(links):
+                    found.add(link)
+        for link in sorted(found) if links else ():
             if session.owner_of(link) is None and not session.names_below(link):
                 self.storage.remove(link)
                 warnings.warn(

@@ -261,8 +261,7 @@ class CheckpointManager:
             CheckpointNotFoundError: nothing matches.
             CorruptCheckpointError: the named checkpoint, or every candidate, is damaged.
         """
-        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=kind)
-        return self._first_good(which, candidates, None)[0]
+        return self._pick(which, None, monitor=monitor, mode=mode, owner=owner, kind=kind)[0]
 
     def _candidates(
         self, which: str, *, monitor: str | None, mode: str, owner: str | None, kind: str | None
@@ -296,17 +295,40 @@ class CheckpointManager:
             )
         return candidates
 
+    def _pick(
+        self,
+        which: str,
+        use: Callable[[Record], Any] | None,
+        *,
+        monitor: str | None,
+        mode: str,
+        owner: str | None,
+        kind: str | None,
+    ) -> tuple[Record, Any]:
+        """`_first_good` over the candidates, listed again while a writer deletes them all."""
+        for _ in range(_REREADS):
+            candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=kind)
+            found = self._first_good(which, candidates, use)
+            if found is not None:
+                return found
+        raise CheckpointNotFoundError(
+            f"Every candidate for {which!r} in {self.directory} was deleted while it was read "
+            "(a writer is pruning it); try again."
+        )
+
     def _first_good(
         self, which: str, candidates: list[Record], use: Callable[[Record], Any] | None
-    ) -> tuple[Record, Any]:
+    ) -> tuple[Record, Any] | None:
         """`use(record)` of the first candidate that is whole; a damaged one is skipped (for
         `"latest"`/`"best"`, with a warning naming the damaged file) or raises (a named one).
 
         With `use` None, each candidate is verified by reading its files. Otherwise `use` reads
         the main file and checks it against its record in the same pass (`h5read`); the other
-        files are verified first. A record changed meanwhile is checked again (`_checked`).
+        files are verified first. A record changed meanwhile is checked again (`_checked`). None
+        if every candidate was deleted meanwhile (and none was damaged).
         """
         named = which not in ("latest", "best")
+        damaged = False
         for candidate in candidates:
             if use is None or len(candidate.files) > 1:
                 checked = self._checked(candidate)
@@ -320,6 +342,9 @@ class CheckpointManager:
             value: Any = None
             if use is not None and not problems:
                 if not self.storage.exists(record.path):
+                    again = self._checked(record)
+                    if again is None and not named:
+                        continue  # deleted while we looked
                     problems = [f"{record.path}: missing file"]
                 else:
                     try:
@@ -337,12 +362,15 @@ class CheckpointManager:
                     f"Checkpoint {record.name} in {self.directory} is damaged: "
                     + "; ".join(problems)
                 )
+            damaged = True
             warnings.warn(
                 f"Checkpoint {record.name} in {self.directory} is damaged ("
                 + "; ".join(problems)
                 + f"); skipping it for {which!r}.",
-                stacklevel=3,
+                stacklevel=4,
             )
+        if not damaged:
+            return None
         raise CorruptCheckpointError(
             f"Every candidate for {which!r} in {self.directory} is damaged; run "
             f"`keras-ckpt verify {self.directory}` for details."
@@ -374,24 +402,22 @@ class CheckpointManager:
         Raises:
             ValueError: the checkpoint holds weights only (use `load_weights` on a built model).
         """
-        kind = "model" if which in ("latest", "best") else None
-        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=kind)
-        for record in candidates:
+        from keras_ckpt import h5read
+
+        def load(record: Record) -> Any:
             if record.kind != "model":
                 raise ValueError(
                     f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, not a "
                     "full model: build the model in code and call `load_weights(model, ...)` "
                     "instead."
                 )
-        from keras_ckpt import h5read
-
-        def load(record: Record) -> Any:
             entry = record.files[0]
             with self.storage.local_path(record.path) as path:
                 expected = SealedFile(entry.size, entry.checksum)
                 return h5read.load_model(path, expected, name=entry.path, **load_kwargs)
 
-        return self._first_good(which, candidates, load)[1]
+        kind = "model" if which in ("latest", "best") else None
+        return self._pick(which, load, monitor=monitor, mode=mode, owner=owner, kind=kind)[1]
 
     def load_weights(
         self,
@@ -413,7 +439,6 @@ class CheckpointManager:
             which: A checkpoint name, `"latest"` or `"best"`.
             monitor, mode, owner: As for `load_model`.
         """
-        candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=None)
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
@@ -426,7 +451,7 @@ class CheckpointManager:
                     model, path, SealedFile(entry.size, entry.checksum), name=entry.path
                 )
 
-        return self._first_good(which, candidates, load)[0]
+        return self._pick(which, load, monitor=monitor, mode=mode, owner=owner, kind=None)[0]
 
     # ----------------------------------------------------------------- writing
 

@@ -74,6 +74,20 @@ def atomic_local_file(path: str) -> Iterator[IO[bytes]]:
     fsync_dir(folder)
 
 
+def _open_regular(path: str) -> IO[bytes]:
+    """Opens a file for reading, refusing anything but a regular file: a FIFO or a device put in
+    place of a checkpoint file (or of a record) would block a reader or never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -96,6 +110,7 @@ class _Folders:
     def __init__(self, root: str, parts: list[str], *, create: bool):
         if create:
             os.makedirs(root, exist_ok=True)  # writers check first that their lock still exists
+        self.root = root
         self.fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
         try:
             for i, part in enumerate(parts):
@@ -120,6 +135,12 @@ class _Folders:
                     raise
                 if stat.S_ISLNK(os.lstat(part, dir_fd=parent).st_mode):
                     raise _LinkInPath(relpath) from None
+                if e.errno == errno.ENOTDIR:  # say which: the bare error names only `part`
+                    raise NotADirectoryError(
+                        errno.ENOTDIR,
+                        "Not a folder, where keras-ckpt needs one (move it away)",
+                        os.path.join(self.root, *relpath.split("/")),
+                    ) from None
                 raise
         raise FileNotFoundError(errno.ENOENT, "folder keeps vanishing", relpath)
 
@@ -174,11 +195,13 @@ class LocalStorage(Storage):
             return []
 
     def read_bytes(self, relpath: str) -> bytes:
-        with open(self._abs(relpath), "rb") as f:
+        with _open_regular(self._abs(relpath)) as f:
             return f.read()
 
     def seal(self, relpath: str) -> SealedFile:
-        return seal_file(self._abs(relpath), sync=False)
+        with _open_regular(self._abs(relpath)) as f:
+            size, checksum = checksum_stream(f.read)
+        return SealedFile(size=size, checksum=checksum)
 
     @contextlib.contextmanager
     def local_path(self, relpath: str) -> Iterator[str]:
@@ -342,9 +365,13 @@ class LocalStorage(Storage):
                 "directory would corrupt each other's retention; give each run its own directory "
                 "or stop the other process."
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except BaseException:
+            os.close(fd)  # a disk fault here must not leave the directory locked by nobody
+            raise
         return _FileLock(fd, path)
 
 
@@ -381,9 +408,11 @@ class _FileLock(HeldLock):
             self._lost = "this process is a fork of the writer that holds it"
 
     def _release(self) -> None:
-        if self._lost is None:
-            os.ftruncate(self._fd, 0)
-        os.close(self._fd)  # closing the last descriptor drops the flock
+        try:
+            if self._lost is None:
+                os.ftruncate(self._fd, 0)
+        finally:
+            os.close(self._fd)  # closing the last descriptor drops the flock
 
 
 def _read_holder(fd: int) -> str:

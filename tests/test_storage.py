@@ -311,3 +311,26 @@ def test_a_failed_replacement_is_settled_by_the_next_writer(tmp_path, run, mocke
         next_writer.open_for_writing()
         assert next_writer.get("b").files[0].size == len(b"new B")
     assert [result.ok for result in CheckpointManager(tmp_path).verify()] == [True, True]
+
+
+@pytest.mark.parametrize("call", ["ftruncate", "pwrite"])
+def test_a_disk_fault_while_writing_the_lock_holder_leaves_the_directory_unlocked(
+    tmp_path, mocker, call
+):
+    mocker.patch(f"keras_ckpt.storage.os.{call}", side_effect=ENOSPC)
+    with pytest.raises(OSError, match=ENOSPC.strerror):
+        CheckpointManager(tmp_path).open_for_writing()
+    mocker.stopall()  # the disk has room again: the next writer opens, in this process too
+    with CheckpointManager(tmp_path) as manager:
+        manager.open_for_writing()
+
+
+def test_a_disk_fault_while_releasing_the_lock_still_releases_it(tmp_path, mocker):
+    manager = CheckpointManager(tmp_path)
+    manager.open_for_writing()
+    mocker.patch("keras_ckpt.storage.os.ftruncate", side_effect=OSError(errno.EIO, "I/O error"))
+    with pytest.raises(OSError, match="I/O error"):
+        manager.close()
+    mocker.stopall()
+    with CheckpointManager(tmp_path) as again:
+        again.open_for_writing()
