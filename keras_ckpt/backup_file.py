@@ -18,8 +18,9 @@ by identity while the snapshot is taken, so nothing is stored twice; the JSON la
 variable's dataset, and a restore reads them directly (views of a memory map of the file), without
 Keras's loading walk.
 
-The bytes are produced by exactly two calls, each swappable for a faster implementation: `write`
-(today Keras's writer via `snapshot.write`, then h5py adds the group) and `read`.
+`write` produces every byte in one pass (`h5write.write_snapshot`: h5py lays the file out, the
+arrays go in with `os.pwrite` from host buffers reused across backups, crc32c is computed from
+memory), so the store never reads a backup back; `read` is the only reader.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from keras_ckpt import h5write
 from keras_ckpt import snapshot as snap
 from keras_ckpt import state as st
 from keras_ckpt.errors import CorruptCheckpointError
@@ -124,19 +126,26 @@ def is_round1(paths: Iterable[str]) -> bool:
     return any(p.endswith("/state.npz") for p in paths)
 
 
-def capture(model: Any, state: dict[str, Any], callbacks: Sequence[Any]) -> BackupSnapshot:
+def capture(
+    model: Any,
+    state: dict[str, Any],
+    callbacks: Sequence[Any],
+    snapshotter: snap.Snapshotter | None = None,
+) -> BackupSnapshot:
     """Copies a backup's state to host memory: the only part of a backup that blocks training.
 
     Args:
         model: The model being trained (its optimizer is built if it is not yet).
         state: JSON-serialisable state of the caller (progress, RNG, epoch-start state, ...).
         callbacks: The stateful callbacks whose state goes with the backup, in a fixed order.
+        snapshotter: Reuses its host buffers from one backup to the next (write each backup
+            before capturing the next); fresh buffers without one.
 
     Raises:
         TypeError: a callback state (or `state`) cannot be written as JSON.
     """
     variables = st.training_variables(model)  # builds the optimizer first, so Keras saves it
-    weights = snap.take(model, weights_only=True)
+    weights = (snapshotter or snap.Snapshotter()).take(model, weights_only=True)
     layout = []
     extra: dict[int, np.ndarray] = {}
     for i, variable in enumerate(variables):
@@ -164,27 +173,19 @@ def _to_numpy(variable: Any) -> Any:
     return keras.ops.convert_to_numpy(variable)
 
 
-def write(snapshot: BackupSnapshot, path: str | os.PathLike[str]) -> SealedFile | None:
-    """Writes the backup file at local `path`. Swappable: one call produces all its bytes.
-
-    Returns the file's size and checksum if the writer computed them while writing (then the
-    store need not read the file back), else None.
-    """
-    path = os.fspath(path)
-    snap.write(snapshot.weights, path)
-    with h5py.File(path, "a") as f:
-        group = f.create_group(GROUP)
-        text = json.dumps(snapshot.state).encode()
-        group.create_dataset(_STATE, data=np.frombuffer(text, dtype=np.uint8))
-        variables = group.create_group("variables")
-        for index, array in snapshot.variables.items():
-            variables.create_dataset(str(index), data=array)
-        callbacks = group.create_group("callbacks")
-        for k, arrays in enumerate(snapshot.callback_arrays):
-            holder = callbacks.create_group(str(k))
-            for j, array in enumerate(arrays):
-                holder.create_dataset(str(j), data=array)
-    return None
+def write(snapshot: BackupSnapshot, path: str | os.PathLike[str]) -> SealedFile:
+    """Writes and fsyncs the backup file at local `path` in one pass; returns its size and crc32c
+    (computed while writing, so the store need not read the file back)."""
+    text = json.dumps(snapshot.state).encode()
+    arrays: dict[str, np.ndarray] = {_STATE: np.frombuffer(text, dtype=np.uint8)}
+    for index, array in snapshot.variables.items():
+        arrays[f"variables/{index}"] = array
+    for k, callback_arrays in enumerate(snapshot.callback_arrays):
+        for j, array in enumerate(callback_arrays):
+            arrays[f"callbacks/{k}/{j}"] = array
+    return h5write.write_snapshot(
+        snapshot.weights, os.fspath(path), extra_group=GROUP, extra_arrays=arrays
+    )
 
 
 def read(path: str | os.PathLike[str]) -> BackupContents:

@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import backup_file, distribute
+from keras_ckpt import backup_file, distribute, snapshot
 from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
 from keras_ckpt.cadence import DEFAULT_MAX_OVERHEAD, Cadence, check_max_overhead
@@ -156,6 +156,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.delete_checkpoint = check_bool("delete_checkpoint", delete_checkpoint)
         self.async_save = check_bool("async_save", async_save)
         self._writer = Writer(background=self.async_save, name="keras-ckpt-backup")
+        # Host buffers reused by every backup (the writer runs one at a time).
+        self._snapshotter = snapshot.Snapshotter()
         keep_last = check_optional_count("keep_last", keep_last)
         if keep_last is None:
             keep_last = 2 if double_checkpoint else 1
@@ -354,7 +356,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             "torch_rng": st.capture_torch_rng(),
             "schedule_step": progress.global_step,
         }
-        backup = backup_file.capture(self.model, state, self._stateful_callbacks())
+        backup = backup_file.capture(
+            self.model, state, self._stateful_callbacks(), self._snapshotter
+        )
         return _Snapshot(name, progress, clean_metrics(logs), backup)
 
     def _backup_name(self, progress: Progress) -> str:
@@ -369,10 +373,11 @@ class BackupAndRestore(keras.callbacks.Callback):
     def _write(self, snapshot: _Snapshot, folder: str) -> Record:
         filename = backup_file.file_name(snapshot.name)
         staged = os.path.join(folder, filename)
-        backup_file.write(snapshot.backup, staged)
+        sealed = backup_file.write(snapshot.backup, staged)
         progress = snapshot.progress
         return self.manager.commit(
             {filename: staged},
+            sealed={filename: sealed},
             name=snapshot.name,
             kind="training_state",
             epoch=progress.epoch,
