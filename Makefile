@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := test,cli,plot,remote,tensorflow-cpu,dev
+# `make demo` needs only the library, TensorFlow and the CLI's table: a newcomer's first command
+# installs that, not the test and dev tools (`make test` adds them later).
+DEMO_STAMP := $(VENV)/.installed-demo
+DEMO_EXTRAS := cli,tensorflow-cpu
 
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND ?= tensorflow
@@ -21,6 +25,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(DEMO_EXTRAS)]"
+	touch $(DEMO_STAMP)
+
 # Two workers (the machine has 2 cores); whole files per worker keep module fixtures shared.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
@@ -36,7 +46,7 @@ test-backends: $(BACKEND_STAMP)
 	# The chief decision for JAX and PyTorch jobs (skipped by `make test`, which has neither).
 	$(PY) -m pytest -q tests/test_distribute.py -k "jax or torch"
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) examples/resume_demo.py
 
 quickstart: $(STAMP)

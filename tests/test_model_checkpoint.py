@@ -18,7 +18,6 @@ from conftest import build_model, h5_datasets
 
 import keras_ckpt
 from keras_ckpt.callbacks._monitor import _compiled_direction
-from keras_ckpt.errors import ForeignFileError
 from keras_ckpt.policies import KeepBest, KeepLast
 
 FIT = {"batch_size": 16, "verbose": 0}
