@@ -566,7 +566,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             warnings.warn(
                 f"ModelCheckpoint did not save: `save_best_only` monitors `{monitor}`, which is "
                 f"not in the logs of this save (keys: {', '.join(sorted(logs)) or 'none'}): "
-                "validation did not run this epoch.",
+                "validation did not run this epoch (`validation_freq`, or no validation data).",
                 stacklevel=3,
             )
             return False
