@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := test,cli,plot,remote,tensorflow-cpu,dev
+# `make demo` needs only the library, TensorFlow and the CLI's table: a newcomer's first command
+# installs that, not the test and dev tools (`make test` adds them later).
+DEMO_STAMP := $(VENV)/.installed-demo
+DEMO_EXTRAS := cli,tensorflow-cpu
 
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND ?= tensorflow
@@ -26,6 +30,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(DEMO_EXTRAS)]"
+	touch $(DEMO_STAMP)
 
 # Two workers (the machine has 2 cores); whole files per worker keep module fixtures shared.
 test: $(STAMP)
@@ -52,7 +62,7 @@ $(OLDEST_STAMP): pyproject.toml constraints/keras-oldest.txt
 test-keras-oldest: $(OLDEST_STAMP)
 	$(OLDEST_VENV)/bin/python -m pytest -q -n 2 --dist loadfile $(OLDEST_TESTS)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) examples/resume_demo.py
 
 quickstart: $(STAMP)

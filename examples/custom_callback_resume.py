@@ -71,10 +71,9 @@ def train(backup_dir: str, out: str) -> None:
     model.compile("adam", "sparse_categorical_crossentropy")
     curriculum = Curriculum()
     backup = keras_ckpt.BackupAndRestore(backup_dir, save_freq=5, delete_checkpoint=False)
+    # On SIGTERM, fit backs up, prints where, and raises SystemExit(143): the script ends there,
+    # with the exit status a scheduler reads as "killed", not "done".
     model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[backup, curriculum])
-    if backup.interrupted:
-        print(f"preempted by signal {backup.interrupted}: backed up, exiting", flush=True)
-        return
     np.savez(out, *[np.asarray(v) for v in model.weights])
     with open(out + ".json", "w") as f:
         json.dump(curriculum.get_checkpoint_state(), f)
@@ -101,12 +100,14 @@ def main() -> None:
         if line.startswith(f"step {STOP_AT_STEP} "):
             print(f"1. {line.strip()}: sending SIGTERM, as a preempting scheduler would")
             victim.send_signal(signal.SIGTERM)
-        elif line.startswith("preempted"):
+        elif line.startswith("BackupAndRestore:"):
             print(f"2. {line.strip()}")
     victim.wait()
+    print(f"   exit status {victim.returncode} (128 + SIGTERM: not a completed job)")
     resumed = run(os.path.join(work, "backup"), os.path.join(work, "resumed.npz"))
     out, _ = resumed.communicate()
-    print("3. " + next(line for line in out.splitlines() if line.startswith("restored")))
+    print("3. " + next(line for line in out.splitlines() if line.startswith("BackupAndRestore:")))
+    print("   " + next(line for line in out.splitlines() if line.startswith("restored")))
     reference.communicate()
     with (
         np.load(os.path.join(work, "reference.npz")) as a,

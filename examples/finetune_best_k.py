@@ -46,9 +46,18 @@ def main(run_dir: str) -> None:
         keep_best=3,
         keep_last=1,
     )
-    for run in (1, 2):  # the second run continues into the same folder, e.g. after a restart
+    # The second fit continues the first (initial_epoch past the records): one ranking, one
+    # retention. Starting again at epoch 0 would be a new run, ranked and pruned on its own.
+    for run in (1, 2):
         model.fit(
-            x, y, epochs=8, batch_size=64, validation_split=0.25, verbose=0, callbacks=[checkpoint]
+            x,
+            y,
+            initial_epoch=8 * (run - 1),
+            epochs=8 * run,
+            batch_size=64,
+            validation_split=0.25,
+            verbose=0,
+            callbacks=[checkpoint],
         )
         kept = keras_ckpt.CheckpointManager(run_dir).checkpoints(owner=checkpoint.owner)
         print(f"after fine-tuning run {run}: kept {len(kept)} checkpoints")

@@ -91,9 +91,12 @@ def main() -> None:
         print(f"   backup on disk: {record.name} (epoch {record.epoch}, step {record.step})")
     print("3. Running the same script again: it resumes from the backup")
     resumed = child(backup_dir, os.path.join(work, "resumed.npz"))
-    first = next(iter(resumed.stdout), "").strip()
+    lines = iter(resumed.stdout)
+    said = next(lines, "").strip()  # BackupAndRestore's own line: which backup, epoch, step
+    first = next(lines, "").strip()
     resumed.communicate()
     reference.communicate()
+    print(f"   {said}")
     print(f"   first step trained after resume: {first}")
     with np.load(os.path.join(work, "reference.npz")) as a:
         with np.load(os.path.join(work, "resumed.npz")) as b:

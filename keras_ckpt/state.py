@@ -29,6 +29,8 @@ __all__ = [
     "is_preempted",
     "is_replaying",
     "mark_preempted",
+    "mark_resumed",
+    "resumed_from",
     "restore_host_rng",
     "set_callback_state",
     "set_initial_epoch",
@@ -39,6 +41,7 @@ __all__ = [
 
 _REPLAY_FLAG = "_keras_ckpt_replaying"
 _PREEMPTED_FLAG = "_keras_ckpt_preempted"
+_RESUMED_FLAG = "_keras_ckpt_resumed_from"
 _REAL_TRAIN_FUNCTION = "_keras_ckpt_real_train_function"
 
 
@@ -93,6 +96,26 @@ def is_preempted(model: Any) -> bool:
     False
     """
     return bool(getattr(model, _PREEMPTED_FLAG, False))
+
+
+def mark_resumed(model: Any, backup: str | None) -> None:
+    """Records that `BackupAndRestore` restored backup `backup` in the running `fit` (None: not)."""
+    setattr(model, _RESUMED_FLAG, backup)
+
+
+def resumed_from(model: Any) -> str | None:
+    """The backup `BackupAndRestore` resumed the running `fit` from, or None for a fresh start.
+
+    Other callbacks read it from their first `on_epoch_begin` on (every `on_train_begin` has run
+    by then): `keras_ckpt.ModelCheckpoint` continues the run it resumes instead of starting anew.
+
+    Example:
+
+    >>> import keras
+    >>> resumed_from(keras.Sequential()) is None
+    True
+    """
+    return getattr(model, _RESUMED_FLAG, None)
 
 
 def is_replaying(model: Any) -> bool:

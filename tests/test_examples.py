@@ -30,8 +30,15 @@ EXPECTED = {
         "all verify: True",
         "equals the trained one: True",
     ],
-    "custom_callback_resume.py": ["sending SIGTERM", "restored curriculum", "bit-identical: True"],
-    "resume_demo.py": ["Sent SIGKILL", "bit-identical: True"],
+    "custom_callback_resume.py": [
+        "sending SIGTERM",
+        "2. BackupAndRestore: SIGTERM in epoch",
+        "exit status 143",
+        "3. BackupAndRestore: resuming from",
+        "restored curriculum",
+        "bit-identical: True",
+    ],
+    "resume_demo.py": ["Sent SIGKILL", "BackupAndRestore: resuming from", "bit-identical: True"],
     "average_last_5.py": [
         "averaged: epoch-11.keras, epoch-12.keras, epoch-13.keras, epoch-14.keras, epoch-15.keras",
         "best single checkpoint: ",

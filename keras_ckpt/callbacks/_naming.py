@@ -72,3 +72,50 @@ def format_name(
             f"Keys available at this save: {', '.join(sorted(values))}"
         ) from None
     return validate_name(name)
+
+
+def check_template(template: str, filepath: str, *, step_saves: bool) -> None:
+    """Formats `template` with stand-in values now, so a mistake in `filepath` fails at
+    construction instead of at the first save, an epoch later.
+
+    `{epoch}` and `{batch}` get 1, every metric 0.0 (logs hold floats). A name that could not be a
+    file name (a leading '.', a NUL byte) or a format spec that does not apply raises here, naming
+    `filepath`. With step saves, a `val_` field could never be filled: validation metrics exist
+    only at epoch end.
+    """
+    if "\0" in filepath:
+        raise invalid("filepath", "a path without NUL bytes", filepath)
+    fields = template_fields(template)
+    values: dict[str, Any] = {key: 0.0 for key in fields}
+    values.update(epoch=1, batch=1)
+    try:
+        name = template.format(**values)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a template whose fields format "
+            f"(`{{epoch}}` is an int, metrics are floats). Received: filepath={filepath!r} ({e})"
+        ) from None
+    try:
+        validate_name(name)
+    except ValueError:
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a file name that does not start "
+            f"with '.' (it would be hidden). Received: filepath={filepath!r}"
+        ) from None
+    impossible = sorted(f for f in fields if f.startswith("val_"))
+    if step_saves and impossible:
+        raise ValueError(
+            f"Invalid value for argument `filepath`. {{{impossible[0]}}} cannot be filled at a "
+            "save after a training step (save_freq=<int> or every_seconds): validation metrics "
+            "exist only at epoch end. Use a training metric (e.g. {loss}) in the name, or "
+            f"save_freq='epoch'. Received: filepath={filepath!r}"
+        )
+
+
+def split_extension(name: str) -> tuple[str, str]:
+    """(`best`, `.weights.h5`) for `best.weights.h5`; the Keras extensions stay whole."""
+    for ext in (".weights.h5", ".keras", ".h5"):
+        if name.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], ext
+    stem, ext = os.path.splitext(name)
+    return stem, ext

@@ -8,7 +8,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import keras
 
@@ -21,6 +21,7 @@ from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast, to_json
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
+from keras_ckpt.storage import META_DIR, LocalStorage
 from keras_ckpt.writer import Writer
 
 __all__ = ["BackupAndRestore"]
@@ -60,9 +61,12 @@ class BackupAndRestore(keras.callbacks.Callback):
     interrupted run would have seen next. Other callbacks receive batch hooks for those steps while
     `keras_ckpt.state.is_replaying(model)` is True.
 
-    SIGTERM and SIGINT during `fit` make it back up at the next step boundary and stop `fit`
-    cleanly (`interrupted` then holds the signal number); a second signal goes to the previous
-    handler. The previous handlers are restored when `fit` ends.
+    SIGTERM and SIGINT during `fit` make it back up at the next step boundary, print where the
+    backup went, and end `fit` as an interrupt does: SIGINT raises `KeyboardInterrupt`, SIGTERM
+    raises `SystemExit(143)` (128 + 15, what a shell reports for a process SIGTERM killed), so an
+    interrupted script never exits 0 (`raise_on_interrupt=False`: `fit` returns instead, and
+    `interrupted` holds the signal number). A second signal goes to the previous handler. The
+    previous handlers are restored when `fit` ends.
 
     Args:
         backup_dir: Path (or fsspec URL) of the folder holding the backups. Other files there are
@@ -74,12 +78,17 @@ class BackupAndRestore(keras.callbacks.Callback):
             `every_seconds`. Defaults to `"epoch"`.
         double_checkpoint: Keep the previous backup too, so a damaged newest one can be skipped.
             Same as `keep_last=2`. Defaults to `False`.
-        delete_checkpoint: Delete this callback's backups (and nothing else) when `fit` completes.
-            Not after an interrupted `fit`. Defaults to `True`.
+        delete_checkpoint: Delete this callback's backups (and nothing else) when `fit` completes,
+            and `backup_dir` itself if nothing else is in it. Not after an interrupted `fit`.
+            Defaults to `True`.
         every_seconds: Also back up at the first step or epoch end after this many seconds since
             the last backup.
         keep_last: How many backups to keep. Defaults to 2 with `double_checkpoint=True`, else 1.
         save_on_interrupt: Back up and stop on SIGTERM/SIGINT. Defaults to `True`.
+        raise_on_interrupt: After the backup of a signal is committed, raise (`KeyboardInterrupt`
+            for SIGINT, `SystemExit(128 + signum)` for SIGTERM) instead of returning from `fit`.
+            The cut-short epoch then never reaches `on_epoch_end` (nor `History`).
+            Defaults to `True`.
         async_save: Write backups in a background thread: training pauses only to copy the state
             to host memory. At most one backup is in flight; an error in the background is raised
             at the next batch or epoch end, and `fit` (also when stopped by a signal) returns only
@@ -126,11 +135,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         save_on_interrupt: bool = True,
         async_save: bool = True,
         max_overhead: float | None = None,
+        raise_on_interrupt: bool = True,
     ):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
             raise invalid("backup_dir", "a non-empty path or URL", backup_dir)
         self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
+        self.raise_on_interrupt = check_bool("raise_on_interrupt", raise_on_interrupt)
         if save_freq is False:
             if not self.save_on_interrupt and every_seconds is None:
                 raise ValueError(
@@ -190,6 +201,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self.save_freq == "auto":
             self._cadence = Cadence(check_max_overhead(self.max_overhead), self.async_save)
         self._tick: tuple[float, int] | None = None  # (time, global step) of the last batch end
+        self._cut_epoch: int | None = None
 
     # ------------------------------------------------------------------ fit hooks
 
@@ -200,6 +212,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         # Multi-worker: every worker restores the same backup below; only the chief writes.
         self._chief = distribute.is_chief(self.model)
         st.mark_preempted(self.model, False)
+        st.mark_resumed(self.model, None)
         st.stop_replay(self.model)
         self._context = st.find_fit_context(self.model)
         if self._context.epoch_iterator is not None:
@@ -216,7 +229,15 @@ class BackupAndRestore(keras.callbacks.Callback):
             # we read; and a second run on this directory fails now, not at its first backup.
             self.manager.open_for_writing()
         if self.manager.checkpoints(OWNER):
-            self._restore(self.manager.resolve("latest", owner=OWNER))
+            record = self.manager.resolve("latest", owner=OWNER)
+            self._restore(record)
+            st.mark_resumed(self.model, record.name)
+            p = self._progress
+            print(
+                f"BackupAndRestore: resuming from {self._display(record.name)} at epoch "
+                f"{p.epoch + 1}, step {p.step} (global step {p.global_step}).",
+                flush=True,
+            )
         self._schedule.start(self._progress.global_step)
         if self.save_on_interrupt:
             self._install_signal_handlers()
@@ -279,14 +300,18 @@ class BackupAndRestore(keras.callbacks.Callback):
             # train end if there is none, so EarlyStopping & co. are backed up after their update.
             self._epoch_save_logs = dict(logs or {})
         if self._signal_pending is not None:
-            self._stop(save=False)
+            # A whole epoch: it ends normally; its backup is written at train end.
+            self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         st.stop_replay(self.model)
         st.clear_initial_epoch(self.model)
+        st.mark_resumed(self.model, None)
         self._restore_signal_handlers()
+        signum = self._signal_pending
+        emptied = False
         try:
-            completed = not self._stopped_by_signal
+            completed = signum is None
             if self._epoch_save_logs is not None and not (completed and self.delete_checkpoint):
                 self._epoch_start = self._capture_epoch_start()
                 self._save(self._epoch_save_logs)
@@ -297,8 +322,17 @@ class BackupAndRestore(keras.callbacks.Callback):
                     self.manager.delete(
                         record.name, reason="fit completed (delete_checkpoint=True)"
                     )
+                emptied = self._only_ours_left()
         finally:
             self.manager.close()
+        if emptied:
+            self._remove_backup_dir()
+        if signum is not None:
+            self._drop_cut_epoch_from_history()
+            self._announce(signum)
+            if self.raise_on_interrupt:
+                self._finish_other_callbacks()
+                raise _interrupt(signum)
 
     def wait_until_finished(self) -> None:
         """Blocks until the last backup is committed; raises its error if it failed."""
@@ -536,7 +570,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._previous_handlers = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if not _inside_fit(frame, self.model):
+        # `_model`: on JAX, `model` would sync the trainer's state into the variables from here,
+        # between steps, and the stop backup could hold an older step than its label.
+        if not _inside_fit(frame, self._model):
             # A fit that raised never reached on_train_end (TF, PyTorch): our handler outlived it.
             # Give the signal to whoever had it before, now.
             self._second_signal(signum, frame)
@@ -556,12 +592,108 @@ class BackupAndRestore(keras.callbacks.Callback):
             signal.raise_signal(signum)
 
     def _stop(self, *, save: bool, logs: dict[str, Any] | None = None) -> None:
+        """Stops `fit` mid-epoch on a signal, once its backup is committed."""
         if save:
             self._save(logs)
         self._writer.wait()  # a preempted job may be killed soon: commit before stopping
         self._stopped_by_signal = True
+        self._cut_epoch = self._progress.epoch
+        if self.raise_on_interrupt:
+            # Raised from this batch end: the cut-short epoch runs no validation and reaches no
+            # `on_epoch_end` (EarlyStopping, History), as with Keras's own Ctrl-C.
+            signum = cast(int, self._signal_pending)
+            st.stop_replay(self.model)
+            st.clear_initial_epoch(self.model)
+            st.mark_resumed(self.model, None)
+            self._restore_signal_handlers()
+            self.manager.close()
+            self._announce(signum)
+            self._finish_other_callbacks()
+            raise _interrupt(signum)
         st.mark_preempted(self.model, True)
         self.model.stop_training = True
+
+    # ------------------------------------------------------------------ endings
+
+    def _display(self, name: str) -> str:
+        return f"{self.backup_dir.rstrip('/')}/{name}"
+
+    def _announce(self, signum: int) -> None:
+        """One line: which signal, where training stood, where the backup is, how to resume."""
+        latest = self.manager.latest(OWNER) if self._chief else None
+        where = self._display(latest.name) if latest is not None else self.backup_dir
+        p = self._progress
+        at = (
+            f"in epoch {p.epoch + 1} after step {p.step}"
+            if self._stopped_by_signal
+            else f"after epoch {p.epoch}"
+        )
+        print(
+            f"BackupAndRestore: {signal.Signals(signum).name} {at} (global step "
+            f"{p.global_step}); backed up to {where}. Run the same script again to resume there.",
+            flush=True,
+        )
+
+    def _finish_other_callbacks(self) -> None:
+        """Our raise skips the `on_train_end` of the callbacks after us: let keras-ckpt's own
+        land their saves in flight and give their directory locks back."""
+        for callback in self._context.callbacks or []:
+            end = getattr(callback, "_end_interrupted", None)
+            if callback is not self and callable(end):
+                end()
+
+    def _drop_cut_epoch_from_history(self) -> None:
+        """`fit` returned (raise_on_interrupt=False) after a signal cut an epoch short: Keras's
+        `History` logged that epoch as if whole. Take it out."""
+        history = getattr(self._model, "history", None)
+        epochs = getattr(history, "epoch", None)
+        if self._cut_epoch is None or not epochs or epochs[-1] != self._cut_epoch:
+            return
+        epochs.pop()
+        for values in getattr(history, "history", {}).values():
+            if values:
+                values.pop()
+
+    def _only_ours_left(self) -> bool:
+        """True if `backup_dir` (local) holds nothing but our bookkeeping: `.keras_ckpt/` with
+        its lock file and empty work folders. Called with the lock held, records all deleted."""
+        storage = self.manager.storage
+        if not isinstance(storage, LocalStorage):
+            return False
+        try:
+            if os.listdir(storage.root) != [META_DIR]:
+                return False
+            for folder, _dirs, files in os.walk(os.path.join(storage.root, META_DIR)):
+                if folder == os.path.join(storage.root, META_DIR):
+                    files = [f for f in files if f != "lock"]
+                if files:
+                    return False
+        except OSError:
+            return False
+        return True
+
+    def _remove_backup_dir(self) -> None:
+        """Removes the emptied `backup_dir`, as Keras does, with `rmdir` only: a file that
+        appeared meanwhile makes it stop, so nothing but our empty folders and lock goes."""
+        root = cast(LocalStorage, self.manager.storage).root
+        meta = os.path.join(root, META_DIR)
+        try:
+            for folder, dirs, _files in os.walk(meta, topdown=False):
+                for d in dirs:
+                    os.rmdir(os.path.join(folder, d))
+            os.unlink(os.path.join(meta, "lock"))
+            os.rmdir(meta)
+            os.rmdir(root)
+        except OSError:
+            pass  # something else is there now (or a writer took the folder): leave the rest
+
+
+def _interrupt(signum: int) -> BaseException:
+    """What a script gets after the backup of a signal is committed: Ctrl-C's own exception for
+    SIGINT; for SIGTERM an exit with the status a shell reports for it (128 + 15)."""
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt("BackupAndRestore: backed up and stopped on SIGINT")
+    return SystemExit(128 + signum)
 
 
 def _inside_fit(frame: Any, model: Any) -> bool:

@@ -5,21 +5,40 @@ from __future__ import annotations
 import math
 import os
 import threading
+import uuid
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 
 from keras_ckpt import distribute, h5write, snapshot
+from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
+from keras_ckpt.callbacks._adopt import move_aside
 from keras_ckpt.callbacks._monitor import Monitor
-from keras_ckpt.callbacks._naming import format_name, split_filepath, template_fields
+from keras_ckpt.callbacks._naming import (
+    check_template,
+    format_name,
+    split_filepath,
+    template_fields,
+)
 from keras_ckpt.errors import ForeignFileError
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import Policy, applicable, from_keep_args, to_json
+from keras_ckpt.policies import (
+    CheckpointInfo,
+    Policy,
+    Reasons,
+    applicable,
+    from_keep_args,
+    ranked_metrics,
+    to_json,
+)
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying
+from keras_ckpt.storage import LocalStorage
 from keras_ckpt.writer import Writer
 
 __all__ = ["ModelCheckpoint"]
@@ -43,13 +62,14 @@ class ModelCheckpoint(keras.callbacks.Callback):
             `.keras` for the full model (architecture, weights, optimizer state) or `.weights.h5`
             with `save_weights_only=True` for weights only.
         monitor: Metric watched by `save_best_only` and `keep_best`. Defaults to `"val_loss"`.
-        verbose: 0 (silent) or 1 (a line per save, as Keras prints).
-        save_best_only: Save only when `monitor` improves. If `monitor` is missing from the logs of
-            a save (no validation that epoch, or a misspelled name), nothing is saved and a warning
-            lists the keys that exist. Defaults to `False`.
+        verbose: 0 (silent), 1 or 2 (a line per save; Keras prints for any value above 0).
+        save_best_only: Save only when `monitor` improves. A `monitor` missing from the logs of
+            an epoch end that has validation metrics (a misspelled name) raises `ValueError`
+            listing the keys that exist; an epoch without validation (`validation_freq`) saves
+            nothing, with a warning. Defaults to `False`.
         save_weights_only: Save `model.save_weights` instead of `model.save`. Defaults to `False`.
         mode: `"auto"`, `"min"` or `"max"`. `"auto"` takes the direction of the compiled metric
-            (or `min` for losses) before the first save, and raises if it cannot tell.
+            (or `min` for losses) at the first save, and raises if it cannot tell.
         save_freq: `"epoch"` (at every epoch end) or a positive int: every that many training
             steps, counted across epochs (`steps_per_execution` included). Defaults to `"epoch"`.
         initial_value_threshold: Initial best value for `save_best_only`.
@@ -110,8 +130,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.directory, self.template = split_filepath(filepath)
         self.filepath = os.fspath(filepath)
-        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-            raise invalid("verbose", "0 or 1", verbose)
+        if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose not in (0, 1, 2):
+            raise invalid("verbose", "0 (silent), 1 or 2 (a line per save)", verbose)
         self.verbose = verbose
         self.save_best_only = check_bool("save_best_only", save_best_only)
         self.save_weights_only = check_bool("save_weights_only", save_weights_only)
@@ -120,6 +140,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self._monitor = Monitor(monitor, mode, min_delta, initial_value_threshold)
         self.save_freq = check_save_freq(save_freq, allow_none=True)
         self._schedule = Schedule(self.save_freq, every_n_epochs, every_seconds)
+        check_template(self.template, self.filepath, step_saves=self._schedule.needs_batch_hooks)
         self._progress = Progress()
         self._retention_args = {
             "keep_last": check_optional_count("keep_last", keep_last),
@@ -144,8 +165,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self.manager = CheckpointManager(self.directory)
         self._owner = f"ModelCheckpoint:{self.template}"
         self._last_saved_step: int | None = None
-        self._resolved = False
         self._chief = True
+        self._run: str | None = None  # this run's id in the records; settled at the first epoch
+        self._run_settled = False
+        self._best_origin = ""  # where a `best` not set by this run came from, for messages
+        self._last_epoch_steps = 0
         # Keras runs batch-end hooks in a thread pool on JAX and PyTorch unless a callback
         # overrides `on_train_batch_end` without `async_safe`. With epoch-end saves only, our hook
         # just counts steps, safely off the training thread; step saves must run on it, between
@@ -178,6 +202,14 @@ class ModelCheckpoint(keras.callbacks.Callback):
                 f"`save_best_only` with save_freq={self.save_freq} compares `{monitor}` after "
                 "training steps, but validation metrics only exist at epoch end. Monitor a "
                 "training metric (e.g. monitor='loss') or use save_freq='epoch'."
+            )
+        keep_best = self._retention_args["keep_best"]
+        if keep_best and isinstance(self.save_freq, int) and monitor.startswith("val_"):
+            raise ValueError(
+                f"`keep_best={keep_best}` with save_freq={self.save_freq} ranks checkpoints by "
+                f"`{monitor}`, but saves after training steps have no validation metrics, so "
+                "nothing would ever be ranked or pruned. Monitor a training metric (e.g. "
+                "monitor='loss') or use save_freq='epoch'."
             )
         if self.save_best_only and self.save_on_train_end:
             raise ValueError(
@@ -220,6 +252,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         Writer.settle_all()  # a save of an earlier fit in this process must land before we read
+        # A signal may have stopped an earlier fit of this model: that one is over, not this one.
+        st.mark_preempted(self._model, False)
+        self._run_settled = False
+        self._check_same_template_in_fit()
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
         # and skip every save. Keras 3 saving reads mirrored variables locally, no collective.
         self._chief = distribute.is_chief(self.model)
@@ -227,33 +263,129 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self.manager.open_for_writing()
         own = self.manager.checkpoints(owner=self._owner)
         if own:
-            self._remember(own[-1])
-        if not template_fields(self.template):
-            self._check_fixed_path_is_ours()
-        if self.save_best_only or self._retention_args["keep_best"]:
-            self._mode()
+            self._check_same_monitor(own[-1])
+        if not template_fields(self.template) and self._chief:
+            self._adopt_foreign_file()
         self._schedule.start(self._progress.global_step)
 
-    def _remember(self, newest: Record) -> None:
+    # --------------------------------------------------------------- runs
+
+    def _settle_run(self, first_epoch: int) -> None:
+        """Continues the run of our newest record, or starts a new one, and says which.
+
+        A continuation (BackupAndRestore resumed this fit, or `initial_epoch` starts at or after
+        the newest record's epoch) keeps its memory: the best value, and its checkpoints count
+        for retention. A fresh run ranks and prunes only its own checkpoints and starts its best
+        anew; the earlier run's are left alone (one line says so). A fixed name with
+        `save_best_only` keeps its best, and says so: replacing a better model there with a worse
+        one would lose it (keras#17012); any other fixed name is simply replaced, as in Keras.
+        """
+        self._run_settled = True
+        own = self.manager.checkpoints(owner=self._owner)
+        newest = own[-1] if own else None
+        resumed = st.resumed_from(self._model) is not None
+        if newest is None:
+            self._run = uuid.uuid4().hex[:12]
+            return
+        if resumed or 0 < first_epoch and newest.epoch <= first_epoch:
+            self._run = newest.owner_state.get("run")
+            self._remember(newest, "")
+            return
+        self._run = uuid.uuid4().hex[:12]
+        where = self.directory
+        if not template_fields(self.template):
+            origin = f"{self.template} of an earlier run (epoch {newest.epoch})"
+            if self.save_best_only and self._remember(newest, origin):
+                print(
+                    f"ModelCheckpoint: {where}/{self.template} holds the best "
+                    f"`{self._monitor.monitor}` of an earlier run ({self._monitor.best:.5f}, "
+                    f"epoch {newest.epoch}); this run replaces it only with a better value. "
+                    "Delete it or choose another filepath to start afresh.",
+                    flush=True,
+                )
+            return
+        earlier = [r for r in own if r.owner_state.get("run") != self._run]
+        epochs = sorted({r.epoch for r in earlier})
+        span = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
+        print(
+            f"ModelCheckpoint: {where} holds {_count(len(earlier), 'checkpoint')} of an earlier "
+            f"run of {self.template} ({span}); this fresh run ranks, prunes and compares only "
+            "its own and leaves those alone (a save under the same name replaces one). To "
+            "continue that run instead, resume it (BackupAndRestore) or pass `initial_epoch`.",
+            flush=True,
+        )
+
+    def _remember(self, newest: Record, origin: str) -> bool:
+        """Takes the best value (and settled mode) from our newest record; True if it did."""
         state = newest.owner_state
         if state.get("monitor") == self._monitor.monitor and state.get("best") is not None:
             if self._monitor.mode == "auto" and state.get("mode") in ("min", "max"):
                 self._monitor.mode = state["mode"]
             if self._monitor.mode != "auto":
+                before = self._monitor.best
                 self._monitor.best = self._monitor.better_of(self._monitor.best, state["best"])
+                if self._monitor.best != before:
+                    self._best_origin = origin
+                    return True
+        return False
 
-    def _check_fixed_path_is_ours(self) -> None:
+    def _uses_monitor(self) -> bool:
+        return self.save_best_only or bool(self._retention_args["keep_best"])
+
+    def _check_same_monitor(self, newest: Record) -> None:
+        state = newest.owner_state
+        theirs = state.get("monitor")
+        their_use = state.get("uses_monitor", state.get("save_best_only", False))
+        if self._uses_monitor() and their_use and theirs and theirs != self._monitor.monitor:
+            raise ValueError(
+                f"{self.directory} holds checkpoints of {self.template} monitored by `{theirs}` "
+                f"(newest: {newest.name}), and this ModelCheckpoint monitors "
+                f"`{self._monitor.monitor}` under the same name: the two would rank and compare "
+                "each other's files. Use another filepath (or folder) for the new monitor."
+            )
+
+    def _check_same_template_in_fit(self) -> None:
+        callbacks = st.find_fit_context(self._model).callbacks or []
+        for other in callbacks:
+            if (
+                other is not self
+                and isinstance(other, ModelCheckpoint)
+                and other.template == self.template
+                and other.manager.storage.url == self.manager.storage.url
+                and other._monitor.monitor != self._monitor.monitor
+            ):
+                raise ValueError(
+                    f"Two ModelCheckpoint callbacks in this fit write {self.filepath}, one "
+                    f"monitoring `{other._monitor.monitor}` and one `{self._monitor.monitor}`: "
+                    "they would overwrite and prune each other's files. Give each its own filepath."
+                )
+
+    def _adopt_foreign_file(self) -> None:
+        """A file at our fixed path without a record (Keras's own ModelCheckpoint wrote it, say)
+        is moved aside under a new name, never overwritten, never deleted."""
         try:
             self.manager.get(self.template)
+            return
         except LookupError:
-            if self.manager.storage.exists(self.template):
-                raise ForeignFileError(
-                    f"Refusing to overwrite {self.filepath}: keras-ckpt did not write it (no "
-                    "record names it). Move it away or choose another filepath."
-                ) from None
+            if not self.manager.storage.exists(self.template):
+                return
+        if not isinstance(self.manager.storage, LocalStorage):
+            raise ForeignFileError(
+                f"Refusing to overwrite {self.filepath}: keras-ckpt did not write it (no record "
+                "names it). Move it away or choose another filepath."
+            )
+        new = move_aside(self.manager.storage.root, self.template)
+        warnings.warn(
+            f"ModelCheckpoint: {self.filepath} was not written by keras-ckpt (no record names it, "
+            f"Keras's own ModelCheckpoint perhaps); kept as {os.path.join(self.directory, new)} "
+            "so that this run can write there.",
+            stacklevel=3,
+        )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._writer.check()
+        if not self._run_settled:
+            self._settle_run(epoch)
         self._progress.begin_epoch(epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -275,21 +407,57 @@ class ModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._writer.check()
-        if is_preempted(self.model):
+        if is_preempted(self._model):
             return  # a signal cut this epoch short; the resumed run finishes it for real
-        steps_in_epoch = self._progress.step
+        self._check_monitored(epoch, logs or {})
+        steps_in_epoch = self._last_epoch_steps = self._progress.step
         self._progress.end_epoch(epoch)
         if self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step):
             # With step saves too, `{batch}` of an epoch-end save is the epoch's last batch.
             last_batch = steps_in_epoch - 1 if self._schedule.needs_batch_hooks else None
             self._save(epoch, last_batch, logs)
 
+    def _check_monitored(self, epoch: int, logs: dict[str, Any]) -> None:
+        """A monitored metric missing from an epoch end's logs is a typo, unless it is a `val_`
+        metric and validation did not run this epoch (no `val_` key at all: `validation_freq`)."""
+        wanted = {self._monitor.monitor} if self.save_best_only else set()
+        policy = self.retention_policy() if self._retention is not None else None
+        if self._retention_args["keep_best"]:
+            wanted.add(self._monitor.monitor)
+        elif policy is not None:
+            wanted |= ranked_metrics(policy)
+        validated = any(key.startswith("val_") for key in logs)
+        for metric in sorted(wanted):
+            if metric not in logs and (validated or not metric.startswith("val_")):
+                role = "`save_best_only`" if self.save_best_only else "`keep_best`"
+                raise ValueError(
+                    f"ModelCheckpoint: {role} monitors `{metric}`, which is not in the logs at "
+                    f"the end of epoch {epoch + 1}. Keys that exist: "
+                    f"{', '.join(sorted(logs)) or 'none'}. Pass one of them as `monitor`."
+                )
+
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         try:
-            if self.save_on_train_end and self._last_saved_step != self._progress.global_step:
+            preempted = is_preempted(self._model)
+            if (
+                self.save_on_train_end
+                and not preempted
+                and self._last_saved_step != self._progress.global_step
+            ):
                 step = self._progress.step
-                epoch = self._progress.epoch - (0 if step else 1)
-                self._save(max(epoch, 0), step - 1 if step else None, logs)
+                if step:
+                    self._save(self._progress.epoch, step - 1, logs)
+                else:  # at an epoch boundary: `{batch}` is that epoch's last batch
+                    last = self._last_epoch_steps - 1 if self._last_epoch_steps else None
+                    self._save(max(self._progress.epoch - 1, 0), last, logs)
+            self._writer.wait()
+        finally:
+            self.manager.close()
+
+    def _end_interrupted(self) -> None:
+        """Called by `BackupAndRestore` before it raises on a signal (our `on_train_end` will not
+        run): lands the save in flight and gives the directory's lock back."""
+        try:
             self._writer.wait()
         finally:
             self.manager.close()
@@ -324,7 +492,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
             "kind": "weights" if self.save_weights_only else "model",
             "epoch": self._progress.epoch,
             "step": self._progress.step,
-            "global_step": self._progress.global_step,
+            # The optimizer's step count: right also for a model trained before this callback
+            # existed (a fit with `initial_epoch`, a second fit), where our count starts at 0.
+            "global_step": st.optimizer_iterations(self.model),
             "metrics": clean_metrics(logs),
             "owner": self._owner,
             "owner_state": self._owner_state(),
@@ -371,23 +541,35 @@ class ModelCheckpoint(keras.callbacks.Callback):
             print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
         policy = self._applicable(policy) if policy is not None else None
         if policy is not None:
-            result = self.manager.prune(policy, owner=self._owner)
+            result = self.manager.prune(_ThisRun(policy, self._run), owner=self._owner)
             if self.verbose and result.deleted:
                 names = ", ".join(r.name for r in result.deleted)
                 print(f"Epoch {epoch_index + 1}: retention removed {names}")
 
     def _applicable(self, policy: Policy) -> Policy | None:
-        """The policy without its `keep_best` part while that metric is in none of our records
-        (say, validation has not run yet): the byte budget and `keep_last` apply meanwhile."""
-        own = self.manager.checkpoints(owner=self._owner)
+        """The policy without its `keep_best` part while that metric is in none of this run's
+        records (say, validation has not run yet): the byte budget and `keep_last` apply
+        meanwhile."""
+        own = [
+            r
+            for r in self.manager.checkpoints(owner=self._owner)
+            if r.owner_state.get("run") == self._run
+        ]
         return applicable(policy, {m for r in own for m in r.metrics})
 
     def _improved(self, epoch_index: int, logs: dict[str, Any], display: str) -> bool:
         monitor = self._monitor.monitor
         if monitor not in logs:
+            if not monitor.startswith("val_"):  # training metrics are in every save's logs
+                raise ValueError(
+                    f"ModelCheckpoint: `save_best_only` monitors `{monitor}`, which is not in the "
+                    f"logs. Keys that exist: {', '.join(sorted(logs)) or 'none'}. Pass one of "
+                    "them as `monitor`."
+                )
             warnings.warn(
                 f"ModelCheckpoint did not save: `save_best_only` monitors `{monitor}`, which is "
-                f"not in the logs of this save (keys: {', '.join(sorted(logs)) or 'none'}).",
+                f"not in the logs of this save (keys: {', '.join(sorted(logs)) or 'none'}): "
+                "validation did not run this epoch (`validation_freq`, or no validation data).",
                 stacklevel=3,
             )
             return False
@@ -406,17 +588,21 @@ class ModelCheckpoint(keras.callbacks.Callback):
             )
             return False
         self._mode()
-        best_str = "None" if self._monitor.best is None else f"{self._monitor.best:.5f}"
+        origin = f" ({self._best_origin})" if self._best_origin else ""
+        best_str = "" if self._monitor.best is None else f"{self._monitor.best:.5f}{origin}"
         if not self._monitor.is_improvement(current):
             if self.verbose:
                 print(f"\nEpoch {epoch_index + 1}: {monitor} did not improve from {best_str}")
             return False
         if self.verbose:
-            print(
-                f"\nEpoch {epoch_index + 1}: {monitor} improved from {best_str} to "
-                f"{current:.5f}, saving model to {display}"
+            change = (
+                f"is {current:.5f} (first value)"
+                if self._monitor.best is None
+                else f"improved from {best_str} to {current:.5f}"
             )
+            print(f"\nEpoch {epoch_index + 1}: {monitor} {change}, saving model to {display}")
         self._monitor.best = current
+        self._best_origin = ""
         return True
 
     def _owner_state(self) -> dict[str, Any]:
@@ -430,7 +616,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
             "mode": mode,
             "best": self._monitor.best,
             "save_best_only": self.save_best_only,
+            "uses_monitor": self._uses_monitor(),
             "retention": _describe(self.retention_policy()),
+            "run": self._run,
         }
 
     # --------------------------------------------------------------- resume protocol
@@ -442,15 +630,42 @@ class ModelCheckpoint(keras.callbacks.Callback):
             "schedule": self._schedule.get_state(),
             "best": self._monitor.best,
             "mode": self._monitor.mode,
+            "run": self._run,
         }
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         self._progress.set_state(state["progress"])
         self._schedule.set_state(state["schedule"])
+        if state.get("run") is not None:
+            self._run = state["run"]
         if self._monitor.mode == "auto" and state.get("mode") in ("min", "max"):
             self._monitor.mode = state["mode"]
         if self._monitor.mode != "auto":
             self._monitor.best = self._monitor.better_of(self._monitor.best, state.get("best"))
+
+
+@dataclass(frozen=True)
+class _ThisRun(Policy):
+    """`policy` applied to the checkpoints of run `run` only; every other run's are kept."""
+
+    policy: Policy
+    run: str | None
+
+    def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
+        mine = [i for i, r in enumerate(records) if _run_of(r) == self.run]
+        result: list[Reasons] = [("another run",)] * len(records)
+        decided = self.policy.reasons([records[i] for i in mine])
+        for i, reasons in zip(mine, decided, strict=True):
+            result[i] = reasons
+        return result
+
+
+def _run_of(record: Any) -> str | None:
+    return getattr(record, "owner_state", {}).get("run")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _describe(policy: Policy | None) -> dict[str, Any]:
