@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import zipfile
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -228,7 +227,7 @@ def _write_one_pass(
         if userblock:
             member_crc = 0
             for _, data in segments:
-                member_crc = zlib.crc32(data, member_crc)  # type: ignore[arg-type]
+                member_crc = _zip.crc32(data, member_crc)  # type: ignore[arg-type]
             name = saving_lib._VARS_FNAME_H5
             header = _zip.local_header(name, member_crc, size - userblock, length=userblock)
             others = [

@@ -252,7 +252,7 @@ def test_jax_processes_know_their_role_from_jax_distributed(jax_runs):
 
 def test_jax_kill_leaves_the_backup_of_step_10_and_no_partial_files(jax_runs):
     after = jax_runs["after_kill"]
-    assert f"backup/backup-{PAUSE_AT:09d}/model.weights.h5" in after
+    assert f"backup/backup-{PAUSE_AT:09d}.weights.h5" in after
     assert not [p for p in after if "/staging/" in p or "/pending/" in p]
 
 

@@ -248,8 +248,10 @@ def test_backups_deleted_at_the_end_of_fit_say_why(tmp_path, data):
     from keras_ckpt import BackupAndRestore
 
     x, y = data
+    (tmp_path / "notes.txt").write_text("mine")  # a foreign file: the folder (and log) stays
     backup = BackupAndRestore(tmp_path, save_freq=8)
     build_model().fit(x, y, epochs=2, batch_size=8, callbacks=[backup], verbose=0)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
     entries = CheckpointManager(tmp_path).history()
     assert [e.global_step for e in entries] == [8, 16]
     assert not any(e.exists for e in entries)

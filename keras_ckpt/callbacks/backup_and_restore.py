@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -17,6 +18,7 @@ from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
 from keras_ckpt.cadence import DEFAULT_MAX_OVERHEAD, Cadence, check_max_overhead
 from keras_ckpt.errors import ResumeError
+from keras_ckpt.history import HISTORY_PATH
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast, to_json
 from keras_ckpt.records import Record, clean_metrics
@@ -25,6 +27,9 @@ from keras_ckpt.storage import META_DIR, LocalStorage
 from keras_ckpt.writer import Writer
 
 __all__ = ["BackupAndRestore"]
+
+# Our files in `.keras_ckpt/` besides records: removed with an emptied `backup_dir`.
+_BOOKKEEPING = ("lock", os.path.basename(HISTORY_PATH))
 
 OWNER = "BackupAndRestore"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -656,7 +661,8 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _only_ours_left(self) -> bool:
         """True if `backup_dir` (local) holds nothing but our bookkeeping: `.keras_ckpt/` with
-        its lock file and empty work folders. Called with the lock held, records all deleted."""
+        its lock file, the run history and empty work folders. Called with the lock held, records
+        all deleted."""
         storage = self.manager.storage
         if not isinstance(storage, LocalStorage):
             return False
@@ -665,7 +671,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                 return False
             for folder, _dirs, files in os.walk(os.path.join(storage.root, META_DIR)):
                 if folder == os.path.join(storage.root, META_DIR):
-                    files = [f for f in files if f != "lock"]
+                    files = [f for f in files if f not in _BOOKKEEPING]
                 if files:
                     return False
         except OSError:
@@ -681,7 +687,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             for folder, dirs, _files in os.walk(meta, topdown=False):
                 for d in dirs:
                     os.rmdir(os.path.join(folder, d))
-            os.unlink(os.path.join(meta, "lock"))
+            for name in _BOOKKEEPING:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(meta, name))
             os.rmdir(meta)
             os.rmdir(root)
         except OSError:

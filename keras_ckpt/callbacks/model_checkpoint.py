@@ -32,6 +32,7 @@ from keras_ckpt.policies import (
     Reasons,
     applicable,
     from_keep_args,
+    judge,
     ranked_metrics,
     to_json,
 )
@@ -651,10 +652,13 @@ class _ThisRun(Policy):
     policy: Policy
     run: str | None
 
+    def __repr__(self) -> str:  # what `prune` logs as the reason a checkpoint was deleted
+        return f"{self.policy!r} (this run)"
+
     def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
         mine = [i for i, r in enumerate(records) if _run_of(r) == self.run]
         result: list[Reasons] = [("another run",)] * len(records)
-        decided = self.policy.reasons([records[i] for i in mine])
+        decided = judge(self.policy, [records[i] for i in mine])
         for i, reasons in zip(mine, decided, strict=True):
             result[i] = reasons
         return result
