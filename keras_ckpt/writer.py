@@ -9,7 +9,6 @@ Background threads are not daemons: the interpreter waits for a save under way b
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -69,7 +68,6 @@ class Writer:
         self._thread.start()
 
     def _work(self, write: Callable[[Any], None], prepared: Any) -> None:
-        _lower_priority()
         try:
             write(prepared)
         except BaseException as e:  # kept for the training thread, never lost
@@ -105,15 +103,3 @@ class Writer:
             error, self._error = self._error, None
         if error is not None:
             raise error
-
-
-def _lower_priority() -> None:
-    """Lets training win the CPU: on Linux a thread has its own nice value (here 10).
-
-    Elsewhere (no per-thread priority) the writer keeps the process's priority; only speed differs.
-    """
-    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except OSError:
-            pass  # not permitted here (e.g. a container's seccomp policy); correctness is unchanged
