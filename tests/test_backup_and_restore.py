@@ -465,3 +465,39 @@ def test_a_directory_locked_by_another_process_fails_before_training(tmp_path, d
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_signal_handler_never_reads_callback_model(tmp_path, data, monkeypatch):
+    """On JAX `Callback.model` syncs the trainer's state into the variables; read from a signal
+    handler, between steps, it could make the stop backup hold an older step than its label."""
+    backup = keras_ckpt.BackupAndRestore(
+        tmp_path / "b", save_freq=100, raise_on_interrupt=False, delete_checkpoint=False
+    )
+    in_handler: list[bool] = []
+    real_handler = backup._on_signal
+
+    def handler(signum, frame):
+        in_handler.append(True)
+        try:
+            real_handler(signum, frame)
+        finally:
+            in_handler.pop()
+
+    real_model = keras.callbacks.Callback.model
+
+    def guarded(self):
+        assert not in_handler, "Callback.model was read inside the signal handler"
+        return real_model.fget(self)
+
+    monkeypatch.setattr(backup, "_on_signal", handler)
+    monkeypatch.setattr(type(backup), "model", property(guarded))
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    fit(build_model(), data, [backup, Interrupt()])
+    assert backup.interrupted == signal.SIGINT
+    [record] = keras_ckpt.CheckpointManager(tmp_path / "b").checkpoints()
+    assert record.step == 3  # the signal lands in batch 1's end; the backup is taken at batch 2's
