@@ -15,12 +15,12 @@ from typing import Any
 
 from keras_ckpt.cli._common import (
     CliError,
-    build_policy,
     format_metric,
     human_age,
     human_size,
     open_manager,
     plural,
+    policy_from_args,
     policy_from_owner_state,
     recorded_monitor,
     recorded_policy,
@@ -214,23 +214,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f"{', '.join(owners) or 'none (the directory holds no checkpoints)'}"
         )
     owners = sorted({str(r.owner) for r in records})
-    if args.owner is None and len(owners) > 1:
-        raise CliError(
-            f"{args.directory} holds checkpoints of {len(owners)} owners ({', '.join(owners)}); "
-            "prune one at a time with --owner."
-        )
-    monitor, mode = args.monitor, args.mode
-    if args.keep_best is not None and monitor is None:
-        monitor, recorded_mode = recorded_monitor(records)
-        mode = mode or recorded_mode
-    policy = build_policy(
-        keep_last=args.keep_last,
-        keep_best=args.keep_best,
-        monitor=monitor,
-        mode=mode,
-        keep_every_n_epochs=args.keep_every_n_epochs,
-        max_total_bytes=args.max_total_bytes,
-    )
+    policy = policy_from_args(args, records, owners, "prune")
     source = "from the options"
     if policy is None and records:
         recorded = policy_from_owner_state(records[-1].owner_state)

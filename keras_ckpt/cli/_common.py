@@ -131,6 +131,31 @@ def build_policy(
     )
 
 
+def policy_from_args(args: Any, records: Sequence[Any], owners: Sequence[str], verb: str) -> Any:
+    """The policy of `prune`'s keep options (None: none given), for one owner's checkpoints.
+
+    Refuses a directory of several owners without `--owner` (their rankings do not mix); a
+    `--keep-best` without `--monitor` ranks by the metric the callback recorded.
+    """
+    if args.owner is None and len(owners) > 1:
+        raise CliError(
+            f"{args.directory} holds checkpoints of {len(owners)} owners ({', '.join(owners)}); "
+            f"{verb} one at a time with --owner."
+        )
+    monitor, mode = args.monitor, args.mode
+    if args.keep_best is not None and monitor is None:
+        monitor, recorded_mode = recorded_monitor(records)
+        mode = mode or recorded_mode
+    return build_policy(
+        keep_last=args.keep_last,
+        keep_best=args.keep_best,
+        monitor=monitor,
+        mode=mode,
+        keep_every_n_epochs=args.keep_every_n_epochs,
+        max_total_bytes=args.max_total_bytes,
+    )
+
+
 def policy_from_owner_state(owner_state: Mapping[str, Any]) -> Policy | None:
     """The retention policy a callback recorded under `owner_state["retention"]`, or None."""
     spec = owner_state.get(RETENTION_KEY)

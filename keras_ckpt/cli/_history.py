@@ -10,11 +10,10 @@ import sys
 
 from keras_ckpt.cli._common import (
     CliError,
-    build_policy,
     format_metric,
     human_size,
     open_manager,
-    recorded_monitor,
+    policy_from_args,
 )
 from keras_ckpt.history import simulate
 
@@ -46,23 +45,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
     saves = [e for e in manager.history() if args.owner is None or e.owner == args.owner]
     owners = sorted({str(e.owner) for e in saves})
-    if args.owner is None and len(owners) > 1:
-        raise CliError(
-            f"{args.directory} holds saves of {len(owners)} owners ({', '.join(owners)}); "
-            "simulate one at a time with --owner."
-        )
-    monitor, mode = args.monitor, args.mode
-    if args.keep_best is not None and monitor is None:
-        monitor, recorded_mode = recorded_monitor(manager.checkpoints(args.owner))
-        mode = mode or recorded_mode
-    policy = build_policy(
-        keep_last=args.keep_last,
-        keep_best=args.keep_best,
-        monitor=monitor,
-        mode=mode,
-        keep_every_n_epochs=args.keep_every_n_epochs,
-        max_total_bytes=args.max_total_bytes,
-    )
+    policy = policy_from_args(args, manager.checkpoints(args.owner), owners, "simulate")
     if policy is None:
         raise CliError(
             "prune --simulate needs at least one keep option (--keep-last, --keep-best, "
