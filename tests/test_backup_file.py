@@ -179,7 +179,13 @@ def test_nothing_is_stored_twice(tmp_path, data):
     saved = {id(v) for v in [*model.weights, *model.optimizer.variables]}
     seeds = [v for v in model.variables if id(v) not in saved]  # the Dropout's SeedGenerator
     assert len(seeds) == 1
-    expected = sorted(v.path for v in [*model.metrics_variables, *seeds])
+    # The group holds the metric variables, the Dropout's seed state and, where unseeded random
+    # ops created it (Keras 3.10 does during fit), Keras's global SeedGenerator: nothing else.
+    outside = [v for v in st.training_variables(model) if id(v) not in saved]
+    wanted = {id(v) for v in [*model.metrics_variables, *seeds]}
+    assert wanted <= {id(v) for v in outside}
+    assert len(outside) - len(wanted) <= 1
+    expected = sorted(v.path for v in outside)
     assert sorted(p for p, _, where in layout if where.startswith(backup_file.GROUP)) == expected
 
 
