@@ -51,3 +51,15 @@ def h5_datasets(path) -> dict:
             )
         )
     return out
+
+
+def commit(manager, name, files=None, kind="weights", **kwargs):
+    """Commits `files` (relpath -> bytes; default `{name}.bin`) through a real staging folder."""
+    files = files or {f"{name}.bin": name.encode()}
+    with manager.stage() as folder:
+        staged = {}
+        for i, (relpath, data) in enumerate(files.items()):
+            staged[relpath] = os.path.join(folder, str(i))
+            with open(staged[relpath], "wb") as f:
+                f.write(data)
+        return manager.commit(staged, name=name, kind=kind, **kwargs)

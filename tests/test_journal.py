@@ -16,6 +16,7 @@ import time
 import warnings
 
 import pytest
+from conftest import commit
 
 from keras_ckpt import journal
 from keras_ckpt.errors import ForeignFileError, LockLostError, UnsafeDirectoryError
@@ -26,18 +27,6 @@ from keras_ckpt.records import Record
 from keras_ckpt.storage import META_DIR, LocalStorage, seal_file
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_commit_child.py")
-
-
-def commit(manager, name, files=None, **kwargs) -> Record:
-    """Commits `files` (relpath -> bytes; default `{name}.bin`) through a real staging folder."""
-    files = files or {f"{name}.bin": name.encode()}
-    with manager.stage() as folder:
-        staged = {}
-        for i, (relpath, data) in enumerate(files.items()):
-            staged[relpath] = os.path.join(folder, str(i))
-            with open(staged[relpath], "wb") as f:
-                f.write(data)
-        return manager.commit(staged, name=name, kind="weights", **kwargs)
 
 
 def write_pending(directory, record: Record) -> None:

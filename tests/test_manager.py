@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import google_crc32c
 import numpy as np
 import pytest
-from conftest import build_model
+from conftest import build_model, commit
 
 from keras_ckpt.errors import (
     CheckpointNotFoundError,
@@ -28,18 +28,6 @@ from keras_ckpt.records import FileEntry, Record
 from keras_ckpt.storage import META_DIR, LocalStorage
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_commit_child.py")
-
-
-def commit(manager, name, files=None, kind="weights", **kwargs) -> Record:
-    """Commits `files` (relpath -> bytes; default `{name}.bin`) through a real staging folder."""
-    files = files or {f"{name}.bin": name.encode()}
-    with manager.stage() as folder:
-        staged = {}
-        for i, (relpath, data) in enumerate(files.items()):
-            staged[relpath] = os.path.join(folder, str(i))
-            with open(staged[relpath], "wb") as f:
-                f.write(data)
-        return manager.commit(staged, name=name, kind=kind, **kwargs)
 
 
 @pytest.fixture

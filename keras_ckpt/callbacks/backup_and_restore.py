@@ -280,7 +280,8 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._stop(save=True, logs=logs)
         elif due:
             self._save(logs)
-        self._tick = (time.perf_counter(), self._progress.global_step)
+        if self._cadence is not None:  # step timings only feed the auto cadence
+            self._tick = (time.perf_counter(), self._progress.global_step)
 
     def _pace(self) -> int | None:
         """Feeds the step time to the cadence; returns the interval the schedule should use."""
