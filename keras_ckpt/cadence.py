@@ -1,19 +1,25 @@
 """How often to back up, chosen from measured costs: `BackupAndRestore(save_freq="auto")`. Pure.
 
-A backup costs training the time its thread is blocked: the copy of the state to host memory (the
-whole write, when saving inline), plus any wait for the previous background write still under way.
-Backing up every `I` steps of `s` seconds each, the overhead is `cost / (I * s)`, so the smallest
-interval that keeps it under `max_overhead` (`m`) is
+A backup costs training the time its thread is blocked (the copy of the state to host memory; the
+whole write, when saving inline), any wait for the previous background write still under way, and,
+when writing in the background, the time the write takes from the training steps it overlaps: on a
+machine whose cores training keeps busy, the writer's copies, checksums and system calls make
+those steps slower (measured on 2 cores: a 65 ms copy, then ~300 ms more over the next steps).
+Backing up every `I` steps of `s` seconds each (`s` measured while no write is under way), with
+`stolen` the extra time of the steps a write overlapped, the overhead is
+`(blocking + stolen) / (I * s)`, so the smallest interval that keeps it under `max_overhead` (`m`)
+is
 
-- inline writes: `I >= blocking / (m * s)`;
-- background writes (`blocking` on the training thread, `write` seconds in the writer): the next
-  backup waits `max(0, write - I * s)` for this one, so `I >= blocking / (m * s)` and
-  `I >= (blocking + write) / ((1 + m) * s)`.
+- inline writes: `I >= blocking / (m * s)` (`stolen` is 0);
+- background writes (`write` seconds in the writer): `I >= (blocking + stolen) / (m * s)`, and,
+  since the next backup waits `max(0, write - I * s)` for this one, `I >= (blocking + stolen +
+  write) / ((1 + m) * s)`.
 
-`Cadence` measures those costs (one backup early, then every backup and every step), decides the
-interval once it has a few step timings and the first backup is written, and decides again when a
-new decision would differ from the current one by more than `drift` (the costs drifted). No Keras,
-no files, no clock of its own: the callback passes durations in.
+`Cadence` measures those costs (one backup early, then every backup and every step, sorting step
+timings into those a write overlapped and the rest), decides the interval once it has a few step
+timings and the first backup is written, and decides again when a new decision would differ from
+the current one by more than `drift` (the costs drifted). No Keras, no files, no clock of its own:
+the callback passes durations in.
 """
 
 from __future__ import annotations
@@ -56,20 +62,27 @@ def interval_for(
     max_overhead: float,
     *,
     background: bool,
+    stolen_seconds: float = 0.0,
 ) -> int:
     """The fewest steps between backups that keeps their cost at most `max_overhead` of training.
 
+    `stolen_seconds`: how much longer the steps a background write overlaps take than steps
+    without one (0 inline).
+
     Example:
 
-    >>> interval_for(0.010, 0.002, 0.050, 0.02, background=True)  # 10 ms steps
+    >>> interval_for(0.010, 0.002, 0.050, 0.02, background=True)  # 10 ms steps, spare cores
     10
+    >>> interval_for(0.010, 0.002, 0.050, 0.02, background=True, stolen_seconds=0.03)  # none
+    160
     >>> interval_for(0.010, 0.052, 0.052, 0.02, background=False)  # the same backup, inline
     260
     """
     step = max(step_seconds, 1e-9)
-    needed = blocking_seconds / (max_overhead * step)
+    cost = blocking_seconds + max(stolen_seconds, 0.0)
+    needed = cost / (max_overhead * step)
     if background:
-        needed = max(needed, (blocking_seconds + write_seconds) / ((1 + max_overhead) * step))
+        needed = max(needed, (cost + write_seconds) / ((1 + max_overhead) * step))
     # a hair below an integer is that integer: float noise must not add a step
     return max(1, math.ceil(needed - 1e-9))
 
@@ -85,7 +98,8 @@ class Cadence:
     Args:
         max_overhead: Fraction of training time backups may cost, in (0, 1).
         background: True if backups are written in a background thread.
-        min_samples: Step timings (batch ends) needed after the first backup before deciding.
+        min_samples: Step timings (batch ends) with no write under way needed after the first
+            backup before deciding.
         drift: Decide again when the interval the latest costs call for differs from the current
             one by more than this factor.
         weight: Weight of the newest backup's costs in their running means.
@@ -108,6 +122,20 @@ class Cadence:
     written in 50.0 ms; max_overhead=0.02)
     >>> cadence.save_freq
     250
+
+    In the background, the steps a write overlaps are timed apart; what they took beyond the
+    step time is charged to the backup:
+
+    >>> cadence = Cadence(0.02, background=True, min_samples=2)
+    >>> cadence.record_save(blocking=0.005, waited=0.0)
+    >>> for _ in range(3):
+    ...     cadence.record_steps(1, 0.02, writing=True)  # 10 ms slower than...
+    >>> cadence.record_write(0.05)
+    >>> for _ in range(2):
+    ...     cadence.record_steps(1, 0.01)  # ...a step with no write under way
+    >>> print(cadence.decide())
+    backs up every 175 steps (a step takes 10.0 ms, a backup blocks training 5.0 ms, slows the
+    steps around it by 30.0 ms and is written in 50.0 ms; max_overhead=0.02)
     """
 
     max_overhead: float = DEFAULT_MAX_OVERHEAD
@@ -120,10 +148,14 @@ class Cadence:
     step_seconds: float | None = field(default=None, init=False)
     blocking_seconds: float | None = field(default=None, init=False)
     write_seconds: float | None = field(default=None, init=False)
+    stolen_seconds: float | None = field(default=None, init=False)
     saves: int = field(default=0, init=False)
     _samples: int = field(default=0, init=False)
     _lost: float = field(default=0.0, init=False)
     _trained: float = field(default=0.0, init=False)
+    # the steps the latest backup's write overlapped: how many, and how long they took
+    _busy_steps: int = field(default=0, init=False)
+    _busy_seconds: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self.max_overhead = check_max_overhead(self.max_overhead)
@@ -136,18 +168,37 @@ class Cadence:
             return 1
         return self.interval
 
-    def record_steps(self, steps: int, seconds: float) -> None:
-        """`steps` training steps took `seconds` (backup time excluded). Ignored before the first
-        backup: the first steps include tracing and compilation."""
+    def record_steps(self, steps: int, seconds: float, *, writing: bool = False) -> None:
+        """`steps` training steps took `seconds` (backup time excluded); `writing`: a background
+        write was under way during some of them. Ignored before the first backup: the first steps
+        include tracing and compilation."""
         if self.saves == 0 or steps < 1 or seconds <= 0:
+            return
+        self._trained += seconds
+        if writing:
+            self._busy_steps += steps
+            self._busy_seconds += seconds
             return
         self.step_seconds = _mean(self.step_seconds, seconds / steps, self.step_weight)
         self._samples += 1
-        self._trained += seconds
+
+    def _overlap_cost(self) -> float | None:
+        """What the steps the latest write overlapped took beyond the step time (None before a
+        step time is known)."""
+        if self.step_seconds is None:
+            return None
+        return max(0.0, self._busy_seconds - self._busy_steps * self.step_seconds)
 
     def record_save(self, blocking: float, waited: float) -> None:
         """A backup blocked the training thread `blocking` seconds after waiting `waited` for the
-        previous one."""
+        previous one (whose overlap with training is settled now)."""
+        stolen = self._overlap_cost()
+        if stolen is not None:  # else: counted with this backup's overlap
+            if self.saves > 0 and self.background:
+                self.stolen_seconds = _mean(self.stolen_seconds, stolen, self.weight)
+            self._lost += stolen
+            self._trained -= stolen
+            self._busy_steps, self._busy_seconds = 0, 0.0
         self.saves += 1
         self.blocking_seconds = _mean(self.blocking_seconds, max(blocking, 0.0), self.weight)
         self._lost += max(blocking, 0.0) + max(waited, 0.0)
@@ -159,8 +210,8 @@ class Cadence:
 
     @property
     def measured_overhead(self) -> float | None:
-        """What backups have cost so far, as a fraction of the step time measured since the first
-        backup (None before any step time is measured)."""
+        """What backups have cost so far (blocked, waited and overlapped time), as a fraction of
+        the step time measured since the first backup (None before any step time is measured)."""
         return self._lost / self._trained if self._trained > 0 else None
 
     def decide(self) -> str | None:
@@ -174,16 +225,27 @@ class Cadence:
             return None
         blocking = self.blocking_seconds or 0.0
         write = self.write_seconds
+        stolen = 0.0
+        if self.background:
+            stolen = self.stolen_seconds  # None until the next backup settles the first's
+            if stolen is None:
+                stolen = self._overlap_cost() or 0.0  # the first backup's overlap so far
         ideal = interval_for(
-            self.step_seconds, blocking, write, self.max_overhead, background=self.background
+            self.step_seconds,
+            blocking,
+            write,
+            self.max_overhead,
+            background=self.background,
+            stolen_seconds=stolen,
         )
         previous = self.interval
         if previous is not None and previous / self.drift <= ideal <= previous * self.drift:
             return None
         self.interval = ideal
+        slows = f", slows the steps around it by {stolen * 1e3:.1f} ms" if self.background else ""
         costs = (
             f"a step takes {self.step_seconds * 1e3:.1f} ms, a backup blocks training "
-            f"{blocking * 1e3:.1f} ms and is written in {write * 1e3:.1f} ms; "
+            f"{blocking * 1e3:.1f} ms{slows} and is written in {write * 1e3:.1f} ms; "
             f"max_overhead={self.max_overhead:g}"
         )
         if previous is None:
@@ -199,5 +261,6 @@ class Cadence:
             "step_seconds": self.step_seconds,
             "blocking_seconds": self.blocking_seconds,
             "write_seconds": self.write_seconds,
+            "stolen_seconds": self.stolen_seconds,
             "measured_overhead": self.measured_overhead,
         }

@@ -20,20 +20,30 @@ seconds = st.floats(1e-5, 10.0, allow_nan=False, allow_infinity=False)
 overheads = st.floats(1e-3, 0.9, allow_nan=False)
 
 
-def overhead(interval, step, blocking, write, background):
+def overhead(interval, step, blocking, write, background, stolen=0.0):
     """Training time lost per backup over training time between backups."""
-    lost = blocking + (max(0.0, write - interval * step) if background else 0.0)
+    lost = blocking + (stolen + max(0.0, write - interval * step) if background else 0.0)
     return lost / (interval * step)
 
 
-@given(step=seconds, blocking=seconds, write=seconds, m=overheads, background=st.booleans())
-def test_the_interval_is_the_smallest_that_keeps_the_overhead(step, blocking, write, m, background):
+@given(
+    step=seconds,
+    blocking=seconds,
+    write=seconds,
+    m=overheads,
+    background=st.booleans(),
+    stolen=st.one_of(st.just(0.0), seconds),
+)
+def test_the_interval_is_the_smallest_that_keeps_the_overhead(
+    step, blocking, write, m, background, stolen
+):
     write = max(write, blocking) if not background else write
-    interval = interval_for(step, blocking, write, m, background=background)
+    stolen = stolen if background else 0.0
+    interval = interval_for(step, blocking, write, m, background=background, stolen_seconds=stolen)
     assert interval >= 1
-    assert overhead(interval, step, blocking, write, background) <= m * (1 + 1e-6)
+    assert overhead(interval, step, blocking, write, background, stolen) <= m * (1 + 1e-6)
     if interval > 1:
-        assert overhead(interval - 1, step, blocking, write, background) > m * (1 - 1e-6)
+        assert overhead(interval - 1, step, blocking, write, background, stolen) > m * (1 - 1e-6)
 
 
 @given(step=seconds, blocking=seconds, write=seconds, m=overheads, slower=st.floats(1.0, 100.0))
@@ -75,6 +85,37 @@ def test_cadence_probes_once_then_measures_then_decides():
     message = cadence.decide()
     assert cadence.save_freq == interval_for(0.02, 0.01, 0.2, 0.05, background=True) == 10
     assert message.startswith("backs up every 10 steps (a step takes 20.0 ms")
+
+
+def test_steps_a_background_write_slows_are_charged_to_the_backup():
+    quiet, busy = Cadence(0.05, background=True), Cadence(0.05, background=True)
+    for cadence, overlapped in ((quiet, 0.02), (busy, 0.06)):
+        cadence.record_save(0.01, 0.0)
+        for _ in range(4):  # the steps the first write overlapped
+            cadence.record_steps(1, overlapped, writing=True)
+        cadence.record_write(0.08)
+        for _ in range(5):
+            cadence.record_steps(1, 0.02)
+        cadence.decide()
+    assert quiet.step_seconds == busy.step_seconds == pytest.approx(0.02)  # overlapped: apart
+    assert quiet.interval == interval_for(0.02, 0.01, 0.08, 0.05, background=True) == 10
+    # 4 steps 40 ms slower each: 160 ms more per backup
+    assert busy.interval == interval_for(
+        0.02, 0.01, 0.08, 0.05, background=True, stolen_seconds=0.16
+    )
+    assert busy.interval == 170
+    busy.record_save(0.01, 0.0)  # settles the first backup's overlap
+    assert busy.stolen_seconds == pytest.approx(0.16)
+    assert busy.get_state()["stolen_seconds"] == pytest.approx(0.16)
+    assert busy.measured_overhead == pytest.approx((0.01 + 0.16 + 0.01) / (0.08 + 0.1))
+
+
+def test_inline_backups_are_not_charged_for_overlap():
+    cadence = Cadence(0.05, background=False)
+    measured(cadence, step=0.02, blocking=0.01, write=0.01)
+    cadence.record_save(0.01, 0.0)
+    assert cadence.stolen_seconds is None
+    assert "slows the steps" not in (measured(cadence, step=0.1, blocking=0.01, write=0.01) or "")
 
 
 def test_cadence_redecides_only_when_costs_drift():
@@ -153,6 +194,20 @@ def test_a_fit_with_auto_writes_backups_and_says_and_records_its_interval(tmp_pa
     cadence = records[-1].owner_state["cadence"]
     assert cadence["save_freq"] == "auto" and cadence["max_overhead"] == 0.5
     assert cadence["interval"] in chosen
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_steps_are_timed_one_by_one_never_across_an_epoch_start(tmp_path, mocker, async_save):
+    """Keras builds an epoch's iterator after `on_epoch_begin` (seconds on TensorFlow): the first
+    step of an epoch is not timed; the steps a background write overlapped are marked."""
+    spy = mocker.spy(Cadence, "record_steps")
+    fit(tmp_path, "timed", samples=24, epochs=3, max_overhead=0.5, async_save=async_save)
+    calls = [c.args[1:] + (c.kwargs["writing"],) for c in spy.call_args_list]
+    assert len(calls) == 3 * (12 - 1)  # 12 steps an epoch, all but the first timed
+    assert all(steps == 1 for steps, _, _ in calls)
+    writing = [w for _, _, w in calls]
+    assert any(writing) == async_save  # the first backup's write overlaps the next step
+    assert not all(writing)
 
 
 @pytest.mark.parametrize("async_save", [False, True])

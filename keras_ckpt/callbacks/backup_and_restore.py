@@ -205,7 +205,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._epoch_save_logs: dict[str, Any] | None = None
         if self.save_freq == "auto":
             self._cadence = Cadence(check_max_overhead(self.max_overhead), self.async_save)
-        self._tick: tuple[float, int] | None = None  # (time, global step) of the last batch end
+        # (time, global step, a background write under way) at the last batch end
+        self._tick: tuple[float, int, bool] | None = None
         self._cut_epoch: int | None = None
 
     # ------------------------------------------------------------------ fit hooks
@@ -258,7 +259,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._epoch_save_logs is not None:
             self._save(self._epoch_save_logs)
             self._epoch_save_logs = None
-        self._tick = (time.perf_counter(), self._progress.global_step)
+        # The epoch's first step is not timed: Keras builds the epoch's iterator after this hook
+        # (seconds on TensorFlow), which is not a step's cost.
+        self._tick = None
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # `_model` in the per-batch checks: on JAX, `model` syncs every variable out of the
@@ -281,15 +284,19 @@ class BackupAndRestore(keras.callbacks.Callback):
         elif due:
             self._save(logs)
         if self._cadence is not None:  # step timings only feed the auto cadence
-            self._tick = (time.perf_counter(), self._progress.global_step)
+            self._tick = (time.perf_counter(), self._progress.global_step, self._writer.busy)
 
     def _pace(self) -> int | None:
         """Feeds the step time to the cadence; returns the interval the schedule should use."""
         cadence = self._cadence
         assert cadence is not None
         if self._tick is not None:
-            started, step = self._tick
-            cadence.record_steps(self._progress.global_step - step, time.perf_counter() - started)
+            started, step, busy = self._tick
+            cadence.record_steps(
+                self._progress.global_step - step,
+                time.perf_counter() - started,
+                writing=busy or self._writer.busy,  # the write slowed (some of) these steps
+            )
         message = cadence.decide()
         if message is not None and self._chief:
             print(f'BackupAndRestore(save_freq="auto"): {message}.', flush=True)
