@@ -48,6 +48,7 @@ from benchmarks._common import (
     BATCH_SIZE,
     Stat,
     Table,
+    fit_data,
     fmt,
     ratio_cell,
     rotated,
@@ -237,12 +238,9 @@ def _wait(callback: Any) -> None:
 
 def _fit(model: Any, x: Any, y: Any, epochs: int, callback: Any | None) -> None:
     model.fit(
-        x,
-        y,
-        batch_size=BATCH_SIZE,
+        **fit_data(x, y),
         epochs=epochs,
         verbose=0,
-        shuffle=False,
         callbacks=[callback] if callback is not None else [],
     )
     if callback is not None:

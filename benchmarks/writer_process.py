@@ -193,12 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         callbacks = [] if name == "none" else [Save(savers[name])]
         start = time.perf_counter()
         model.fit(
-            x,
-            y,
-            batch_size=_common.BATCH_SIZE,
+            **_common.fit_data(x, y),
             epochs=args.epochs,
             verbose=0,
-            shuffle=False,
             callbacks=callbacks,
         )
         seconds = time.perf_counter() - start
