@@ -145,11 +145,17 @@ class Snapshotter:
     True
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, copy: bool = True) -> None:
+        """`copy=False` for saves written inline, before training takes its next step: the
+        snapshot's arrays are then the backend's own memory (or the arrays Keras's walk made),
+        not copies, and must be written before the model changes."""
         self._buffers: dict[int, np.ndarray] = {}
         self.generation = 0
+        self.copy = copy
 
     def _copy(self, slot: int, source: np.ndarray) -> np.ndarray:
+        if not self.copy:
+            return source
         if source.nbytes < _SMALL:
             return np.array(source, copy=True)
         buffer = self._buffers.get(slot)

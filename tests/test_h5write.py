@@ -403,3 +403,30 @@ def test_zip64_tail_for_a_member_past_4_gib_is_read_by_zipfile(tmp_path):
         assert archive.read("config.json") == b"{}"
         assert archive.getinfo("config.json").header_offset == 4096 + size
     assert struct.unpack("<I", header[:4])[0] == 0x04034B50 and len(header) == 4096
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_synced_write_starts_the_writeback_of_each_large_array(tmp_path, mocker, sync):
+    """The arrays' pages are handed to the disk as they are written, so that the final fsync
+    waits for the last of them only (Linux `sync_file_range`); the file is the same."""
+    calls = []
+    mocker.patch.object(h5write, "_SYNC_FILE_RANGE", lambda *args: calls.append(args[1:]) or 0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1200), keras.layers.Dense(3)])
+    path = tmp_path / "m.weights.h5"
+    sealed = h5write.write_snapshot(snapshot.take(model, weights_only=True), str(path), sync=sync)
+    assert sealed == seal_file(path, sync=False)
+    large = {}
+    with h5py.File(path) as file:
+        file.visititems(
+            lambda name, item: (
+                large.__setitem__(item.id.get_offset(), item.nbytes)
+                if isinstance(item, h5py.Dataset) and item.nbytes >= snapshot._SMALL
+                else None
+            )
+        )
+    assert len(large) == 3  # the two kernels and the wide bias
+    if not sync:
+        assert calls == []
+        return
+    assert {flags for _, _, flags in calls} == {h5write._SYNC_FILE_RANGE_WRITE}
+    assert {offset: count for offset, count, _ in calls} == large

@@ -47,6 +47,39 @@ def test_snapshot_is_frozen_while_training_goes_on(tmp_path, data):
         np.testing.assert_array_equal(a.numpy(), b)
 
 
+def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
+    """`copy=False` (saves written before the next step): no host buffers are allocated or
+    kept, and the file is the one a copying snapshot writes."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1200), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)  # its variables are >= 4 KiB too
+    copying, inline = snapshot.Snapshotter(), snapshot.Snapshotter(copy=False)
+    snapshot.write(copying.take(model, weights_only=True), str(tmp_path / "copied.weights.h5"))
+    snapshot.write(inline.take(model, weights_only=True), str(tmp_path / "inline.weights.h5"))
+    assert copying._buffers and not inline._buffers
+    copied, direct = (h5_datasets(tmp_path / f"{n}.weights.h5") for n in ("copied", "inline"))
+    assert sorted(copied) == sorted(direct) and len(direct) > 4
+    for name in copied:
+        np.testing.assert_array_equal(copied[name], direct[name])
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_callbacks_copy_only_when_writing_in_the_background(tmp_path, data, async_save):
+    import keras_ckpt
+
+    model = trained(data)
+    x, y = data
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        tmp_path / "m.weights.h5", async_save=async_save, save_weights_only=True
+    )
+    backup = keras_ckpt.BackupAndRestore(
+        tmp_path / "backup", async_save=async_save, delete_checkpoint=False
+    )
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[checkpoint, backup])
+    assert checkpoint._snapshotter.copy is async_save
+    assert backup._snapshotter.copy is async_save
+
+
 def test_full_model_snapshot_is_a_keras_file_plain_keras_loads(tmp_path, data):
     model = trained(data, dropout=0.5)
     snapshot.write(snapshot.take(model, weights_only=False), str(tmp_path / "m.keras"))

@@ -172,8 +172,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.delete_checkpoint = check_bool("delete_checkpoint", delete_checkpoint)
         self.async_save = check_bool("async_save", async_save)
         self._writer = Writer(background=self.async_save, name="keras-ckpt-backup")
-        # Host buffers reused by every backup (the writer runs one at a time).
-        self._snapshotter = snapshot.Snapshotter()
+        # Host buffers reused by every backup (the writer runs one at a time); an inline backup is
+        # written before the next step, straight from the variables' memory.
+        self._snapshotter = snapshot.Snapshotter(copy=self.async_save)
         keep_last = check_optional_count("keep_last", keep_last)
         if keep_last is None:
             keep_last = 2 if double_checkpoint else 1

@@ -510,8 +510,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
             )
             return
         # Host copies on the training thread (into buffers reused from save to save), written
-        # by the one-pass writer inline or in the writer thread.
-        snapshotter = self.__dict__.setdefault("_snapshotter", snapshot.Snapshotter())
+        # by the one-pass writer in the writer thread; an inline save is written before the next
+        # step, straight from the variables' memory.
+        snapshotter = self.__dict__.setdefault(
+            "_snapshotter", snapshot.Snapshotter(copy=self._writer.background)
+        )
         self._writer.run(
             lambda: snapshotter.take(self.model, weights_only=self.save_weights_only),
             lambda snap: self._commit(snap, fields, policy, epoch_index, display),
