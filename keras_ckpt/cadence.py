@@ -73,7 +73,8 @@ def interval_for(
 
     >>> interval_for(0.010, 0.002, 0.050, 0.02, background=True)  # 10 ms steps, spare cores
     10
-    >>> interval_for(0.010, 0.002, 0.050, 0.02, background=True, stolen_seconds=0.03)  # none
+    >>> # no spare core: the write makes the steps it overlaps 30 ms slower in all
+    >>> interval_for(0.010, 0.002, 0.050, 0.02, background=True, stolen_seconds=0.03)
     160
     >>> interval_for(0.010, 0.052, 0.052, 0.02, background=False)  # the same backup, inline
     260
@@ -153,9 +154,10 @@ class Cadence:
     _samples: int = field(default=0, init=False)
     _lost: float = field(default=0.0, init=False)
     _trained: float = field(default=0.0, init=False)
-    # the steps the latest backup's write overlapped: how many, and how long they took
+    # the steps the writes not yet settled overlapped: how many, and how long they took
     _busy_steps: int = field(default=0, init=False)
     _busy_seconds: float = field(default=0.0, init=False)
+    _unsettled: int = field(default=0, init=False)  # writes whose overlap is counted there
 
     def __post_init__(self) -> None:
         self.max_overhead = check_max_overhead(self.max_overhead)
@@ -175,7 +177,7 @@ class Cadence:
         if self.saves == 0 or steps < 1 or seconds <= 0:
             return
         self._trained += seconds
-        if writing:
+        if writing and self.background:
             self._busy_steps += steps
             self._busy_seconds += seconds
             return
@@ -183,23 +185,25 @@ class Cadence:
         self._samples += 1
 
     def _overlap_cost(self) -> float | None:
-        """What the steps the latest write overlapped took beyond the step time (None before a
-        step time is known)."""
+        """What the steps the unsettled writes overlapped took beyond the step time, per write
+        (None before a step time is known)."""
         if self.step_seconds is None:
             return None
-        return max(0.0, self._busy_seconds - self._busy_steps * self.step_seconds)
+        excess = max(0.0, self._busy_seconds - self._busy_steps * self.step_seconds)
+        return excess / max(self._unsettled, 1)
 
     def record_save(self, blocking: float, waited: float) -> None:
         """A backup blocked the training thread `blocking` seconds after waiting `waited` for the
-        previous one (whose overlap with training is settled now)."""
+        previous one (whose overlap with training is settled now, once a step time is known)."""
         stolen = self._overlap_cost()
-        if stolen is not None:  # else: counted with this backup's overlap
-            if self.saves > 0 and self.background:
-                self.stolen_seconds = _mean(self.stolen_seconds, stolen, self.weight)
-            self._lost += stolen
-            self._trained -= stolen
-            self._busy_steps, self._busy_seconds = 0, 0.0
+        if stolen is not None and self._unsettled:
+            self.stolen_seconds = _mean(self.stolen_seconds, stolen, self.weight)
+            self._lost += stolen * self._unsettled
+            self._trained -= stolen * self._unsettled
+            self._busy_steps, self._busy_seconds, self._unsettled = 0, 0.0, 0
         self.saves += 1
+        if self.background:
+            self._unsettled += 1
         self.blocking_seconds = _mean(self.blocking_seconds, max(blocking, 0.0), self.weight)
         self._lost += max(blocking, 0.0) + max(waited, 0.0)
 
@@ -225,11 +229,9 @@ class Cadence:
             return None
         blocking = self.blocking_seconds or 0.0
         write = self.write_seconds
-        stolen = 0.0
-        if self.background:
-            stolen = self.stolen_seconds  # None until the next backup settles the first's
-            if stolen is None:
-                stolen = self._overlap_cost() or 0.0  # the first backup's overlap so far
+        settled = self.stolen_seconds  # None until the next backup settles the first's
+        # (inline, nothing is ever counted as overlapped: 0)
+        stolen = settled if settled is not None else (self._overlap_cost() or 0.0)
         ideal = interval_for(
             self.step_seconds,
             blocking,

@@ -23,7 +23,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["is_chief", "worker_id"]
+__all__ = ["is_chief", "worker_count", "worker_id"]
 
 _TRAINING_TASKS = ("chief", "worker")
 
@@ -73,6 +73,31 @@ def worker_id(model: Any = None) -> int:
             "have a worker id."
         )
     return _rank(task_type, task_id, cluster)
+
+
+def worker_count(model: Any = None) -> int:
+    """How many processes train (1 outside multi-worker jobs).
+
+    Example:
+
+    >>> worker_count()
+    1
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return int(jax.process_count())
+    if backend == "torch":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return int(dist.get_world_size())
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    _, _, cluster = _task(model)
+    return max(1, sum(len(cluster.get(kind) or ()) for kind in _TRAINING_TASKS))
 
 
 def _rank(task_type: str, task_id: int, cluster: dict[str, Any]) -> int:

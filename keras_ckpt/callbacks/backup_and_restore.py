@@ -100,11 +100,13 @@ class BackupAndRestore(keras.callbacks.Callback):
             after the last backup is committed. Defaults to `True`.
         max_overhead: With `save_freq="auto"` only: the fraction of training time backups may
             cost, a float in (0, 1). The callback backs up after the first step to measure a
-            backup (the part that blocks training, plus any wait for the previous background
-            write), measures the step time, and picks the interval in steps; it decides again
-            when the costs drift, and prints the interval in one line each time it changes.
-            `every_seconds` still bounds the longest gap. Each backup records the interval and
-            the measured costs in its record (`owner_state["cadence"]`). Defaults to `0.02`.
+            backup (the part that blocks training, any wait for the previous background write,
+            and how much slower the steps a background write overlaps run), measures the step
+            time, and picks the interval in steps; it decides again when the costs drift, and
+            prints the interval in one line each time it changes. `every_seconds` still bounds
+            the longest gap. Each backup records the interval and the measured costs in its
+            record (`owner_state["cadence"]`). Defaults to `0.02`. Single-process training
+            only: `fit` raises `ValueError` in a multi-worker job.
 
     Raises:
         ValueError: an argument is invalid, or `keep_last < 2` with `double_checkpoint=True`.
@@ -216,6 +218,14 @@ class BackupAndRestore(keras.callbacks.Callback):
         Writer.settle_all()  # a save of an earlier fit in this process must land before we read
         self._reset_run()
         self.interrupted = None
+        if self.save_freq == "auto" and (workers := distribute.worker_count(self.model)) > 1:
+            # Every worker must take its copy at the same steps (an all-reduce), and each would
+            # choose its own interval from its own timings.
+            raise ValueError(
+                'Invalid value for argument `save_freq`. save_freq="auto" is for single-process '
+                f"training; this job has {workers} workers. Expected \"epoch\" or a positive "
+                'int. Received: save_freq="auto"'
+            )
         # Multi-worker: every worker restores the same backup below; only the chief writes.
         self._chief = distribute.is_chief(self.model)
         st.mark_preempted(self.model, False)
