@@ -40,6 +40,8 @@ __all__ = ["write_snapshot", "lay_out_plainly", "USERBLOCK"]
 USERBLOCK = 4096  # offset of the HDF5 member's data inside a `.keras` zip written here
 _PWRITE_MAX = 1 << 30
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writing the range back, do not wait
+# Bytes written between two such requests: one per array would be thousands for a big model.
+_WRITEBACK_EVERY = 8 << 20
 
 
 def _dcpl() -> Any:
@@ -125,10 +127,10 @@ _SYNC_FILE_RANGE = _sync_file_range()
 
 
 def _start_writeback(fd: int, offset: int, count: int) -> None:
-    """Asks the kernel to start writing these bytes to disk now, so that the fsync at the end
-    waits only for the last of them (measured here: 300 MB written then fsynced in 420-540 ms
-    instead of 480-920 ms). A hint only: its result is ignored, and the fsync that follows
-    reports any error."""
+    """Asks the kernel to start writing these bytes to disk now (every 8 MiB written), so that
+    the fsync at the end waits only for the last of them (measured here: 300 MB written and
+    fsynced in 420-540 ms instead of 480-920 ms). A hint only: its result is ignored, and the
+    fsync that follows reports any error."""
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, count, _SYNC_FILE_RANGE_WRITE)
 
@@ -268,12 +270,13 @@ def _write_one_pass(
             )
             _pwrite_all(fd, memoryview(header), 0)
             crc.update(header)
-        position = userblock
+        position = written = userblock  # written: bytes up to there handed to the disk
         for is_array, data in segments:
             if is_array:
                 _pwrite_all(fd, data, position)
-                if sync:
-                    _start_writeback(fd, position, len(data))
+                if sync and position + len(data) - written >= _WRITEBACK_EVERY:
+                    _start_writeback(fd, written, position + len(data) - written)
+                    written = position + len(data)
             crc.update(data)
             position += len(data)
         if tail:

@@ -5,7 +5,9 @@ into a store that writes nothing: it learns *what* Keras would write (groups, th
 attributes, datasets, `bfloat16` markers) and copies each variable once into a host buffer that
 the snapshotter owns and reuses at the next save (allocated and pre-faulted once; re-allocated only
 when a shape or dtype changes). At most one save is in flight (`writer.Writer`), so at most one
-extra copy of the state exists. `keras_ckpt.h5write` turns a snapshot into the file.
+extra copy of the state exists. A save written inline, before training's next step, needs no copy
+at all: `Snapshotter(copy=False)` keeps the backend's own memory. `keras_ckpt.h5write` turns a
+snapshot into the file.
 
 The copy never keeps a view of backend memory across a training step: on JAX, Keras donates the
 state buffers to the next step, so a zero-copy view could change under the writer.
@@ -60,7 +62,7 @@ def _is_bfloat16(dtype: np.dtype) -> bool:
 def _host_view(value: Any) -> np.ndarray:
     """The value's bytes as a NumPy array, without a copy where the backend allows one.
 
-    The caller copies it at once (before the next training step).
+    Valid until the next training step: the caller copies it at once, or writes it before then.
     """
     if isinstance(value, np.ndarray):
         return value
@@ -134,6 +136,13 @@ class Snapshotter:
     (or discard) a snapshot before taking the next (`writer.Writer` runs one save at a time).
     Use one snapshotter per callback.
 
+    Args:
+        copy: False for saves written inline, before the model changes: the snapshot's arrays
+            are then the backend's memory (or the arrays Keras's walk made, e.g. the
+            optimizer's `variable.numpy()`), not copies, and no buffers are kept between saves.
+            A custom `save_own_variables` that hands over one NumPy buffer it refills between
+            keys needs `copy=True`.
+
     Example:
 
     >>> import keras
@@ -146,9 +155,6 @@ class Snapshotter:
     """
 
     def __init__(self, *, copy: bool = True) -> None:
-        """`copy=False` for saves written inline, before training takes its next step: the
-        snapshot's arrays are then the backend's own memory (or the arrays Keras's walk made),
-        not copies, and must be written before the model changes."""
         self._buffers: dict[int, np.ndarray] = {}
         self.generation = 0
         self.copy = copy

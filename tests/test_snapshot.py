@@ -57,6 +57,13 @@ def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
     snapshot.write(copying.take(model, weights_only=True), str(tmp_path / "copied.weights.h5"))
     snapshot.write(inline.take(model, weights_only=True), str(tmp_path / "inline.weights.h5"))
     assert copying._buffers and not inline._buffers
+    kernel = model.layers[0].kernel
+    taken = [a for kind, _, a in inline.take(model, weights_only=True).ops if kind == "set"]
+    assert any(np.shares_memory(a, snapshot._host_view(kernel)) for a in taken)
+    copied_arrays = [
+        a for kind, _, a in copying.take(model, weights_only=True).ops if kind == "set"
+    ]
+    assert not any(np.shares_memory(a, snapshot._host_view(kernel)) for a in copied_arrays)
     copied, direct = (h5_datasets(tmp_path / f"{n}.weights.h5") for n in ("copied", "inline"))
     assert sorted(copied) == sorted(direct) and len(direct) > 4
     for name in copied:
