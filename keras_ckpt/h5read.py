@@ -2,10 +2,11 @@
 
 The file is mapped into memory (the page cache's pages, not a copy) and its crc32c computed over
 it before anything is assigned; the arrays are then views of the map at their datasets' offsets,
-which h5py reports (it reads only the small metadata). Keras's own loading walk (`saving_lib._load_state`) assigns them, through a store
-of ours. A `.keras` file written by `h5write` holds its HDF5 member at offset 4096, where h5py
-finds it inside the zip; for a `.keras` model the model is rebuilt from its config as
-`keras.saving.load_model` does (compile config, custom objects, `safe_mode`, assets).
+which h5py reports (it reads only the small metadata). Keras's own loading walk
+(`saving_lib._load_state`) assigns them, through a store of ours. A `.keras` file written by
+`h5write` holds its HDF5 member at offset 4096, where h5py finds it inside the zip; for a
+`.keras` model the model is rebuilt from its config as `keras.saving.load_model` does (compile
+config, custom objects, `safe_mode`, assets).
 
 Files this reader cannot take in place (a `.keras` Keras wrote, whose HDF5 member lies at an
 arbitrary offset; chunked or compressed datasets; Keras 2 layouts) are loaded by Keras after the
