@@ -1,6 +1,6 @@
 """Throughput of checksum candidates on this machine (GB/s), for the record format.
 
-The last row is what a commit really pays per byte: `keras_ckpt.storage.seal_file` reading a file
+The last row is what a commit really pays per byte: `keras_ckpt.store.local.seal_file` reading a file
 from the page cache in 8 MB chunks and computing its crc32c (without the fsync).
 
 Run: .venv/bin/python benchmarks/checksums.py
@@ -49,7 +49,7 @@ def main(size_mb: int = 256, repeats: int = 5) -> None:
             rates.append(len(data) / (time.perf_counter() - start) / 1e9)
         print(f"{name:28s} {statistics.median(rates):14.2f} {min(rates):8.2f} {max(rates):8.2f}")
     try:
-        from keras_ckpt.storage import seal_file
+        from keras_ckpt.store.local import seal_file
     except ImportError:
         return
     with tempfile.NamedTemporaryFile() as f:

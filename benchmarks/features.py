@@ -47,9 +47,8 @@ from benchmarks._common import (  # noqa: E402
 
 
 def _build_history(directory: str, count: int) -> None:
-    from keras_ckpt import history
     from keras_ckpt.records import FileEntry, Record
-    from keras_ckpt.stores import storage_for
+    from keras_ckpt.store import history, storage_for
 
     storage = storage_for(directory)
     lines = []

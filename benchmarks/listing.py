@@ -61,8 +61,8 @@ def _make_checkpoints(directory: str, count: int, how: str) -> list[float]:
 
 def _write_records(directory: str, count: int) -> None:
     from keras_ckpt.records import FileEntry, Record
-    from keras_ckpt.storage import META_DIR, seal_file
-    from keras_ckpt.stores import storage_for
+    from keras_ckpt.store import storage_for
+    from keras_ckpt.store.local import META_DIR, seal_file
 
     rng = random.Random(count)
     payload = os.urandom(64)

@@ -42,7 +42,7 @@ CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [
     ("staging folder (mkdir, rmtree)", lambda fn, path: fn in ("staging", "rmtree", "makedirs")),
     ("zip archive (zipfile python)", lambda fn, path: "zipfile" in path),
     ("h5py (python + HDF5)", lambda fn, path: "/h5py/" in path),
-    ("host copy (keras_ckpt.snapshot)", lambda fn, path: "keras_ckpt/snapshot" in path),
+    ("host copy (keras_ckpt.format.snapshot)", lambda fn, path: "keras_ckpt/snapshot" in path),
     (
         "variables -> NumPy (TF reads, np.array)",
         lambda fn, path: "tensorflow" in path or fn in ("numpy", "array", "convert_to_numpy"),

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from keras_ckpt import history as run_history
 from keras_ckpt._validate import check_bool, check_choice, invalid
 from keras_ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError
-from keras_ckpt.journal import Journal
 from keras_ckpt.policies import Policy, infer_mode, judge, rank, ranked_metrics
 from keras_ckpt.records import KINDS, Record, validate_name, validate_path
 from keras_ckpt.results import KeptCheckpoint, PruneResult, VerifyResult
-from keras_ckpt.stores import SealedFile, Storage, storage_for
+from keras_ckpt.store import SealedFile, Storage, storage_for
+from keras_ckpt.store import history as run_history
+from keras_ckpt.store.journal import Journal
 
 __all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint"]
 
 _REREADS = 4  # how often a check re-reads a checkpoint that changed under it
+_SELECTOR = re.compile(r"(last|best):(.*)")
 
 
 class CheckpointManager:
@@ -128,10 +130,23 @@ class CheckpointManager:
             ValueError: `monitor` is None and no checkpoint records a monitored metric, or `mode`
                 is `"auto"` and neither the records nor the name tell the direction.
         """
-        ranked = self._ranked_by(monitor, mode, owner)
+        ranked = self.rank_by(monitor, mode, owner=owner)
         return ranked[0] if ranked else None
 
-    def _ranked_by(self, monitor: str | None, mode: str, owner: str | None) -> list[Record]:
+    def rank_by(
+        self, monitor: str | None = None, mode: str = "auto", *, owner: str | None = None
+    ) -> list[Record]:
+        """The checkpoints that have `monitor` in their metrics, best first (newest on ties).
+
+        `best` is the first of these, `select("best:N")` the first N, and `load_model("best")` the
+        first that verifies: one ranking, so "best" names the same checkpoint everywhere.
+
+        Args:
+            monitor, mode, owner: As for `best`.
+
+        Raises:
+            ValueError: as for `best`.
+        """
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise invalid("monitor", "a metric name, or None for the recorded one", monitor)
         check_choice("mode", mode, ("auto", "min", "max"))
@@ -212,6 +227,76 @@ class CheckpointManager:
         events = run_history.parse(self.storage.read_log(run_history.HISTORY_PATH))
         return run_history.replay(events, self.checkpoints())
 
+    def select(
+        self,
+        selector: str | Sequence[str],
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+    ) -> list[Record]:
+        """The records `selector` names, oldest first (not yet verified).
+
+        Args:
+            selector: `"last:N"` (the N newest), `"best:N"` (the N best by `monitor`, as `best`
+                ranks them) or a list of checkpoint names.
+            monitor: For `"best:N"`; defaults to the metric the writing callback monitored.
+            mode: For `"best:N"`: `"min"`, `"max"` or `"auto"` (as for `best`).
+
+        Raises:
+            ValueError: an unknown selector, `N` not a positive int, or fewer checkpoints than `N`.
+
+        Example:
+
+        >>> import os, tempfile
+        >>> manager = CheckpointManager(tempfile.mkdtemp())
+        >>> for epoch in (1, 2, 3):
+        ...     with manager.stage() as folder:
+        ...         _ = open(os.path.join(folder, "w"), "wb").write(b"weights")
+        ...         _ = manager.commit({f"w-{epoch}.bin": os.path.join(folder, "w")},
+        ...                            name=f"w-{epoch}.bin", kind="weights", epoch=epoch,
+        ...                            metrics={"loss": [3, 1, 2][epoch - 1]})
+        >>> [r.name for r in manager.select("best:2", monitor="loss")]
+        ['w-2.bin', 'w-3.bin']
+        >>> manager.close()
+        """
+        check_choice("mode", mode, ("auto", "min", "max"))
+        if isinstance(selector, str):
+            match = _SELECTOR.fullmatch(selector)
+            if match is None:
+                raise invalid(
+                    "select", '"last:N", "best:N" or a list of checkpoint names', selector
+                )
+            how, count_text = match.groups()
+            if not count_text.isascii() or not count_text.isdigit() or int(count_text) < 1:
+                raise invalid("select", f'"{how}:N" with N a positive integer', selector)
+            count = int(count_text)
+            if how == "best":
+                if monitor is None and recorded_monitor(self.checkpoints())[0] is None:
+                    raise invalid(
+                        "monitor",
+                        '`select="best:N"` needs the metric to rank by: no checkpoint records '
+                        "the one its callback monitored. Pass it as `monitor`",
+                        monitor,
+                    )
+                records = self.rank_by(monitor, mode)[:count]
+                scope = f"with {monitor or recorded_monitor(self.checkpoints())[0]!r} in their metrics"
+            else:
+                records, scope = self.checkpoints()[-count:], ""
+            if len(records) < count:
+                raise invalid(
+                    "select",
+                    f"at most as many checkpoints as {self.directory} holds {scope}".rstrip()
+                    + f" ({len(records)})",
+                    selector,
+                )
+            return sorted(records, key=lambda r: r.sequence)
+        if not isinstance(selector, Sequence) or not selector:
+            raise invalid("select", '"last:N", "best:N" or a list of checkpoint names', selector)
+        names = list(selector)
+        if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+            raise invalid("select", "a list of distinct checkpoint names", selector)
+        return sorted((self.get(name) for name in names), key=lambda r: r.sequence)
+
     def average(
         self,
         select: str | Sequence[str],
@@ -221,19 +306,67 @@ class CheckpointManager:
         mode: str = "auto",
         overwrite: bool = False,
     ) -> list[Record]:
-        """Writes the element-wise mean of several checkpoints' weights to `path`.
+        """Writes the element-wise mean of several checkpoints' model weights to `path`.
 
-        See `keras_ckpt.averaging.average` for what the file holds and the errors; returns the
-        averaged checkpoints' records, oldest first.
+        Averaging the last few checkpoints of a run (SWA, model soups) often generalises better
+        than any one of them, at no training cost. Every floating-point model variable is
+        averaged in float64 and cast back; integer and boolean variables (counters, seeds) and
+        the optimizer state are the newest checkpoint's (moments of a mean have no meaning;
+        keeping the newest's lets `keras.saving.load_model` restore a compiled model). A `.keras`
+        output also holds the newest checkpoint's config. Each checkpoint is verified first.
+
+        Args:
+            select: `"last:N"`, `"best:N"` or a list of checkpoint names (see `select`).
+            path: Local file to write: `.keras` (every selected checkpoint must be a full model)
+                or `.weights.h5` (any checkpoints; load it with `model.load_weights`).
+            monitor, mode: For `"best:N"` (see `select`).
+            overwrite: Replace an existing `path`. Defaults to `False`.
+
+        Returns:
+            The averaged checkpoints' records, oldest first.
+
+        Raises:
+            ValueError: a bad selector or count, `path` exists (without `overwrite`) or has the
+                wrong suffix, or the checkpoints differ in architecture or shapes.
+            CorruptCheckpointError: a selected checkpoint fails verification.
 
         Example:
-            manager.average("last:5", "averaged.keras")
-        """
-        from keras_ckpt import averaging
 
-        return averaging.average(
-            self, select, path, monitor=monitor, mode=mode, overwrite=overwrite
-        )
+        >>> import keras, numpy as np, keras_ckpt
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> ckpt = keras_ckpt.ModelCheckpoint("runs/avg-doc/m-{epoch}.keras", keep_last=3)
+        >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=3, callbacks=[ckpt], verbose=0)
+        >>> manager = keras_ckpt.CheckpointManager("runs/avg-doc")
+        >>> [r.name for r in manager.average("last:3", "runs/avg.keras", overwrite=True)]
+        ['m-1.keras', 'm-2.keras', 'm-3.keras']
+        >>> keras.saving.load_model("runs/avg.keras").count_params()
+        3
+        """
+        from keras_ckpt.format import averaging
+
+        check_bool("overwrite", overwrite)
+        if not isinstance(path, (str, os.PathLike)) or "://" in os.fspath(path):
+            raise invalid("path", "a local .keras or .weights.h5 file path", path)
+        out = os.fspath(path)
+        if not (out.endswith(".keras") or out.endswith(".weights.h5")):
+            raise invalid("path", "a file name ending in .keras or .weights.h5", path)
+        if os.path.exists(out) and not overwrite:
+            raise invalid("path", "a path that does not exist yet (or `overwrite=True`)", path)
+        verified = [self.resolve(r.name) for r in self.select(select, monitor=monitor, mode=mode)]
+        if out.endswith(".keras") and any(r.kind != "model" for r in verified):
+            partial = [r.name for r in verified if r.kind != "model"]
+            raise invalid(
+                "path",
+                f"a .weights.h5 file: {', '.join(partial)} hold weights only, not a full model",
+                path,
+            )
+        with contextlib.ExitStack() as stack:
+            sources = [
+                (r.name, stack.enter_context(self.storage.local_path(r.path))) for r in verified
+            ]
+            averaging.average(sources, out)
+        return verified
 
     def resolve(
         self,
@@ -285,7 +418,7 @@ class CheckpointManager:
         if which == "latest":
             candidates = list(reversed(pool))
         else:
-            candidates = self._ranked_by(monitor, mode, owner)
+            candidates = self.rank_by(monitor, mode, owner=owner)
             monitor = monitor or recorded_monitor(pool)[0]
         candidates = [r for r in candidates if kind is None or r.kind == kind]
         if not candidates:
@@ -388,7 +521,7 @@ class CheckpointManager:
         """Loads a full-model checkpoint as `keras.saving.load_model` would.
 
         The file is read once: its checksum is checked on the bytes the model is loaded from
-        (`keras_ckpt.h5read`), so a damaged `"latest"` or `"best"` is skipped for the previous
+        (`keras_ckpt.format.h5read`), so a damaged `"latest"` or `"best"` is skipped for the previous
         good one, with a warning naming the damaged file.
 
         Args:
@@ -402,8 +535,7 @@ class CheckpointManager:
         Raises:
             ValueError: the checkpoint holds weights only (use `load_weights` on a built model).
         """
-        from keras_ckpt import h5read
-
+        from keras_ckpt.format import h5read
         def load(record: Record) -> Any:
             if record.kind != "model":
                 raise ValueError(
@@ -442,8 +574,7 @@ class CheckpointManager:
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
-        from keras_ckpt import h5read
-
+        from keras_ckpt.format import h5read
         def load(record: Record) -> None:
             entry = record.files[0]
             with self.storage.local_path(record.path) as path:

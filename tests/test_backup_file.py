@@ -12,9 +12,10 @@ import pytest
 from conftest import build_model, h5_datasets
 
 import keras_ckpt
-from keras_ckpt import backup_file
 from keras_ckpt import state as st
 from keras_ckpt.callbacks.backup_and_restore import OWNER
+from keras_ckpt.format import backup_file
+from keras_ckpt.training import backup
 
 
 class Crash(keras.callbacks.Callback):
@@ -100,7 +101,7 @@ def test_every_kind_of_state_round_trips(tmp_path, data):
     stopper.best_weights = [np.full((2, 3), 7.0, "float32"), np.arange(4)]
     stopper.wait, stopper.best = 3, 0.25
     state = {"progress": {"epoch": 1, "step": 2}, "rng": [1, 2, 3], "text": "é"}
-    snapshot = backup_file.capture(model, state, [stopper, Remembers()])
+    snapshot = backup.capture(model, state, [stopper, Remembers()])
     path = tmp_path / "b.weights.h5"
     backup_file.write(snapshot, path)
     contents = backup_file.read(path)
@@ -130,7 +131,7 @@ def test_every_kind_of_state_round_trips(tmp_path, data):
     fresh = build_model(dropout=0.5)
     fit(fresh, data, [], epochs=1, shuffle=False)  # other values everywhere, metrics built
     keras.random.normal((2,))
-    backup_file.restore_variables(fresh, contents)
+    backup.restore_variables(fresh, contents)
     for a, b in zip(st.training_variables(fresh), variables, strict=True):
         assert np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
@@ -140,7 +141,7 @@ def test_plain_keras_loads_the_file_silently_with_every_weight_and_optimizer_var
 ):
     model = trained(data)
     path = tmp_path / "b.weights.h5"
-    backup_file.write(backup_file.capture(model, {}, []), path)
+    backup_file.write(backup.capture(model, {}, []), path)
     fresh = build_model(dropout=0.5)
     fresh.optimizer.build(fresh.trainable_variables)
     with warnings.catch_warnings():
@@ -158,7 +159,7 @@ def test_plain_keras_loads_the_file_silently_with_every_weight_and_optimizer_var
 def test_keras_part_is_exactly_keras_save_weights(tmp_path, data):
     model = trained(data)
     path = tmp_path / "b.weights.h5"
-    backup_file.write(backup_file.capture(model, {}, []), path)
+    backup_file.write(backup.capture(model, {}, []), path)
     model.save_weights(tmp_path / "keras.weights.h5")
     ours, theirs = keras_part(path), h5_datasets(tmp_path / "keras.weights.h5")
     assert ours.keys() == theirs.keys()
@@ -168,7 +169,7 @@ def test_keras_part_is_exactly_keras_save_weights(tmp_path, data):
 def test_nothing_is_stored_twice(tmp_path, data):
     model = trained(data)
     path = tmp_path / "b.weights.h5"
-    backup_file.write(backup_file.capture(model, {}, []), path)
+    backup_file.write(backup.capture(model, {}, []), path)
     in_keras = len(keras_part(path))
     extra = [k for k in extra_part(path) if k.startswith(f"{backup_file.GROUP}/variables/")]
     # Every training variable exactly once: in Keras's part or in the group, never both.
@@ -193,7 +194,7 @@ def test_cli_show_counts_only_keras_part_of_a_backup(tmp_path, data):
     from keras_ckpt.cli._show import inspect_file
 
     model = trained(data)
-    backup_file.write(backup_file.capture(model, {}, []), tmp_path / "b.weights.h5")
+    backup_file.write(backup.capture(model, {}, []), tmp_path / "b.weights.h5")
     info = inspect_file(str(tmp_path / "b.weights.h5"))
     assert info["weights"]["arrays"] == len(model.weights)
     assert info["optimizer"]["variables"] == len(model.optimizer.variables)
@@ -204,7 +205,7 @@ def test_a_file_without_backup_state_is_reported_as_damaged(tmp_path, data):
     model.save_weights(tmp_path / "plain.weights.h5")
     with pytest.raises(backup_file.BackupFileError, match="holds no keras-ckpt backup state"):
         backup_file.read(tmp_path / "plain.weights.h5")
-    backup_file.write(backup_file.capture(model, {}, []), tmp_path / "b.weights.h5")
+    backup_file.write(backup.capture(model, {}, []), tmp_path / "b.weights.h5")
     raw = (tmp_path / "b.weights.h5").read_bytes()
     (tmp_path / "cut.weights.h5").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(backup_file.BackupFileError, match="Cannot read backup file"):
@@ -223,7 +224,7 @@ def test_a_backup_that_verifies_but_cannot_be_read_falls_back_to_the_previous(tm
         del f[backup_file.GROUP]
     meta = tmp_path / ".keras_ckpt" / f"{record.name}.json"
     saved = json.loads(meta.read_text())
-    sealed = keras_ckpt.storage.seal_file(path)
+    sealed = keras_ckpt.store.local.seal_file(path)
     saved["files"][0].update(size=sealed.size, checksum=sealed.checksum)
     meta.write_text(json.dumps(saved))
     assert all(r.ok for r in keras_ckpt.CheckpointManager(tmp_path).verify())

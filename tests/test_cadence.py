@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from keras_ckpt import BackupAndRestore, CheckpointManager
 from keras_ckpt.cadence import Cadence, check_max_overhead, interval_for
-from keras_ckpt.storage import LocalStorage
+from keras_ckpt.store.local import LocalStorage
 
 seconds = st.floats(1e-5, 10.0, allow_nan=False, allow_infinity=False)
 overheads = st.floats(1e-3, 0.9, allow_nan=False)

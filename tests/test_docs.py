@@ -9,21 +9,18 @@ import pytest
 
 import keras_ckpt
 from keras_ckpt import (
-    averaging,
     cadence,
     distribute,
     errors,
-    h5read,
-    h5write,
-    history,
     manager,
     policies,
     records,
     results,
-    snapshot,
     state,
 )
 from keras_ckpt.callbacks import backup_and_restore, model_checkpoint
+from keras_ckpt.format import averaging, h5read, h5write, snapshot
+from keras_ckpt.store import history
 
 PUBLIC = [
     *(getattr(keras_ckpt, name) for name in keras_ckpt.__all__ if name[0].isupper()),

@@ -1,4 +1,4 @@
-"""keras_ckpt.h5write / h5read: Keras's own formats written in one pass and read back in place."""
+"""keras_ckpt.format.h5write / h5read: Keras's own formats written in one pass and read back in place."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 from conftest import build_model
 
 import keras_ckpt
-from keras_ckpt import _keras_private, _zip, h5read, h5write, snapshot
 from keras_ckpt.errors import CorruptCheckpointError
+from keras_ckpt.format import _keras_private, _zip, h5read, h5write, snapshot
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.storage import seal_file
+from keras_ckpt.store.local import seal_file
 
 
 @keras.saving.register_keras_serializable(package="keras_ckpt_tests")
@@ -289,7 +289,7 @@ def test_a_layout_that_differs_from_keras_falls_back_to_keras_writer(tmp_path, d
 
 
 def test_layout_probe_matches_the_installed_keras():
-    matches, _eager = _keras_private.layout_matches_keras()
+    matches, _eager = h5write.layout_matches_keras()
     assert matches
 
 

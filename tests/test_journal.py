@@ -18,13 +18,13 @@ import warnings
 import pytest
 from conftest import commit
 
-from keras_ckpt import journal
 from keras_ckpt.errors import ForeignFileError, LockLostError, UnsafeDirectoryError
-from keras_ckpt.journal import pending_path, record_path
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast
 from keras_ckpt.records import Record
-from keras_ckpt.storage import META_DIR, LocalStorage, seal_file
+from keras_ckpt.store import journal
+from keras_ckpt.store.journal import pending_path, record_path
+from keras_ckpt.store.local import META_DIR, LocalStorage, seal_file
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_commit_child.py")
 
@@ -269,7 +269,7 @@ def test_publish_fsyncs_the_parent_of_each_folder_it_creates(tmp_path, mocker):
     synced = []
     real_fsync = os.fsync
     mocker.patch(
-        "keras_ckpt.storage.os.fsync",
+        "keras_ckpt.store.local.os.fsync",
         side_effect=lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)),
     )
     LocalStorage(run).publish({"backup-1/deep/w.h5": str(staged)})

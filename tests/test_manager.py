@@ -25,7 +25,7 @@ from keras_ckpt.errors import (
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepBest, KeepLast, Policy
 from keras_ckpt.records import FileEntry, Record
-from keras_ckpt.storage import META_DIR, LocalStorage
+from keras_ckpt.store.local import META_DIR, LocalStorage
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_commit_child.py")
 

@@ -473,7 +473,7 @@ def test_async_saves_hold_the_same_weights_as_sync_saves(tmp_path, data):
 def test_a_failed_save_raises_in_fit_and_commits_nothing(
     tmp_path, data, mocker, async_save, errno_, message
 ):
-    from keras_ckpt.storage import LocalStorage
+    from keras_ckpt.store.local import LocalStorage
 
     real_publish = LocalStorage.publish
     calls = []
@@ -494,7 +494,7 @@ def test_a_failed_save_raises_in_fit_and_commits_nothing(
 
 
 def test_fit_returns_only_after_the_last_async_save_is_committed(tmp_path, data, mocker):
-    from keras_ckpt.storage import LocalStorage
+    from keras_ckpt.store.local import LocalStorage
 
     real_publish = LocalStorage.publish
 

@@ -401,7 +401,7 @@ def test_a_policy_keeps_what_it_kept_once_the_others_are_gone(records, policy):
 
 def without_fsync():
     """Retention is what these tests check, not durability: skip the disk flushes (fast)."""
-    return mock.patch("keras_ckpt.storage.os.fsync")
+    return mock.patch("keras_ckpt.store.local.os.fsync")
 
 
 class Directory:
@@ -411,7 +411,7 @@ class Directory:
         self.manager = CheckpointManager(folder)
         clock = iter([r.wall_time for r in records])
         fake_time = SimpleNamespace(time=lambda: next(clock))
-        with mock.patch("keras_ckpt.journal.time", fake_time):
+        with mock.patch("keras_ckpt.store.journal.time", fake_time):
             for i, info in enumerate(records):
                 with self.manager.stage() as staging:
                     path = os.path.join(staging, "f")

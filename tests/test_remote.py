@@ -17,9 +17,9 @@ import pytest
 from keras_ckpt import CheckpointManager
 from keras_ckpt.errors import CorruptCheckpointError, DirectoryLockedError
 from keras_ckpt.policies import KeepLast
-from keras_ckpt.remote import FsspecStorage, _machine, _staleness
-from keras_ckpt.storage import META_DIR, LocalStorage, seal_file
-from keras_ckpt.stores import storage_for
+from keras_ckpt.store import storage_for
+from keras_ckpt.store.local import META_DIR, LocalStorage, seal_file
+from keras_ckpt.store.remote import FsspecStorage, _machine, _staleness
 
 pytest_plugins = ["s3_server"]
 

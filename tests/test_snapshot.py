@@ -1,4 +1,4 @@
-"""keras_ckpt.snapshot: host copies written later in Keras's own formats (private Keras APIs)."""
+"""keras_ckpt.format.snapshot: host copies written later in Keras's own formats (private Keras APIs)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import build_model, h5_datasets
 
-from keras_ckpt import snapshot
+from keras_ckpt.format import h5write, snapshot
 
 
 def trained(data, dropout=0.0):
@@ -22,7 +22,7 @@ def trained(data, dropout=0.0):
 def test_weights_snapshot_writes_the_same_datasets_as_save_weights(tmp_path, data):
     model = trained(data)
     model.save_weights(tmp_path / "keras.weights.h5")
-    snapshot.write(snapshot.take(model, weights_only=True), str(tmp_path / "ours.weights.h5"))
+    h5write.write_snapshot(snapshot.take(model, weights_only=True), str(tmp_path / "ours.weights.h5"))
     theirs, ours = (
         h5_datasets(tmp_path / "keras.weights.h5"),
         h5_datasets(tmp_path / "ours.weights.h5"),
@@ -38,7 +38,7 @@ def test_snapshot_is_frozen_while_training_goes_on(tmp_path, data):
     snap = snapshot.take(model, weights_only=True)
     x, y = data
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)  # the variables move on
-    snapshot.write(snap, str(tmp_path / "then.weights.h5"))
+    h5write.write_snapshot(snap, str(tmp_path / "then.weights.h5"))
     fresh = build_model(seed=7)
     fresh.optimizer.build(fresh.trainable_variables)
     fresh.load_weights(tmp_path / "then.weights.h5")
@@ -54,8 +54,8 @@ def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
     model.compile(optimizer="adam", loss="mse")
     model.optimizer.build(model.trainable_variables)  # its variables are >= 4 KiB too
     copying, inline = snapshot.Snapshotter(), snapshot.Snapshotter(copy=False)
-    snapshot.write(copying.take(model, weights_only=True), str(tmp_path / "copied.weights.h5"))
-    snapshot.write(inline.take(model, weights_only=True), str(tmp_path / "inline.weights.h5"))
+    h5write.write_snapshot(copying.take(model, weights_only=True), str(tmp_path / "copied.weights.h5"))
+    h5write.write_snapshot(inline.take(model, weights_only=True), str(tmp_path / "inline.weights.h5"))
     assert copying._buffers and not inline._buffers
     kernel = model.layers[0].kernel
     taken = [a for kind, _, a in inline.take(model, weights_only=True).ops if kind == "set"]
@@ -89,7 +89,7 @@ def test_callbacks_copy_only_when_writing_in_the_background(tmp_path, data, asyn
 
 def test_full_model_snapshot_is_a_keras_file_plain_keras_loads(tmp_path, data):
     model = trained(data, dropout=0.5)
-    snapshot.write(snapshot.take(model, weights_only=False), str(tmp_path / "m.keras"))
+    h5write.write_snapshot(snapshot.take(model, weights_only=False), str(tmp_path / "m.keras"))
     with zipfile.ZipFile(tmp_path / "m.keras") as archive:
         assert sorted(archive.namelist()) == ["config.json", "metadata.json", "model.weights.h5"]
     loaded = keras.saving.load_model(tmp_path / "m.keras")
@@ -102,7 +102,7 @@ def test_full_model_snapshot_is_a_keras_file_plain_keras_loads(tmp_path, data):
 def test_assets_are_carried_into_the_keras_file(tmp_path):
     lookup = keras.layers.StringLookup(vocabulary=["a", "b", "c"])
     model = keras.Sequential([keras.Input((1,), dtype="string"), lookup])
-    snapshot.write(snapshot.take(model, weights_only=False), str(tmp_path / "m.keras"))
+    h5write.write_snapshot(snapshot.take(model, weights_only=False), str(tmp_path / "m.keras"))
     model.save(tmp_path / "keras.keras")
     with (
         zipfile.ZipFile(tmp_path / "m.keras") as ours,

@@ -14,7 +14,7 @@ import pytest
 
 from keras_ckpt.errors import DirectoryLockedError
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.storage import META_DIR, LocalStorage, seal_file
+from keras_ckpt.store.local import META_DIR, LocalStorage, seal_file
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_commit_child.py")
 
@@ -54,7 +54,7 @@ def test_write_atomic_replaces_content_and_leaves_no_temp_file(tmp_path):
 def test_write_atomic_keeps_the_old_bytes_when_the_rename_fails(tmp_path, mocker):
     storage = LocalStorage(tmp_path)
     storage.write_atomic("r.json", b"old")
-    mocker.patch("keras_ckpt.storage.os.replace", side_effect=OSError(errno.ENOSPC, "full"))
+    mocker.patch("keras_ckpt.store.local.os.replace", side_effect=OSError(errno.ENOSPC, "full"))
     with pytest.raises(OSError, match="full"):
         storage.write_atomic("r.json", b"new")
     assert (tmp_path / "r.json").read_bytes() == b"old"
@@ -257,7 +257,7 @@ def test_a_publish_failure_surfaces_from_commit_and_commits_nothing(tmp_path, ru
 
 @FAULTS
 def test_a_rename_failure_surfaces_from_commit_and_commits_nothing(tmp_path, run, mocker, error):
-    mocker.patch("keras_ckpt.storage.os.replace", side_effect=error)
+    mocker.patch("keras_ckpt.store.local.os.replace", side_effect=error)
     with pytest.raises(OSError, match=error.strerror):
         commit(run, "c", "c.bin")
     mocker.stopall()
@@ -317,7 +317,7 @@ def test_a_failed_replacement_is_settled_by_the_next_writer(tmp_path, run, mocke
 def test_a_disk_fault_while_writing_the_lock_holder_leaves_the_directory_unlocked(
     tmp_path, mocker, call
 ):
-    mocker.patch(f"keras_ckpt.storage.os.{call}", side_effect=ENOSPC)
+    mocker.patch(f"keras_ckpt.store.local.os.{call}", side_effect=ENOSPC)
     with pytest.raises(OSError, match=ENOSPC.strerror):
         CheckpointManager(tmp_path).open_for_writing()
     mocker.stopall()  # the disk has room again: the next writer opens, in this process too
@@ -328,7 +328,7 @@ def test_a_disk_fault_while_writing_the_lock_holder_leaves_the_directory_unlocke
 def test_a_disk_fault_while_releasing_the_lock_still_releases_it(tmp_path, mocker):
     manager = CheckpointManager(tmp_path)
     manager.open_for_writing()
-    mocker.patch("keras_ckpt.storage.os.ftruncate", side_effect=OSError(errno.EIO, "I/O error"))
+    mocker.patch("keras_ckpt.store.local.os.ftruncate", side_effect=OSError(errno.EIO, "I/O error"))
     with pytest.raises(OSError, match="I/O error"):
         manager.close()
     mocker.stopall()

@@ -1,4 +1,4 @@
-"""keras_ckpt.writer: inline and background execution of saves."""
+"""keras_ckpt.training.writer: inline and background execution of saves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from keras_ckpt.writer import Writer
+from keras_ckpt.training.writer import Writer
 
 
 def test_inline_writer_writes_before_returning():

@@ -13,18 +13,20 @@ from typing import Any, cast
 
 import keras
 
-from keras_ckpt import backup_file, distribute, snapshot
+from keras_ckpt import distribute
 from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
 from keras_ckpt.cadence import DEFAULT_MAX_OVERHEAD, Cadence, check_max_overhead
 from keras_ckpt.errors import ResumeError
-from keras_ckpt.history import HISTORY_PATH
+from keras_ckpt.format import backup_file, snapshot
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast, to_json
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
-from keras_ckpt.storage import META_DIR, LocalStorage
-from keras_ckpt.writer import Writer
+from keras_ckpt.store.history import HISTORY_PATH
+from keras_ckpt.store.local import META_DIR, LocalStorage
+from keras_ckpt.training import backup as backup_state
+from keras_ckpt.training.writer import Writer
 
 __all__ = ["BackupAndRestore"]
 
@@ -59,7 +61,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     TensorFlow RNG state; the state of `EarlyStopping`, `ReduceLROnPlateau` and every callback of
     the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. Each backup is one file,
     `backup-<global step>.weights.h5`: a plain Keras weights file (`model.load_weights` loads it)
-    with the rest of the state in an extra group Keras ignores (see `keras_ckpt.backup_file`).
+    with the rest of the state in an extra group Keras ignores (see `keras_ckpt.format.backup_file`).
 
     To resume inside an epoch, the resumed run replays the input of the batches already trained
     (it pulls them from the input pipeline without training), so it sees exactly the batches the
@@ -414,7 +416,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             "torch_rng": st.capture_torch_rng(),
             "schedule_step": progress.global_step,
         }
-        backup = backup_file.capture(
+        backup = backup_state.capture(
             self.model, state, self._stateful_callbacks(), self._snapshotter
         )
         return _Snapshot(name, progress, clean_metrics(logs), backup)
@@ -461,7 +463,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         """Restores the backup of `record` (verified), or the newest good one before it if its
         file cannot be read as a backup."""
         while True:
-            if backup_file.is_round1(f.path for f in record.files):
+            if backup_file.is_three_file_backup(f.path for f in record.files):
                 raise ResumeError(
                     f"Backup {record.name} in {self.backup_dir} was written by an earlier "
                     "keras-ckpt as a folder of three files (model.weights.h5, state.npz, "
@@ -516,7 +518,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                 + _first_difference(saved, current)
                 + ". Use another `backup_dir` for a different model."
             )
-        backup_file.restore_variables(self.model, contents)
+        backup_state.restore_variables(self.model, contents)
         iterations = st.optimizer_iterations(self.model)
         if iterations != state["iterations"]:
             raise ResumeError(
@@ -530,7 +532,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         st.set_initial_epoch(self.model, progress["epoch"])
         # Kept for the resumed epoch's begin: the metric variables (fit resets them) and the rest.
         metric_ids = {id(v) for v in self.model.metrics_variables}
-        contents = backup_file.keep_only(contents, metric_ids, self.model)
+        contents = backup_state.keep_only(contents, metric_ids, self.model)
         self._pending = {**progress, "contents": contents, "name": record.name}
 
     def _resume_epoch(self, pending: dict[str, Any]) -> None:
@@ -550,7 +552,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                 holder.set_checkpoint_state(start["input"])
         # fit reset the metrics at this epoch's begin: put back the interrupted epoch's values.
         metric_ids = {id(v) for v in self.model.metrics_variables}
-        backup_file.restore_variables(self.model, contents, only=metric_ids)
+        backup_state.restore_variables(self.model, contents, only=metric_ids)
         self._restore_callbacks(state["callbacks"], contents.callback_arrays)
         # PyTorch: unseeded Dropout draws from torch's global RNG at every trained step, which
         # replay does not repeat; put it where the interrupted run had it at the backup.

@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import distribute, h5write, snapshot
+from keras_ckpt import distribute
 from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
 from keras_ckpt.callbacks._adopt import move_aside
@@ -25,6 +25,7 @@ from keras_ckpt.callbacks._naming import (
     template_fields,
 )
 from keras_ckpt.errors import ForeignFileError
+from keras_ckpt.format import h5write, snapshot
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import (
     CheckpointInfo,
@@ -39,8 +40,8 @@ from keras_ckpt.policies import (
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying
-from keras_ckpt.storage import LocalStorage
-from keras_ckpt.writer import Writer
+from keras_ckpt.store.local import LocalStorage
+from keras_ckpt.training.writer import Writer
 
 __all__ = ["ModelCheckpoint"]
 

@@ -30,7 +30,7 @@ from keras_ckpt.cli._common import (
 )
 from keras_ckpt.policies import infer_mode, rank
 from keras_ckpt.records import Record
-from keras_ckpt.storage import atomic_local_file, seal_file
+from keras_ckpt.store.local import atomic_local_file, seal_file
 
 _COLUMNS = {
     "name": lambda r: r.name,

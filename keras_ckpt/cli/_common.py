@@ -13,7 +13,7 @@ from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.manager import recorded_monitor as manager_recorded_monitor
 from keras_ckpt.policies import Policy, applicable, from_json, from_keep_args, infer_mode, judge
 from keras_ckpt.records import Record
-from keras_ckpt.storage import META_DIR, LocalStorage
+from keras_ckpt.store.local import META_DIR, LocalStorage
 
 # Key of `Record.owner_state` under which a callback records its retention settings, e.g.
 # {"keep_last": 1, "keep_best": 3, "monitor": "val_loss", "mode": "min"}. The keys are the

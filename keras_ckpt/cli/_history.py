@@ -15,7 +15,7 @@ from keras_ckpt.cli._common import (
     open_manager,
     policy_from_args,
 )
-from keras_ckpt.history import simulate
+from keras_ckpt.store.history import simulate
 
 
 def cmd_average(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ checksummed by reading it back (`storage.seal_file`).
 from __future__ import annotations
 
 import ctypes
+import functools
+import io
 import os
 import sys
 import zipfile
@@ -30,12 +32,12 @@ import google_crc32c
 import h5py
 import numpy as np
 
-from keras_ckpt import _zip
-from keras_ckpt._keras_private import layout_matches_keras, saving_lib
-from keras_ckpt.snapshot import _SMALL, Snapshot, _is_bfloat16
-from keras_ckpt.storage import SealedFile, seal_file
+from keras_ckpt.format import _zip
+from keras_ckpt.format._keras_private import saving_lib
+from keras_ckpt.format.snapshot import _SMALL, Snapshot, _is_bfloat16
+from keras_ckpt.store.local import SealedFile, seal_file
 
-__all__ = ["write_snapshot", "lay_out_plainly", "USERBLOCK"]
+__all__ = ["write_snapshot", "lay_out_plainly", "layout_matches_keras", "USERBLOCK"]
 
 USERBLOCK = 4096  # offset of the HDF5 member's data inside a `.keras` zip written here
 _PWRITE_MAX = 1 << 30
@@ -97,6 +99,67 @@ def _lay_out(
 def lay_out_plainly(file: Any, ops: list[tuple[str, Any, Any]], *, eager_groups: bool) -> None:
     """Writes `ops` into an open h5py `file` with h5py alone (the layout check compares this)."""
     _lay_out(file, ops, eager_groups=eager_groups, pending=None)
+
+
+# Calls covering each layout rule: a group with metadata, a nested path, a path made but never
+# written (deferred or eager group), the root, bfloat16 and bool datasets.
+_PROBE_CALLS: list[tuple[str, Any, Any]] = [
+    ("make", "", None),
+    ("make", "layers/dense", {"name": "dense"}),
+    ("set", "0", np.zeros((2, 3), "float32")),
+    ("set", "1", np.zeros((), "int64")),
+    ("make", "layers/empty", None),
+    ("make", "layers/nameless", None),
+    ("set", "0", np.zeros((4,), "bool")),
+    ("make", "optimizer", {"name": "adam"}),
+    ("set", "0", np.zeros((3,), "float32").astype("bfloat16")),
+]
+
+
+def _tree(file: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"/": sorted((k, str(v)) for k, v in file.attrs.items())}
+
+    def visit(name: str, obj: Any) -> None:
+        attrs = sorted((k, str(v)) for k, v in obj.attrs.items())
+        if isinstance(obj, h5py.Dataset):
+            out[name] = ("dataset", obj.shape, obj.id.get_type().dtype.str, attrs)
+        else:
+            out[name] = ("group", attrs)
+
+    file.visititems(visit)
+    return out
+
+
+def _keras_store_replay(calls: list[tuple[str, Any, Any]]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    entry: Any = store
+    for kind, a, b in calls:
+        if kind == "make":
+            entry = store.make(a, metadata=b)
+        else:
+            entry[a] = b
+    store.close()
+    return buffer
+
+
+@functools.cache
+def layout_matches_keras() -> tuple[bool, bool]:
+    """(whether our layout equals Keras's for the probe calls, whether Keras makes groups eagerly).
+
+    Keras 3.10 creates a `vars` group at every `make`; later versions create it at the first
+    value unless the saveable has metadata. Both are detected here, then checked.
+    """
+    theirs = _keras_store_replay(_PROBE_CALLS)
+    with h5py.File(theirs, "r") as f:
+        expected = _tree(f)
+        eager = "layers/empty/vars" in f
+    ours = io.BytesIO()
+    with h5py.File(ours, "w") as f:
+        lay_out_plainly(f, _PROBE_CALLS, eager_groups=eager)
+    with h5py.File(ours, "r") as f:
+        found = _tree(f)
+    return expected == found, eager
 
 
 def _bytes_of(array: np.ndarray) -> np.ndarray:
@@ -183,7 +246,7 @@ def write_snapshot(
     Example:
 
     >>> import keras, os, tempfile
-    >>> from keras_ckpt.snapshot import Snapshotter
+    >>> from keras_ckpt.format.snapshot import Snapshotter
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> path = os.path.join(tempfile.mkdtemp(), "m.weights.h5")
     >>> sealed = write_snapshot(Snapshotter().take(model, weights_only=True), path,

@@ -6,14 +6,14 @@ attributes, datasets, `bfloat16` markers) and copies each variable once into a h
 the snapshotter owns and reuses at the next save (allocated and pre-faulted once; re-allocated only
 when a shape or dtype changes). At most one save is in flight (`writer.Writer`), so at most one
 extra copy of the state exists. A save written inline, before training's next step, needs no copy
-at all: `Snapshotter(copy=False)` keeps the backend's own memory. `keras_ckpt.h5write` turns a
+at all: `Snapshotter(copy=False)` keeps the backend's own memory. `keras_ckpt.format.h5write` turns a
 snapshot into the file.
 
 The copy never keeps a view of backend memory across a training step: on JAX, Keras donates the
 state buffers to the next step, so a zero-copy view could change under the writer.
 
-This module, `h5write`, `h5read` and `state.py` touch private Keras APIs
-(`keras.src.saving.saving_lib`); `_keras_private` checks them at import.
+Keras's saving walk is private API (`keras.src.saving.saving_lib`); `_keras_private` checks it at
+import.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from keras.src import backend
 
-from keras_ckpt._keras_private import saving_lib
+from keras_ckpt.format._keras_private import saving_lib
 
-__all__ = ["Snapshot", "Snapshotter", "take", "write"]
+__all__ = ["Snapshot", "Snapshotter", "take"]
 
 # Arrays below this size are copied plainly and written by h5py with the file's layout.
 _SMALL = 4096
@@ -267,19 +267,3 @@ def take(model: Any, *, weights_only: bool) -> Snapshot:
     12
     """
     return Snapshotter().take(model, weights_only=weights_only)
-
-
-def write(snapshot: Snapshot, path: str, *, sync: bool = True) -> Any:
-    """Writes `snapshot` to a local `path` as Keras would; returns its `storage.SealedFile`.
-
-    Example:
-
-    >>> import keras, os, tempfile
-    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    >>> path = os.path.join(tempfile.mkdtemp(), "m.weights.h5")
-    >>> write(take(model, weights_only=True), path).checksum.startswith("crc32c:")
-    True
-    """
-    from keras_ckpt import h5write
-
-    return h5write.write_snapshot(snapshot, path, sync=sync)

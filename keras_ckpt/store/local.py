@@ -27,9 +27,9 @@ from collections.abc import Iterator, Mapping
 from typing import IO
 
 from keras_ckpt.errors import DirectoryLockedError, LockLostError, UnsafeDirectoryError
-from keras_ckpt.locks import HeldLock
 from keras_ckpt.records import META_DIR
-from keras_ckpt.stores import SealedFile, Storage, checksum_stream
+from keras_ckpt.store.base import SealedFile, Storage, checksum_stream
+from keras_ckpt.store.locks import HeldLock
 
 __all__ = [
     "META_DIR",

@@ -14,9 +14,9 @@ saving walk leaves out::
 Keras's walk never writes a name starting with `__` (`saving_lib._walk_saveable` skips such
 attributes), so no layer can collide with the group, and `load_weights` ignores it silently
 (`tests/test_backup_file.py`). Which variables the Keras part holds, and in which dataset, is learnt
-by identity while the snapshot is taken, so nothing is stored twice; the JSON layout names each
-variable's dataset, and a restore reads them directly (views of a memory map of the file), without
-Keras's loading walk.
+by identity while the snapshot is taken (`keras_ckpt.training.backup.capture`), so nothing is
+stored twice; the JSON layout names each variable's dataset, and a restore reads them directly
+(views of a memory map of the file), without Keras's loading walk.
 
 `write` produces every byte in one pass (`h5write.write_snapshot`: h5py lays the file out, the
 arrays go in with `os.pwrite` from host buffers reused across backups, crc32c is computed from
@@ -28,18 +28,17 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
 import numpy as np
 
-from keras_ckpt import h5write
-from keras_ckpt import snapshot as snap
-from keras_ckpt import state as st
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.storage import SealedFile
+from keras_ckpt.format import h5write
+from keras_ckpt.format import snapshot as snap
+from keras_ckpt.store.local import SealedFile
 
 __all__ = [
     "BackupContents",
@@ -48,12 +47,9 @@ __all__ = [
     "FORMAT",
     "GROUP",
     "SUFFIX",
-    "capture",
     "file_name",
-    "is_round1",
-    "keep_only",
+    "is_three_file_backup",
     "read",
-    "restore_variables",
     "write",
 ]
 
@@ -120,57 +116,10 @@ def file_name(name: str) -> str:
     return f"{name}{SUFFIX}"
 
 
-def is_round1(paths: Iterable[str]) -> bool:
-    """True for the files of a backup written by keras-ckpt round 1: a folder `backup-<N>/`
+def is_three_file_backup(paths: Iterable[str]) -> bool:
+    """True for the files of a backup in the older three-file format: a folder `backup-<N>/`
     holding `model.weights.h5`, `state.npz` and `state.json`, which this format replaced."""
     return any(p.endswith("/state.npz") for p in paths)
-
-
-def capture(
-    model: Any,
-    state: dict[str, Any],
-    callbacks: Sequence[Any],
-    snapshotter: snap.Snapshotter | None = None,
-) -> BackupSnapshot:
-    """Copies a backup's state to host memory: the only part of a backup that blocks training.
-
-    Args:
-        model: The model being trained (its optimizer is built if it is not yet).
-        state: JSON-serialisable state of the caller (progress, RNG, epoch-start state, ...).
-        callbacks: The stateful callbacks whose state goes with the backup, in a fixed order.
-        snapshotter: Reuses its host buffers from one backup to the next (write each backup
-            before capturing the next); fresh buffers without one.
-
-    Raises:
-        TypeError: a callback state (or `state`) cannot be written as JSON.
-    """
-    variables = st.training_variables(model)  # builds the optimizer first, so Keras saves it
-    weights = (snapshotter or snap.Snapshotter()).take(model, weights_only=True)
-    layout = []
-    extra: dict[int, np.ndarray] = {}
-    for i, variable in enumerate(variables):
-        dataset = weights.saved.get(id(variable))
-        if dataset is None:  # not in Keras's part: stored once, in our group
-            dataset = f"{GROUP}/variables/{i}"
-            extra[i] = np.array(_to_numpy(variable), copy=True)
-        layout.append([variable.path, list(variable.shape), dataset])
-    entries, arrays = [], []
-    for callback in callbacks:
-        cb_state, cb_arrays = st.callback_state(callback)
-        # The array count is ours, never read back from the callback's own state.
-        entry: dict[str, Any] = {"class": type(callback).__name__, "state": cb_state}
-        entry["arrays"] = len(cb_arrays)
-        entries.append(entry)
-        arrays.append([np.array(a, copy=True) for a in cb_arrays])
-    full = {**state, "format": FORMAT, "layout": layout, "callbacks": entries}
-    json.dumps(full)  # fail here, on the training thread, not in the writer
-    return BackupSnapshot(weights, extra, arrays, full)
-
-
-def _to_numpy(variable: Any) -> Any:
-    import keras
-
-    return keras.ops.convert_to_numpy(variable)
 
 
 def write(snapshot: BackupSnapshot, path: str | os.PathLike[str]) -> SealedFile:
@@ -243,27 +192,3 @@ def _array(dataset: h5py.Dataset, mapped: mmap.mmap) -> np.ndarray:
         return np.asarray(dataset[()])
     array = np.frombuffer(mapped, dtype=dataset.dtype, count=dataset.size, offset=offset)
     return array.reshape(dataset.shape)
-
-
-def restore_variables(
-    model: Any, contents: BackupContents, *, only: set[int] | None = None
-) -> None:
-    """Assigns the backup's variables to the model's `state.training_variables`.
-
-    The caller checks first that the layout matches the model. With `only` (a set of variable
-    ids), assigns just those.
-    """
-    variables = st.training_variables(model)
-    for index, array in contents.variables.items():
-        variable = variables[index]
-        if only is None or id(variable) in only:
-            variable.assign(array)
-
-
-def keep_only(contents: BackupContents, ids: set[int], model: Any) -> BackupContents:
-    """The same contents holding only the variables in `ids` (frees the rest, and the map)."""
-    variables = st.training_variables(model)
-    kept = {i: np.array(a) for i, a in contents.variables.items() if id(variables[i]) in ids}
-    return BackupContents(
-        contents.path, contents.state, contents.layout, kept, contents.callback_arrays
-    )

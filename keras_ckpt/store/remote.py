@@ -35,9 +35,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from keras_ckpt.errors import DirectoryLockedError, LockLostError
-from keras_ckpt.locks import HeldLock
 from keras_ckpt.records import META_DIR
-from keras_ckpt.stores import SealedFile, Storage, checksum_stream
+from keras_ckpt.store.base import SealedFile, Storage, checksum_stream
+from keras_ckpt.store.locks import HeldLock
 
 try:
     import fsspec

@@ -25,9 +25,9 @@ import google_crc32c
 import h5py
 import numpy as np
 
-from keras_ckpt._keras_private import saving_lib
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.storage import SealedFile
+from keras_ckpt.format._keras_private import saving_lib
+from keras_ckpt.store.local import SealedFile
 
 __all__ = ["VerifiedFile", "load_weights", "load_weights_and_extras", "load_model"]
 
@@ -331,7 +331,7 @@ def load_weights_and_extras(
 
     >>> import keras, os, tempfile
     >>> import numpy as np
-    >>> from keras_ckpt import h5write, snapshot
+    >>> from keras_ckpt.format import h5write, snapshot
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> path = os.path.join(tempfile.mkdtemp(), "b.weights.h5")
     >>> sealed = h5write.write_snapshot(snapshot.take(model, weights_only=True), path,

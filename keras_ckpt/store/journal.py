@@ -31,17 +31,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from keras_ckpt import history, locks
 from keras_ckpt.errors import (
     CheckpointNotFoundError,
     ForeignFileError,
     LockLostError,
     RecordFormatError,
 )
-from keras_ckpt.locks import HeldLock
 from keras_ckpt.records import META_DIR, FileEntry, Record, clean_metrics
-from keras_ckpt.storage import seal_file
-from keras_ckpt.stores import SealedFile, Storage
+from keras_ckpt.store import history, locks
+from keras_ckpt.store.base import SealedFile, Storage
+from keras_ckpt.store.local import seal_file
+from keras_ckpt.store.locks import HeldLock
 
 __all__ = ["Journal", "decide", "pending_path", "record_path"]
 

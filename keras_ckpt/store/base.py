@@ -1,23 +1,22 @@
-"""What a checkpoint directory's storage offers, whatever holds it, and how to pick one.
+"""What a checkpoint directory's storage offers, whatever holds it.
 
-`Storage` is the interface the journal writes through: `storage.LocalStorage` for a local disk,
+`Storage` is the interface the journal writes through: `local.LocalStorage` for a local disk,
 `remote.FsspecStorage` for URLs (object stores). Both checksum files the same way
-(`checksum_stream`), and neither imports the other: `storage_for` chooses between them.
+(`checksum_stream`), and neither imports the other: `keras_ckpt.store.storage_for` chooses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import google_crc32c
 
-from keras_ckpt.locks import HeldLock
+from keras_ckpt.store.locks import HeldLock
 
-__all__ = ["CHECKSUM_ALGORITHM", "SealedFile", "Storage", "checksum_stream", "storage_for"]
+__all__ = ["CHECKSUM_ALGORITHM", "SealedFile", "Storage", "checksum_stream"]
 
 _CHUNK = 8 * 1024 * 1024
 CHECKSUM_ALGORITHM = "crc32c"
@@ -107,15 +106,3 @@ class Storage(ABC):
     @abstractmethod
     def lock(self) -> HeldLock:
         """Takes the writer lock of the directory or raises `DirectoryLockedError`."""
-
-
-def storage_for(directory: str | os.PathLike[str]) -> Storage:
-    """The storage for a local path or an fsspec URL (`s3://...`, `memory://...`)."""
-    text = os.fspath(directory)
-    if "://" in text and not text.startswith("file://"):
-        from keras_ckpt.remote import FsspecStorage  # needs the `remote` extra
-
-        return FsspecStorage(text)
-    from keras_ckpt.storage import LocalStorage
-
-    return LocalStorage(text.removeprefix("file://"))
