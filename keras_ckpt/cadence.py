@@ -158,6 +158,8 @@ class Cadence:
     _busy_steps: int = field(default=0, init=False)
     _busy_seconds: float = field(default=0.0, init=False)
     _unsettled: int = field(default=0, init=False)  # writes whose overlap is counted there
+    # (time, global step, a background write under way) at the last batch end
+    _tick: tuple[float, int, bool] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.max_overhead = check_max_overhead(self.max_overhead)
@@ -183,6 +185,26 @@ class Cadence:
             return
         self.step_seconds = _mean(self.step_seconds, seconds / steps, self.step_weight)
         self._samples += 1
+
+    def batch_end(self, now: float, global_step: int, writing: bool) -> str | None:
+        """At a batch end, before the save decision: times the steps since the last `tick` and
+        decides; returns the one-line message of a new interval, if any.
+
+        Args:
+            now: The clock's time (seconds).
+            global_step: Steps trained so far.
+            writing: A background write is under way now.
+        """
+        if self._tick is not None:
+            started, step, busy = self._tick
+            # A write under way at either end slowed (some of) these steps.
+            self.record_steps(global_step - step, now - started, writing=busy or writing)
+        return self.decide()
+
+    def tick(self, now: float | None, global_step: int = 0, writing: bool = False) -> None:
+        """Where the next step timing starts: after the save decision of a batch end; None at an
+        epoch's begin (Keras builds the epoch's iterator after it, which is no step's cost)."""
+        self._tick = None if now is None else (now, global_step, writing)
 
     def _overlap_cost(self) -> float | None:
         """What the steps the unsettled writes overlapped took beyond the step time, per write

@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from keras_ckpt._validate import check_bool, check_choice, invalid
+from keras_ckpt import selection
+from keras_ckpt._validate import check_bool, invalid
 from keras_ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError
-from keras_ckpt.policies import Policy, infer_mode, judge, rank, ranked_metrics
+from keras_ckpt.format import format_for
+from keras_ckpt.policies import Policy, judge, ranked_metrics
 from keras_ckpt.records import KINDS, Record, validate_name, validate_path
 from keras_ckpt.results import KeptCheckpoint, PruneResult, VerifyResult
-from keras_ckpt.store import SealedFile, Storage, storage_for
+from keras_ckpt.store import LocalStorage, SealedFile, Storage, storage_for
 from keras_ckpt.store import history as run_history
 from keras_ckpt.store.journal import Journal
 
 __all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint"]
 
 _REREADS = 4  # how often a check re-reads a checkpoint that changed under it
-_SELECTOR = re.compile(r"(last|best):(.*)")
+T = TypeVar("T")
 
 
 class CheckpointManager:
@@ -99,15 +100,7 @@ class CheckpointManager:
 
     def get(self, name: str) -> Record:
         """The record called `name`, or `CheckpointNotFoundError` listing what exists."""
-        for record in self.checkpoints():
-            if record.name == name:
-                return record
-        names = [r.name for r in self.checkpoints()]
-        shown = ", ".join(names[-10:]) if names else "none"
-        raise CheckpointNotFoundError(
-            f"No checkpoint named {name!r} in {self.directory}. Checkpoints there: {shown}"
-            + (f" (last 10 of {len(names)})" if len(names) > 10 else "")
-        )
+        return selection.named(self.checkpoints(), name, where=self.directory)
 
     def latest(self, owner: str | None = None) -> Record | None:
         """The newest committed checkpoint, or None."""
@@ -147,21 +140,7 @@ class CheckpointManager:
         Raises:
             ValueError: as for `best`.
         """
-        if monitor is not None and (not isinstance(monitor, str) or not monitor):
-            raise invalid("monitor", "a metric name, or None for the recorded one", monitor)
-        check_choice("mode", mode, ("auto", "min", "max"))
-        records = self.checkpoints(owner)
-        recorded, recorded_mode = recorded_monitor(records)
-        if monitor is None:
-            if recorded is None:
-                raise ValueError(
-                    'The best checkpoint needs `monitor=` (e.g. monitor="val_loss"): no '
-                    f"checkpoint in {self.directory} records the metric its callback monitored."
-                )
-            monitor = recorded
-        if mode == "auto":
-            mode = recorded_mode if monitor == recorded and recorded_mode else infer_mode(monitor)
-        return [records[i] for i in rank(records, monitor, mode)]
+        return selection.rank_by(self.checkpoints(owner), monitor, mode, where=self.directory)
 
     def verify(self, name: str | None = None) -> list[VerifyResult]:
         """Checks checkpoints against their records: every file present, right size, right checksum.
@@ -259,43 +238,9 @@ class CheckpointManager:
         ['w-2.bin', 'w-3.bin']
         >>> manager.close()
         """
-        check_choice("mode", mode, ("auto", "min", "max"))
-        if isinstance(selector, str):
-            match = _SELECTOR.fullmatch(selector)
-            if match is None:
-                raise invalid(
-                    "select", '"last:N", "best:N" or a list of checkpoint names', selector
-                )
-            how, count_text = match.groups()
-            if not count_text.isascii() or not count_text.isdigit() or int(count_text) < 1:
-                raise invalid("select", f'"{how}:N" with N a positive integer', selector)
-            count = int(count_text)
-            if how == "best":
-                if monitor is None and recorded_monitor(self.checkpoints())[0] is None:
-                    raise invalid(
-                        "monitor",
-                        '`select="best:N"` needs the metric to rank by: no checkpoint records '
-                        "the one its callback monitored. Pass it as `monitor`",
-                        monitor,
-                    )
-                records = self.rank_by(monitor, mode)[:count]
-                scope = f"with {monitor or recorded_monitor(self.checkpoints())[0]!r} in their metrics"
-            else:
-                records, scope = self.checkpoints()[-count:], ""
-            if len(records) < count:
-                raise invalid(
-                    "select",
-                    f"at most as many checkpoints as {self.directory} holds {scope}".rstrip()
-                    + f" ({len(records)})",
-                    selector,
-                )
-            return sorted(records, key=lambda r: r.sequence)
-        if not isinstance(selector, Sequence) or not selector:
-            raise invalid("select", '"last:N", "best:N" or a list of checkpoint names', selector)
-        names = list(selector)
-        if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
-            raise invalid("select", "a list of distinct checkpoint names", selector)
-        return sorted((self.get(name) for name in names), key=lambda r: r.sequence)
+        return selection.select(
+            self.checkpoints(), selector, monitor=monitor, mode=mode, where=self.directory
+        )
 
     def average(
         self,
@@ -401,32 +346,60 @@ class CheckpointManager:
     ) -> list[Record]:
         if which not in ("latest", "best"):
             return [self.get(which)]
-        check_choice("mode", mode, ("auto", "min", "max"))
-        pool = self.checkpoints(owner)
-        if kind is not None and pool and not any(r.kind == kind for r in pool):
-            kinds = " or ".join(sorted({r.kind.replace("_", " ") for r in pool}))
-            raise CheckpointNotFoundError(
-                f"No checkpoint in {self.directory} to use as {which!r}: none of its "
-                f"{_count(len(pool), 'checkpoint')} is a {_KIND_NAMES.get(kind, kind)} (they "
-                f"hold {kinds} only)."
-                + (
-                    " Build the model in code and call `load_weights(model, ...)` instead."
-                    if kind == "model"
-                    else ""
-                )
-            )
-        if which == "latest":
-            candidates = list(reversed(pool))
-        else:
-            candidates = self.rank_by(monitor, mode, owner=owner)
-            monitor = monitor or recorded_monitor(pool)[0]
-        candidates = [r for r in candidates if kind is None or r.kind == kind]
-        if not candidates:
-            raise CheckpointNotFoundError(
-                f"No checkpoint in {self.directory} to use as {which!r}"
-                + (f" (none has {monitor!r} in its metrics)" if which == "best" else "")
-            )
-        return candidates
+        return selection.candidates(
+            self.checkpoints(owner),
+            which,
+            monitor=monitor,
+            mode=mode,
+            kind=kind,
+            where=self.directory,
+        )
+
+    def load(
+        self,
+        which: str,
+        reader: Callable[[Record, str], T],
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        owner: str | None = None,
+        kind: str | None = None,
+    ) -> tuple[Record, T]:
+        """`reader(record, local_path)` of the first candidate for `which` that is whole.
+
+        `reader` gets the record and a local path holding its main file, reads it and checks its
+        bytes against the record in the same pass (raising `CorruptCheckpointError` if they
+        differ); the checkpoint's other files are verified first. For `"latest"` and `"best"` a
+        damaged candidate is skipped, with one warning naming it and the checkpoint used instead;
+        a damaged named checkpoint raises. `load_model` and `load_weights` are built on it.
+
+        Args:
+            which: A checkpoint name, `"latest"` or `"best"`.
+            reader: Reads one checkpoint.
+            monitor, mode, owner, kind: As for `resolve`.
+
+        Raises:
+            CheckpointNotFoundError: nothing matches.
+            CorruptCheckpointError: the named checkpoint, or every candidate, is damaged.
+
+        Example:
+
+        >>> import os, tempfile
+        >>> manager = CheckpointManager(tempfile.mkdtemp())
+        >>> with manager.stage() as folder:
+        ...     _ = open(os.path.join(folder, "w"), "wb").write(b"weights")
+        ...     _ = manager.commit({"w.bin": os.path.join(folder, "w")}, name="w", kind="weights")
+        >>> record, data = manager.load("latest", lambda r, path: open(path, "rb").read())
+        >>> record.name, data
+        ('w', b'weights')
+        >>> manager.close()
+        """
+
+        def use(record: Record) -> T:
+            with self.storage.local_path(record.path) as path:
+                return reader(record, path)
+
+        return self._pick(which, use, monitor=monitor, mode=mode, owner=owner, kind=kind)
 
     def _pick(
         self,
@@ -453,16 +426,18 @@ class CheckpointManager:
         self, which: str, candidates: list[Record], use: Callable[[Record], Any] | None
     ) -> tuple[Record, Any] | None:
         """`use(record)` of the first candidate that is whole; a damaged one is skipped (for
-        `"latest"`/`"best"`, with a warning naming the damaged file) or raises (a named one).
+        `"latest"`/`"best"`, with a warning naming the damaged file and the one used instead) or
+        raises (a named one).
 
         With `use` None, each candidate is verified by reading its files. Otherwise `use` reads
         the main file and checks it against its record in the same pass (`h5read`); the other
-        files are verified first. A record changed meanwhile is checked again (`_checked`). None
-        if every candidate was deleted meanwhile (and none was damaged).
+        files are verified first. A record changed meanwhile is checked again
+        (`_checked`). None if every candidate was deleted meanwhile (and none was damaged).
         """
         named = which not in ("latest", "best")
-        damaged = False
+        damaged: list[str] = []
         for candidate in candidates:
+            record, problems = candidate, []
             if use is None or len(candidate.files) > 1:
                 checked = self._checked(candidate)
                 if checked is None:
@@ -470,44 +445,49 @@ class CheckpointManager:
                         raise CheckpointNotFoundError(f"Checkpoint {which!r} was deleted meanwhile")
                     continue  # deleted while we looked
                 record, problems = checked[0], list(checked[1])
-            else:
-                record, problems = candidate, []
             value: Any = None
             if use is not None and not problems:
                 if not self.storage.exists(record.path):
-                    again = self._checked(record)
-                    if again is None and not named:
+                    if self._checked(record) is None and not named:
                         continue  # deleted while we looked
                     problems = [f"{record.path}: missing file"]
                 else:
-                    try:
-                        value = use(record)
-                    except CorruptCheckpointError as e:
-                        again = self._checked(record)  # a writer may have replaced it meanwhile
-                        if again is not None and not again[1] and again[0] != record:
-                            record, value = again[0], use(again[0])
-                        else:
-                            problems = [str(e)]
+                    record, value, problems = self._use(record, use)
             if not problems:
+                if damaged:
+                    warnings.warn(
+                        "; ".join(damaged) + f"; using {record.name} instead.", stacklevel=4
+                    )
                 return record, value
             if named:
                 raise CorruptCheckpointError(
                     f"Checkpoint {record.name} in {self.directory} is damaged: "
                     + "; ".join(problems)
                 )
-            damaged = True
-            warnings.warn(
+            damaged.append(
                 f"Checkpoint {record.name} in {self.directory} is damaged ("
                 + "; ".join(problems)
-                + f"); skipping it for {which!r}.",
-                stacklevel=4,
+                + ")"
             )
         if not damaged:
             return None
         raise CorruptCheckpointError(
-            f"Every candidate for {which!r} in {self.directory} is damaged; run "
-            f"`keras-ckpt verify {self.directory}` for details."
+            "; ".join(damaged) + f". Every candidate for {which!r} in {self.directory} is "
+            f"damaged; run `keras-ckpt verify {self.directory}` for details."
         )
+
+    def _use(self, record: Record, use: Callable[[Record], Any]) -> tuple[Record, Any, list[str]]:
+        """(record, value, problems) of `use(record)`; a record a writer replaced meanwhile is
+        read again (a few times at most), a damaged one reported as problems."""
+        for _ in range(_REREADS):
+            try:
+                return record, use(record), []
+            except CorruptCheckpointError as e:
+                again = self._checked(record)  # a writer may have replaced it meanwhile
+                if again is None or again[1] or again[0] == record:
+                    return record, None, [str(e)]
+                record = again[0]
+        return record, None, [f"{record.path}: changed while it was read; try again"]
 
     def load_model(
         self,
@@ -521,8 +501,8 @@ class CheckpointManager:
         """Loads a full-model checkpoint as `keras.saving.load_model` would.
 
         The file is read once: its checksum is checked on the bytes the model is loaded from
-        (`keras_ckpt.format.h5read`), so a damaged `"latest"` or `"best"` is skipped for the previous
-        good one, with a warning naming the damaged file.
+        (`keras_ckpt.format.h5read`), so a damaged `"latest"` or `"best"` is skipped for the
+        previous good one, with a warning naming the damaged file.
 
         Args:
             which: A checkpoint name, `"latest"` or `"best"`.
@@ -535,21 +515,14 @@ class CheckpointManager:
         Raises:
             ValueError: the checkpoint holds weights only (use `load_weights` on a built model).
         """
-        from keras_ckpt.format import h5read
-        def load(record: Record) -> Any:
-            if record.kind != "model":
-                raise ValueError(
-                    f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, not a "
-                    "full model: build the model in code and call `load_weights(model, ...)` "
-                    "instead."
-                )
+
+        def load(record: Record, path: str) -> Any:
             entry = record.files[0]
-            with self.storage.local_path(record.path) as path:
-                expected = SealedFile(entry.size, entry.checksum)
-                return h5read.load_model(path, expected, name=entry.path, **load_kwargs)
+            expected = SealedFile(entry.size, entry.checksum)
+            return format_for(record).load_model(path, expected, name=entry.path, **load_kwargs)
 
         kind = "model" if which in ("latest", "best") else None
-        return self._pick(which, load, monitor=monitor, mode=mode, owner=owner, kind=kind)[1]
+        return self.load(which, load, monitor=monitor, mode=mode, owner=owner, kind=kind)[1]
 
     def load_weights(
         self,
@@ -574,15 +547,13 @@ class CheckpointManager:
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
-        from keras_ckpt.format import h5read
-        def load(record: Record) -> None:
-            entry = record.files[0]
-            with self.storage.local_path(record.path) as path:
-                h5read.load_weights(
-                    model, path, SealedFile(entry.size, entry.checksum), name=entry.path
-                )
 
-        return self._pick(which, load, monitor=monitor, mode=mode, owner=owner, kind=None)[0]
+        def load(record: Record, path: str) -> None:
+            entry = record.files[0]
+            expected = SealedFile(entry.size, entry.checksum)
+            format_for(record).load_weights(model, path, expected, name=entry.path)
+
+        return self.load(which, load, monitor=monitor, mode=mode, owner=owner)[0]
 
     # ----------------------------------------------------------------- writing
 
@@ -747,34 +718,30 @@ class CheckpointManager:
         """
         self._journal.delete(name, reason=reason)
 
+    def remove_if_unused(self) -> bool:
+        """Removes a local directory left with no checkpoint and nothing but keras-ckpt's own
+        bookkeeping (its lock, its history, empty work folders); True if it did.
+
+        What `BackupAndRestore(delete_checkpoint=True)` does with its emptied `backup_dir`, as
+        Keras's does, but with the writer lock held and `rmdir`/`unlink` of our own names only:
+        a file anyone else put there keeps the directory. Releases the lock.
+        """
+        if not isinstance(self.storage, LocalStorage):
+            return False
+        self.open_for_writing()
+        try:
+            if self.checkpoints():
+                return False
+            bookkeeping = ("lock", run_history.HISTORY_PATH.rsplit("/", 1)[-1])
+            return self.storage.remove_if_only_bookkeeping(bookkeeping)
+        finally:
+            self.close()
+
     def update_owner_state(self, name: str, owner_state: Mapping[str, Any]) -> Record:
         """Rewrites a record's callback state (its files are untouched)."""
         return self._journal.rewrite(name, owner_state)
 
 
-def recorded_monitor(records: list[Record]) -> tuple[str | None, str | None]:
-    """The (monitor, mode) the newest record's callback recorded; mode None if it is not settled.
-
-    A callback records them in its `owner_state` (`"monitor"`, `"mode"`), or in the retention
-    settings it recorded (`owner_state["retention"]`).
-    """
-    for record in reversed(records):
-        retention = record.owner_state.get("retention")
-        states = (record.owner_state, retention if isinstance(retention, Mapping) else {})
-        monitors = [s.get("monitor") for s in states if isinstance(s.get("monitor"), str)]
-        if monitors and monitors[0]:
-            modes = [s.get("mode") for s in states if s.get("monitor") == monitors[0]]
-            return monitors[0], next((m for m in modes if m in ("min", "max")), None)
-    return None, None
-
-
-_KIND_NAMES = {"model": "full model", "weights": "weights file", "training_state": "backup"}
-
-
 def _check_owner(owner: object) -> None:
     if owner is not None and not isinstance(owner, str):
         raise invalid("owner", "a callback's owner string (`ModelCheckpoint.owner`) or None", owner)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -7,15 +7,25 @@ of the callback that owns it (so a restarted callback remembers its best value a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from keras_ckpt.errors import RecordFormatError
+from keras_ckpt.policies import Policy, from_json, from_keep_args, ranked_metrics
 
-__all__ = ["FORMAT_VERSION", "KINDS", "FileEntry", "Record", "validate_name", "validate_path"]
+__all__ = [
+    "FORMAT_VERSION",
+    "KINDS",
+    "CallbackMemory",
+    "FileEntry",
+    "Record",
+    "validate_name",
+    "validate_path",
+]
 
 FORMAT_VERSION = 1
 KINDS = ("model", "weights", "training_state")
@@ -144,6 +154,11 @@ class Record:
         """Path of the main file (the one Keras loads), relative to the directory."""
         return self.files[0].path
 
+    @functools.cached_property
+    def memory(self) -> CallbackMemory:
+        """What the writing callback recorded about itself (`owner_state`), typed."""
+        return CallbackMemory.from_owner_state(self.owner_state)
+
     def to_json(self) -> str:
         data = asdict(self)
         data["files"] = [asdict(f) for f in self.files]
@@ -251,3 +266,141 @@ def clean_metrics(logs: Mapping[str, Any] | None) -> dict[str, float]:
         if math.isfinite(number):
             out[str(key)] = number
     return out
+
+
+# The keys of the retention settings as callbacks recorded them before they recorded a policy:
+# the callbacks' own argument names, e.g. {"keep_last": 1, "keep_best": 3, "monitor": "val_loss"}.
+_KEEP_FIELDS = ("keep_last", "keep_best", "keep_every_n_epochs", "max_total_bytes")
+
+
+@dataclass(frozen=True)
+class CallbackMemory:
+    """What a callback records about itself in each of its checkpoints (`Record.owner_state`).
+
+    A restarted callback reads it back to remember its best value and its run; the manager reads
+    it to know which metric "best" means and which run a checkpoint belongs to; the CLI re-applies
+    the recorded retention. This class is the one reader and writer of `owner_state`, so they all
+    agree.
+
+    Attributes:
+        callback: `"ModelCheckpoint"` or `"BackupAndRestore"`; None for a checkpoint committed
+            through `CheckpointManager.commit` without one.
+        run: The run that wrote the checkpoint. A fresh `fit` starts a new run; a resumed one (or
+            one continuing with `initial_epoch`) keeps its run.
+        monitor: The metric the callback watched.
+        mode: `"min"` or `"max"` once the direction is known, else None.
+        best: The best value of `monitor` the callback had seen when it saved.
+        uses_monitor: The callback ranked by `monitor` (`save_best_only` or `keep_best`).
+        save_best_only: `ModelCheckpoint(save_best_only=True)`.
+        template: `ModelCheckpoint`'s file name template.
+        retention: The retention policy it applied, as `policies.to_json` describes it (a user's
+            own policy class: `{"custom": repr}`), or None.
+        iterations: `BackupAndRestore`: the optimizer's step count in the backup.
+        cadence: `BackupAndRestore(save_freq="auto")`: the interval and the costs it measured.
+
+    Example:
+
+    >>> from keras_ckpt.policies import KeepBest, to_json
+    >>> memory = CallbackMemory(callback="ModelCheckpoint", monitor="val_loss", mode="min",
+    ...                         retention=to_json(KeepBest(3, "val_accuracy", "max")))
+    >>> CallbackMemory.from_owner_state(memory.to_owner_state()) == memory
+    True
+    >>> memory.ranked_monitor  # keep_best ranks by val_accuracy: that is what "best" means here
+    ('val_accuracy', 'max')
+    """
+
+    callback: str | None = None
+    run: str | None = None
+    monitor: str | None = None
+    mode: str | None = None
+    best: float | None = None
+    uses_monitor: bool = False
+    save_best_only: bool = False
+    template: str | None = None
+    retention: Mapping[str, Any] | None = None
+    iterations: int | None = None
+    cadence: Mapping[str, Any] | None = None
+
+    def to_owner_state(self) -> dict[str, Any]:
+        """The JSON object stored as `Record.owner_state` (unset fields left out)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value is not False:
+                out[f.name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+    @classmethod
+    def from_owner_state(cls, state: Mapping[str, Any]) -> CallbackMemory:
+        """Reads an `owner_state`; a value of the wrong type is read as unset, never trusted."""
+
+        def get(key: str, types: type | tuple[type, ...]) -> Any:
+            value = state.get(key)
+            if isinstance(value, bool) and types is not bool:
+                return None
+            return value if isinstance(value, types) else None
+
+        mode = get("mode", str)
+        best = get("best", (int, float))
+        return cls(
+            callback=get("callback", str),
+            run=get("run", str),
+            monitor=get("monitor", str) or None,
+            mode=mode if mode in ("min", "max") else None,
+            best=None if best is None else float(best),
+            # Callbacks that predate `uses_monitor` recorded only `save_best_only`.
+            uses_monitor=bool(get("uses_monitor", bool) or get("save_best_only", bool)),
+            save_best_only=bool(get("save_best_only", bool)),
+            template=get("template", str),
+            retention=get("retention", dict) or None,
+            iterations=get("iterations", int),
+            cadence=get("cadence", dict),
+        )
+
+    def retention_policy(self) -> Policy | None:
+        """The retention policy the callback applied, rebuilt; None if none (or not rebuildable:
+        a user's own policy class).
+
+        Raises:
+            ValueError: the recorded description is not a policy.
+        """
+        spec = self.retention
+        if not spec or "custom" in spec:
+            return None
+        if "type" in spec:  # a built-in policy, as `policies.to_json` describes it
+            return from_json(dict(spec))
+        keep = {k: spec[k] for k in _KEEP_FIELDS if spec.get(k) is not None}
+        monitor = spec.get("monitor") or self.monitor
+        mode = spec.get("mode") or self.mode or "auto"
+        return from_keep_args(**keep, monitor=monitor, mode=mode)
+
+    @property
+    def ranked_monitor(self) -> tuple[str | None, str | None]:
+        """(metric, mode) that "best" means for this callback's checkpoints; mode None if unknown.
+
+        The callback's `monitor` if it ranked by it (`save_best_only`, `keep_best`); else the
+        metric its recorded retention ranks by (`retention=KeepBest(...)`); else its `monitor`.
+        """
+        if self.uses_monitor and self.monitor:
+            return self.monitor, self.mode
+        try:
+            policy = self.retention_policy()
+        except ValueError:
+            policy = None
+        ranked = sorted(ranked_metrics(policy)) if policy is not None else []
+        if len(ranked) == 1:
+            return ranked[0], _mode_of(policy, ranked[0])
+        return self.monitor, self.mode
+
+
+def _mode_of(policy: Policy | None, monitor: str) -> str | None:
+    from keras_ckpt.policies import AnyOf, KeepBest
+
+    if isinstance(policy, KeepBest) and policy.monitor == monitor:
+        return policy.mode if policy.mode in ("min", "max") else None
+    if isinstance(policy, AnyOf):
+        for part in policy.policies:
+            found = _mode_of(part, monitor)
+            if found is not None:
+                return found
+    return None

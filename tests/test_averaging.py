@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import build_model, h5_datasets
 
+import keras_ckpt
 from keras_ckpt import CheckpointManager, ModelCheckpoint
 from keras_ckpt.errors import CorruptCheckpointError
 
@@ -154,6 +155,45 @@ def test_float16_is_accumulated_in_float64(tmp_path):
     assert got.dtype == np.float16 and np.isfinite(got).all()
     assert got[0] == np.float16(np.mean(np.array(values, dtype=np.float64)))
     manager.close()
+
+
+def test_bfloat16_variables_are_averaged(tmp_path):
+    """Keras stores bfloat16 as `|V2` with a `dtype` attribute: not a float dtype to h5py."""
+    import ml_dtypes
+
+    manager = CheckpointManager(tmp_path / "run")
+    for i, value in enumerate((1.0, 3.0)):
+        with manager.stage() as folder:
+            path = os.path.join(folder, "w")
+            with h5py.File(path, "w") as f:
+                kernel = np.full((2,), value, dtype=ml_dtypes.bfloat16).view("V2")
+                f.create_dataset("layers/d/vars/0", data=kernel).attrs["dtype"] = "bfloat16"
+            manager.commit({f"w-{i}.weights.h5": path}, name=f"w-{i}", kind="weights", epoch=i)
+    manager.average("last:2", tmp_path / "avg.weights.h5")
+    with h5py.File(tmp_path / "avg.weights.h5", "r") as f:
+        dataset = f["layers/d/vars/0"]
+        assert dataset.attrs["dtype"] == "bfloat16" and dataset.dtype.itemsize == 2
+        got = dataset[()].view(ml_dtypes.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(got, [2.0, 2.0])
+    manager.close()
+
+
+def test_best_n_and_best_name_the_same_checkpoint_whatever_the_monitor(tmp_path, data):
+    """`monitor` is the callback's, but `retention=KeepBest(...)` ranks by another metric: "best"
+    is what the callback ranked by, for `best()`, `load_model("best")` and `average("best:1")`."""
+    model = build_model()
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "run" / "m-{epoch}.keras"),
+        monitor="val_loss",
+        retention=keras_ckpt.policies.KeepBest(2, "val_accuracy", "max"),
+    )
+    model.fit(*data, validation_split=0.25, epochs=4, callbacks=[checkpoint], verbose=0)
+    manager = CheckpointManager(tmp_path / "run")
+    best = manager.best()
+    averaged = manager.average("best:1", tmp_path / "best.keras")
+    assert [r.name for r in averaged] == [best.name]
+    ranked = sorted(manager.checkpoints(), key=lambda r: r.metrics["val_accuracy"])
+    assert best.metrics["val_accuracy"] == ranked[-1].metrics["val_accuracy"]
 
 
 @pytest.fixture

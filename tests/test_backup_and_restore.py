@@ -17,6 +17,7 @@ from conftest import build_model
 
 import keras_ckpt
 from keras_ckpt.callbacks.backup_and_restore import OWNER
+from keras_ckpt.training.signals import SignalCatcher
 
 CHILD = Path(__file__).with_name("resume_child.py")
 BACKEND = keras.backend.backend()  # the children train on the backend these tests run on
@@ -474,12 +475,12 @@ def test_the_signal_handler_never_reads_callback_model(tmp_path, data, monkeypat
         tmp_path / "b", save_freq=100, raise_on_interrupt=False, delete_checkpoint=False
     )
     in_handler: list[bool] = []
-    real_handler = backup._on_signal
+    real_handle = SignalCatcher.handle
 
-    def handler(signum, frame):
+    def handle(self, signum, frame):
         in_handler.append(True)
         try:
-            real_handler(signum, frame)
+            real_handle(self, signum, frame)
         finally:
             in_handler.pop()
 
@@ -489,7 +490,7 @@ def test_the_signal_handler_never_reads_callback_model(tmp_path, data, monkeypat
         assert not in_handler, "Callback.model was read inside the signal handler"
         return real_model.fget(self)
 
-    monkeypatch.setattr(backup, "_on_signal", handler)
+    monkeypatch.setattr(SignalCatcher, "handle", handle)
     monkeypatch.setattr(type(backup), "model", property(guarded))
 
     class Interrupt(keras.callbacks.Callback):

@@ -12,10 +12,10 @@ import pytest
 from conftest import build_model, h5_datasets
 
 import keras_ckpt
-from keras_ckpt import state as st
 from keras_ckpt.callbacks.backup_and_restore import OWNER
 from keras_ckpt.format import backup_file
-from keras_ckpt.training import backup
+from keras_ckpt.state import is_replaying
+from keras_ckpt.training import fit_state as st
 
 
 class Crash(keras.callbacks.Callback):
@@ -24,7 +24,7 @@ class Crash(keras.callbacks.Callback):
         self.at_step, self.steps = at_step, 0
 
     def on_train_batch_end(self, batch, logs=None):
-        if st.is_replaying(self.model):
+        if is_replaying(self.model):
             return
         self.steps += 1
         if self.steps == self.at_step:
@@ -86,6 +86,20 @@ def trained(data, dropout=0.5):
     return model
 
 
+def capture(model, state, callbacks):
+    """A backup's host copy, as `BackupAndRestore` takes it (variables and callbacks chosen by
+    the training side, bytes by the format)."""
+    callback_states = [(type(c).__name__, *st.callback_state(c)) for c in callbacks]
+    inputs = backup_file.BackupInputs(st.training_variables(model), state, callback_states)
+    return backup_file.BackupFile().capture(model, inputs)
+
+
+def restore_variables(model, contents):
+    variables = st.training_variables(model)
+    for index, array in contents.variables.items():
+        variables[index].assign(array)
+
+
 def keras_part(path):
     return {k: v for k, v in h5_datasets(path).items() if not k.startswith(backup_file.GROUP)}
 
@@ -101,7 +115,7 @@ def test_every_kind_of_state_round_trips(tmp_path, data):
     stopper.best_weights = [np.full((2, 3), 7.0, "float32"), np.arange(4)]
     stopper.wait, stopper.best = 3, 0.25
     state = {"progress": {"epoch": 1, "step": 2}, "rng": [1, 2, 3], "text": "é"}
-    snapshot = backup.capture(model, state, [stopper, Remembers()])
+    snapshot = capture(model, state, [stopper, Remembers()])
     path = tmp_path / "b.weights.h5"
     backup_file.write(snapshot, path)
     contents = backup_file.read(path)
@@ -131,7 +145,7 @@ def test_every_kind_of_state_round_trips(tmp_path, data):
     fresh = build_model(dropout=0.5)
     fit(fresh, data, [], epochs=1, shuffle=False)  # other values everywhere, metrics built
     keras.random.normal((2,))
-    backup.restore_variables(fresh, contents)
+    restore_variables(fresh, contents)
     for a, b in zip(st.training_variables(fresh), variables, strict=True):
         assert np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
@@ -141,7 +155,7 @@ def test_plain_keras_loads_the_file_silently_with_every_weight_and_optimizer_var
 ):
     model = trained(data)
     path = tmp_path / "b.weights.h5"
-    backup_file.write(backup.capture(model, {}, []), path)
+    backup_file.write(capture(model, {}, []), path)
     fresh = build_model(dropout=0.5)
     fresh.optimizer.build(fresh.trainable_variables)
     with warnings.catch_warnings():
@@ -159,7 +173,7 @@ def test_plain_keras_loads_the_file_silently_with_every_weight_and_optimizer_var
 def test_keras_part_is_exactly_keras_save_weights(tmp_path, data):
     model = trained(data)
     path = tmp_path / "b.weights.h5"
-    backup_file.write(backup.capture(model, {}, []), path)
+    backup_file.write(capture(model, {}, []), path)
     model.save_weights(tmp_path / "keras.weights.h5")
     ours, theirs = keras_part(path), h5_datasets(tmp_path / "keras.weights.h5")
     assert ours.keys() == theirs.keys()
@@ -169,7 +183,7 @@ def test_keras_part_is_exactly_keras_save_weights(tmp_path, data):
 def test_nothing_is_stored_twice(tmp_path, data):
     model = trained(data)
     path = tmp_path / "b.weights.h5"
-    backup_file.write(backup.capture(model, {}, []), path)
+    backup_file.write(capture(model, {}, []), path)
     in_keras = len(keras_part(path))
     extra = [k for k in extra_part(path) if k.startswith(f"{backup_file.GROUP}/variables/")]
     # Every training variable exactly once: in Keras's part or in the group, never both.
@@ -194,7 +208,7 @@ def test_cli_show_counts_only_keras_part_of_a_backup(tmp_path, data):
     from keras_ckpt.cli._show import inspect_file
 
     model = trained(data)
-    backup_file.write(backup.capture(model, {}, []), tmp_path / "b.weights.h5")
+    backup_file.write(capture(model, {}, []), tmp_path / "b.weights.h5")
     info = inspect_file(str(tmp_path / "b.weights.h5"))
     assert info["weights"]["arrays"] == len(model.weights)
     assert info["optimizer"]["variables"] == len(model.optimizer.variables)
@@ -205,7 +219,7 @@ def test_a_file_without_backup_state_is_reported_as_damaged(tmp_path, data):
     model.save_weights(tmp_path / "plain.weights.h5")
     with pytest.raises(backup_file.BackupFileError, match="holds no keras-ckpt backup state"):
         backup_file.read(tmp_path / "plain.weights.h5")
-    backup_file.write(backup.capture(model, {}, []), tmp_path / "b.weights.h5")
+    backup_file.write(capture(model, {}, []), tmp_path / "b.weights.h5")
     raw = (tmp_path / "b.weights.h5").read_bytes()
     (tmp_path / "cut.weights.h5").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(backup_file.BackupFileError, match="Cannot read backup file"):

@@ -767,3 +767,25 @@ def test_commit_without_keras_loaded_records_no_version(tmp_path):
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "True"
+
+
+def test_a_checkpoint_that_fails_twice_while_replaced_falls_back_to_the_previous(tmp_path):
+    """A reader failing again after a writer replaced the checkpoint moves to the next candidate
+    (it used to propagate the second failure)."""
+    manager = CheckpointManager(tmp_path)
+    commit(manager, "a")
+    commit(manager, "b")
+    attempts = []
+
+    def read(record, path):
+        attempts.append(record.name)
+        if record.name == "b":
+            commit(manager, "b", {"b.bin": f"again {len(attempts)}".encode()})  # replaced
+            raise CorruptCheckpointError(f"{record.path}: cannot be read")
+        return record.name
+
+    with pytest.warns(UserWarning, match=r"Checkpoint b in .* is damaged .*; using a instead"):
+        record, value = manager.load("latest", read)
+    assert (record.name, value) == ("a", "a")
+    assert attempts.count("b") >= 2
+    manager.close()

@@ -507,7 +507,7 @@ def test_fit_returns_only_after_the_last_async_save_is_committed(tmp_path, data,
     fit(build_model(), data, [cb], epochs=3)
     records = keras_ckpt.CheckpointManager(tmp_path).checkpoints()
     assert [r.name for r in records] == ["m-1.keras", "m-2.keras", "m-3.keras"]
-    assert cb._writer.stats.saves == 3
+    assert cb._pipeline.stats.saves == 3
 
 
 def test_wait_until_finished_commits_what_is_in_flight(tmp_path, data):

@@ -71,9 +71,10 @@ def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
 
 
 @pytest.mark.parametrize("async_save", [True, False])
-def test_callbacks_copy_only_when_writing_in_the_background(tmp_path, data, async_save):
+def test_callbacks_copy_only_when_writing_in_the_background(tmp_path, data, async_save, mocker):
     import keras_ckpt
 
+    made = mocker.spy(snapshot.Snapshotter, "__init__")
     model = trained(data)
     x, y = data
     checkpoint = keras_ckpt.ModelCheckpoint(
@@ -83,8 +84,7 @@ def test_callbacks_copy_only_when_writing_in_the_background(tmp_path, data, asyn
         tmp_path / "backup", async_save=async_save, delete_checkpoint=False
     )
     model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[checkpoint, backup])
-    assert checkpoint._snapshotter.copy is async_save
-    assert backup._snapshotter.copy is async_save
+    assert [call.kwargs["copy"] for call in made.call_args_list] == [async_save, async_save]
 
 
 def test_full_model_snapshot_is_a_keras_file_plain_keras_loads(tmp_path, data):

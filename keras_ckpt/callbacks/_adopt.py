@@ -1,32 +1,55 @@
-"""Moving a file keras-ckpt did not write out of the way of a fixed checkpoint name.
+"""A file keras-ckpt did not write, at a fixed checkpoint name: kept, under a new name beside it.
 
 The swap from Keras: `best.keras` written by Keras's own ModelCheckpoint sits where ours will write.
-It is kept, under a new name beside it; nothing is ever overwritten.
+It is never overwritten and never deleted; it is moved aside (`best.pre-keras-ckpt.keras`).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from typing import Any
 
 from keras_ckpt.callbacks._naming import split_extension
+from keras_ckpt.errors import ForeignFileError
+from keras_ckpt.store import LocalStorage
 
-__all__ = ["move_aside"]
+__all__ = ["adopt_foreign_file", "aside_names"]
 
 
-def move_aside(directory: str, name: str) -> str:
-    """Renames `directory/name` to a free name beside it; returns the new name.
+def aside_names(name: str) -> list[str]:
+    """Free-name candidates for moving `name` aside, in order.
 
-    `best.keras` becomes `best.pre-keras-ckpt.keras` (then `-2`, `-3`, ...). `os.link` fails if the
-    new name exists, so nothing is overwritten even if another process races us; the old name is
-    unlinked only once the new one holds the file. Local directories only.
+    Example:
+
+    >>> aside_names("best.keras")[:2]
+    ['best.pre-keras-ckpt.keras', 'best.pre-keras-ckpt-2.keras']
     """
     stem, ext = split_extension(name)
-    for n in range(1, 1000):
-        new = f"{stem}.pre-keras-ckpt{'' if n == 1 else f'-{n}'}{ext}"
-        try:
-            os.link(os.path.join(directory, name), os.path.join(directory, new))
-        except FileExistsError:
-            continue
-        os.unlink(os.path.join(directory, name))
-        return new
-    raise FileExistsError(f"No free name beside {os.path.join(directory, name)}")
+    return [f"{stem}.pre-keras-ckpt{'' if n == 1 else f'-{n}'}{ext}" for n in range(1, 1000)]
+
+
+def adopt_foreign_file(manager: Any, name: str, filepath: str) -> None:
+    """Moves a file at `name` that no record names out of the way, with a warning saying where.
+
+    Raises:
+        ForeignFileError: the directory is remote (no rename there): the user must move it.
+    """
+    try:
+        manager.get(name)
+        return
+    except LookupError:
+        if not manager.storage.exists(name):
+            return
+    if not isinstance(manager.storage, LocalStorage):
+        raise ForeignFileError(
+            f"Refusing to overwrite {filepath}: keras-ckpt did not write it (no record names it). "
+            "Move it away or choose another filepath."
+        )
+    new = manager.storage.move_aside(name, aside_names(name))
+    warnings.warn(
+        f"ModelCheckpoint: {filepath} was not written by keras-ckpt (no record names it, Keras's "
+        f"own ModelCheckpoint perhaps); kept as {os.path.join(manager.directory, new)} so that "
+        "this run can write there.",
+        stacklevel=4,
+    )

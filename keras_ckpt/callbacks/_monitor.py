@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from keras_ckpt._validate import check_choice, invalid
@@ -40,6 +42,7 @@ class Monitor:
                 raise invalid("initial_value_threshold", "a finite number or None", best)
             best = number
         self.best = best
+        self.origin = ""  # where a `best` not set by this run came from, for messages
 
     def resolve(self, model: Any) -> str:
         """Settles `"auto"` from the compiled metric's direction, then from the name.
@@ -69,6 +72,58 @@ class Monitor:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
+    def improved(self, logs: Mapping[str, Any], *, epoch: int, display: str, verbose: int) -> bool:
+        """Whether the logs of a save improve on the best (`save_best_only`); it becomes the
+        best if so. Prints the verdict with `verbose`, as Keras's ModelCheckpoint does.
+
+        A training metric missing from the logs is a typo and raises; a missing `val_` metric
+        means validation did not run, and the save is skipped with a warning.
+        """
+        monitor = self.monitor
+        if monitor not in logs:
+            keys = ", ".join(sorted(logs)) or "none"
+            if not monitor.startswith("val_"):  # training metrics are in every save's logs
+                raise ValueError(
+                    f"ModelCheckpoint: `save_best_only` monitors `{monitor}`, which is not in the "
+                    f"logs. Keys that exist: {keys}. Pass one of them as `monitor`."
+                )
+            warnings.warn(
+                f"ModelCheckpoint did not save: `save_best_only` monitors `{monitor}`, which is "
+                f"not in the logs of this save (keys: {keys}): validation did not run this "
+                "epoch (`validation_freq`, or no validation data).",
+                stacklevel=4,
+            )
+            return False
+        try:
+            current = float(logs[monitor])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"ModelCheckpoint monitors `{monitor}`, which must be a scalar. "
+                f"Received: {logs[monitor]!r}"
+            ) from None
+        if not math.isfinite(current):
+            warnings.warn(
+                f"ModelCheckpoint did not save: `{monitor}` is {current} (training diverged?); "
+                "a non-finite value never counts as an improvement.",
+                stacklevel=4,
+            )
+            return False
+        origin = f" ({self.origin})" if self.origin else ""
+        best = "" if self.best is None else f"{self.best:.5f}{origin}"
+        if not self.is_improvement(current):
+            if verbose:
+                print(f"\nEpoch {epoch + 1}: {monitor} did not improve from {best}")
+            return False
+        if verbose:
+            change = (
+                f"is {current:.5f} (first value)"
+                if self.best is None
+                else f"improved from {best} to {current:.5f}"
+            )
+            print(f"\nEpoch {epoch + 1}: {monitor} {change}, saving model to {display}")
+        self.best, self.origin = current, ""
+        return True
+
     def better_of(self, a: float | None, b: float | None) -> float | None:
         if a is None or b is None:
             return b if a is None else a
@@ -78,9 +133,8 @@ class Monitor:
 def _compiled_direction(model: Any, name: str) -> str | None:
     """`"up"`/`"down"` as declared by the compiled Keras metric called `name`, if any.
 
-    Keras keeps the direction in the private `Metric._direction`. Reading it (like the callbacks'
-    reads of `Callback._model` in batch hooks) is a private touch outside `state.py`;
-    `tests/test_model_checkpoint.py` checks that it still works.
+    Keras keeps the direction in the private `Metric._direction` (None where a Keras release
+    drops it: the name decides then); `tests/test_monitor.py` checks that it still works.
     """
     pending = list(getattr(model, "metrics", []) or [])
     while pending:
@@ -91,3 +145,16 @@ def _compiled_direction(model: Any, name: str) -> str | None:
             if direction in ("up", "down"):
                 return direction
     return None
+
+
+def check_in_logs(wanted: set[str], logs: Mapping[str, Any], *, epoch: int, role: str) -> None:
+    """A monitored metric missing from an epoch end's logs is a typo, unless it is a `val_`
+    metric and validation did not run this epoch (no `val_` key at all: `validation_freq`)."""
+    validated = any(key.startswith("val_") for key in logs)
+    for metric in sorted(wanted):
+        if metric not in logs and (validated or not metric.startswith("val_")):
+            raise ValueError(
+                f"ModelCheckpoint: {role} monitors `{metric}`, which is not in the logs at the "
+                f"end of epoch {epoch + 1}. Keys that exist: {', '.join(sorted(logs)) or 'none'}. "
+                "Pass one of them as `monitor`."
+            )

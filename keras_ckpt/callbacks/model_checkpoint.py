@@ -1,49 +1,42 @@
-"""`ModelCheckpoint`: Keras's callback with atomic saves, retention and memory across restarts."""
+"""`ModelCheckpoint`: Keras's callback with atomic saves, retention and memory across restarts.
+
+The callback decides when to save (`schedule`), whether (`save_best_only`, `_monitor`), what
+(`_naming`, `_runs`) and what to keep; `keras_ckpt.training.pipeline` does the saving.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 import threading
-import uuid
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 
 from keras_ckpt import distribute
-from keras_ckpt import state as st
 from keras_ckpt._validate import check_bool, check_optional_count, invalid
-from keras_ckpt.callbacks._adopt import move_aside
-from keras_ckpt.callbacks._monitor import Monitor
+from keras_ckpt.callbacks import _runs
+from keras_ckpt.callbacks._adopt import adopt_foreign_file
+from keras_ckpt.callbacks._monitor import Monitor, check_in_logs
 from keras_ckpt.callbacks._naming import (
     check_template,
     format_name,
     split_filepath,
     template_fields,
 )
-from keras_ckpt.errors import ForeignFileError
-from keras_ckpt.format import h5write, snapshot
+from keras_ckpt.format.keras_file import KerasFile
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import (
-    CheckpointInfo,
-    Policy,
-    Reasons,
-    applicable,
-    from_keep_args,
-    judge,
-    ranked_metrics,
-    to_json,
-)
-from keras_ckpt.records import Record, clean_metrics
+from keras_ckpt.policies import Policy, from_keep_args, ranked_metrics, to_json
+from keras_ckpt.records import CallbackMemory, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
-from keras_ckpt.state import is_preempted, is_replaying
-from keras_ckpt.store.local import LocalStorage
+from keras_ckpt.state import is_preempted, is_replaying, mark_preempted, resumed_from
+from keras_ckpt.training import fit_state
+from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 from keras_ckpt.training.writer import Writer
 
 __all__ = ["ModelCheckpoint"]
+
+_KEEP_ARGS = ("keep_last", "keep_best", "keep_every_n_epochs", "max_total_bytes")
 
 
 class ModelCheckpoint(keras.callbacks.Callback):
@@ -138,39 +131,44 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self.save_best_only = check_bool("save_best_only", save_best_only)
         self.save_weights_only = check_bool("save_weights_only", save_weights_only)
         self.save_on_train_end = check_bool("save_on_train_end", save_on_train_end)
-        self._check_extension()
+        _check_extension(self.template, self.filepath, self.save_weights_only)
         self._monitor = Monitor(monitor, mode, min_delta, initial_value_threshold)
         self.save_freq = check_save_freq(save_freq, allow_none=True)
         self._schedule = Schedule(self.save_freq, every_n_epochs, every_seconds)
         check_template(self.template, self.filepath, step_saves=self._schedule.needs_batch_hooks)
         self._progress = Progress()
-        self._retention_args = {
-            "keep_last": check_optional_count("keep_last", keep_last),
-            "keep_best": check_optional_count("keep_best", keep_best),
-            "keep_every_n_epochs": check_optional_count("keep_every_n_epochs", keep_every_n_epochs),
-            "max_total_bytes": check_optional_count("max_total_bytes", max_total_bytes),
-        }
+        keep = dict(
+            zip(
+                _KEEP_ARGS,
+                (keep_last, keep_best, keep_every_n_epochs, max_total_bytes),
+                strict=True,
+            )
+        )
+        self._keep = {name: check_optional_count(name, value) for name, value in keep.items()}
         if retention is not None and not isinstance(retention, Policy):
             raise invalid("retention", "a keras_ckpt.policies policy or None", retention)
-        if retention is not None and any(v is not None for v in self._retention_args.values()):
-            given = {k: v for k, v in self._retention_args.items() if v is not None}
+        if retention is not None and any(v is not None for v in self._keep.values()):
+            given = {k: v for k, v in self._keep.items() if v is not None}
             raise ValueError(
                 "Pass either `retention` or the `keep_*`/`max_total_bytes` arguments, not both. "
                 f"Received: retention={retention!r} and {given}"
             )
         self._retention = retention
         self.async_save = check_bool("async_save", async_save)
-        # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
-        self._legacy_h5 = not self.save_weights_only and not self.template.endswith(".keras")
-        self._writer = Writer(background=self.async_save and not self._legacy_h5)
-        self._check_conflicts()
+        _check_conflicts(self)
         self.manager = CheckpointManager(self.directory)
+        # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
+        legacy = not self.save_weights_only and not self.template.endswith(".keras")
+        self._pipeline = SavePipeline(
+            self.manager,
+            KerasFile(weights_only=self.save_weights_only, legacy_h5=legacy, copy=async_save),
+            background=self.async_save,
+        )
         self._owner = f"ModelCheckpoint:{self.template}"
         self._last_saved_step: int | None = None
         self._chief = True
         self._run: str | None = None  # this run's id in the records; settled at the first epoch
         self._run_settled = False
-        self._best_origin = ""  # where a `best` not set by this run came from, for messages
         self._last_epoch_steps = 0
         # Keras runs batch-end hooks in a thread pool on JAX and PyTorch unless a callback
         # overrides `on_train_batch_end` without `async_safe`. With epoch-end saves only, our hook
@@ -180,84 +178,36 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self.async_safe = not self._schedule.needs_batch_hooks
         self._count_lock = threading.Lock()
 
-    # --------------------------------------------------------------- validation
-
-    def _check_extension(self) -> None:
-        if self.save_weights_only and not self.template.endswith(".weights.h5"):
-            raise ValueError(
-                "Invalid value for argument `filepath`. Expected a name ending in `.weights.h5` "
-                f"with save_weights_only=True. Received: filepath={self.filepath!r}"
-            )
-        if not self.save_weights_only and (
-            self.template.endswith(".weights.h5") or not self.template.endswith((".keras", ".h5"))
-        ):
-            raise ValueError(
-                "Invalid value for argument `filepath`. Expected a name ending in `.keras` to save "
-                "the full model (or pass save_weights_only=True with `.weights.h5`). "
-                f"Received: filepath={self.filepath!r}"
-            )
-
-    def _check_conflicts(self) -> None:
-        monitor = self._monitor.monitor
-        if self.save_best_only and isinstance(self.save_freq, int) and monitor.startswith("val_"):
-            raise ValueError(
-                f"`save_best_only` with save_freq={self.save_freq} compares `{monitor}` after "
-                "training steps, but validation metrics only exist at epoch end. Monitor a "
-                "training metric (e.g. monitor='loss') or use save_freq='epoch'."
-            )
-        keep_best = self._retention_args["keep_best"]
-        if keep_best and isinstance(self.save_freq, int) and monitor.startswith("val_"):
-            raise ValueError(
-                f"`keep_best={keep_best}` with save_freq={self.save_freq} ranks checkpoints by "
-                f"`{monitor}`, but saves after training steps have no validation metrics, so "
-                "nothing would ever be ranked or pruned. Monitor a training metric (e.g. "
-                "monitor='loss') or use save_freq='epoch'."
-            )
-        if self.save_best_only and self.save_on_train_end:
-            raise ValueError(
-                "`save_on_train_end=True` would replace the best model with the last one under "
-                "`save_best_only=True`. Use a second ModelCheckpoint for the last model."
-            )
-        if "batch" in template_fields(self.template) and not self._schedule.needs_batch_hooks:
-            raise ValueError(
-                f"The filepath uses {{batch}} but saves happen only at epoch ends "
-                f"(save_freq={self.save_freq!r}). Received: filepath={self.filepath!r}"
-            )
-
-    # --------------------------------------------------------------- retention
-
-    def retention_policy(self) -> Policy | None:
-        """The policy applied after each save (None: keep everything)."""
-        if self._retention is not None:
-            return self._retention
-        args = self._retention_args
-        return from_keep_args(
-            **args,
-            monitor=self._monitor.monitor,
-            mode=self._mode() if args["keep_best"] else "auto",
-        )
+    @property
+    def monitor(self) -> str:
+        """The metric `save_best_only` and `keep_best` watch."""
+        return self._monitor.monitor
 
     @property
     def owner(self) -> str:
         """The owner name in this callback's records; `CheckpointManager` filters by it."""
         return self._owner
 
-    def _mode(self) -> str:
-        return self._monitor.resolve(self.model)
-
     @property
     def best(self) -> float | None:
         """Best value of `monitor` so far, including saves of earlier runs into these files."""
         return self._monitor.best
+
+    def retention_policy(self) -> Policy | None:
+        """The policy applied after each save (None: keep everything)."""
+        if self._retention is not None:
+            return self._retention
+        mode = self._monitor.resolve(self.model) if self._keep["keep_best"] else "auto"
+        return from_keep_args(**self._keep, monitor=self._monitor.monitor, mode=mode)
 
     # --------------------------------------------------------------- fit hooks
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         Writer.settle_all()  # a save of an earlier fit in this process must land before we read
         # A signal may have stopped an earlier fit of this model: that one is over, not this one.
-        st.mark_preempted(self._model, False)
+        mark_preempted(self._model, False)
         self._run_settled = False
-        self._check_same_template_in_fit()
+        _runs.check_same_template(self, fit_state.find_fit_context(self._model).callbacks or [])
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
         # and skip every save. Keras 3 saving reads mirrored variables locally, no collective.
         self._chief = distribute.is_chief(self.model)
@@ -265,129 +215,30 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self.manager.open_for_writing()
         own = self.manager.checkpoints(owner=self._owner)
         if own:
-            self._check_same_monitor(own[-1])
+            _runs.check_same_monitor(
+                own[-1],
+                monitor=self.monitor,
+                uses_monitor=self._uses_monitor(),
+                directory=self.directory,
+                template=self.template,
+            )
         if not template_fields(self.template) and self._chief:
-            self._adopt_foreign_file()
+            adopt_foreign_file(self.manager, self.template, self.filepath)
         self._schedule.start(self._progress.global_step)
 
-    # --------------------------------------------------------------- runs
-
-    def _settle_run(self, first_epoch: int) -> None:
-        """Continues the run of our newest record, or starts a new one, and says which.
-
-        A continuation (BackupAndRestore resumed this fit, or `initial_epoch` starts at or after
-        the newest record's epoch) keeps its memory: the best value, and its checkpoints count
-        for retention. A fresh run ranks and prunes only its own checkpoints and starts its best
-        anew; the earlier run's are left alone (one line says so). A fixed name with
-        `save_best_only` keeps its best, and says so: replacing a better model there with a worse
-        one would lose it (keras#17012); any other fixed name is simply replaced, as in Keras.
-        """
-        self._run_settled = True
-        own = self.manager.checkpoints(owner=self._owner)
-        newest = own[-1] if own else None
-        resumed = st.resumed_from(self._model) is not None
-        if newest is None:
-            self._run = uuid.uuid4().hex[:12]
-            return
-        if resumed or 0 < first_epoch and newest.epoch <= first_epoch:
-            self._run = newest.owner_state.get("run")
-            self._remember(newest, "")
-            return
-        self._run = uuid.uuid4().hex[:12]
-        where = self.directory
-        if not template_fields(self.template):
-            origin = f"{self.template} of an earlier run (epoch {newest.epoch})"
-            if self.save_best_only and self._remember(newest, origin):
-                print(
-                    f"ModelCheckpoint: {where}/{self.template} holds the best "
-                    f"`{self._monitor.monitor}` of an earlier run ({self._monitor.best:.5f}, "
-                    f"epoch {newest.epoch}); this run replaces it only with a better value. "
-                    "Delete it or choose another filepath to start afresh.",
-                    flush=True,
-                )
-            return
-        earlier = [r for r in own if r.owner_state.get("run") != self._run]
-        epochs = sorted({r.epoch for r in earlier})
-        span = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
-        print(
-            f"ModelCheckpoint: {where} holds {_count(len(earlier), 'checkpoint')} of an earlier "
-            f"run of {self.template} ({span}); this fresh run ranks, prunes and compares only "
-            "its own and leaves those alone (a save under the same name replaces one). To "
-            "continue that run instead, resume it (BackupAndRestore) or pass `initial_epoch`.",
-            flush=True,
-        )
-
-    def _remember(self, newest: Record, origin: str) -> bool:
-        """Takes the best value (and settled mode) from our newest record; True if it did."""
-        state = newest.owner_state
-        if state.get("monitor") == self._monitor.monitor and state.get("best") is not None:
-            if self._monitor.mode == "auto" and state.get("mode") in ("min", "max"):
-                self._monitor.mode = state["mode"]
-            if self._monitor.mode != "auto":
-                before = self._monitor.best
-                self._monitor.best = self._monitor.better_of(self._monitor.best, state["best"])
-                if self._monitor.best != before:
-                    self._best_origin = origin
-                    return True
-        return False
-
-    def _uses_monitor(self) -> bool:
-        return self.save_best_only or bool(self._retention_args["keep_best"])
-
-    def _check_same_monitor(self, newest: Record) -> None:
-        state = newest.owner_state
-        theirs = state.get("monitor")
-        their_use = state.get("uses_monitor", state.get("save_best_only", False))
-        if self._uses_monitor() and their_use and theirs and theirs != self._monitor.monitor:
-            raise ValueError(
-                f"{self.directory} holds checkpoints of {self.template} monitored by `{theirs}` "
-                f"(newest: {newest.name}), and this ModelCheckpoint monitors "
-                f"`{self._monitor.monitor}` under the same name: the two would rank and compare "
-                "each other's files. Use another filepath (or folder) for the new monitor."
-            )
-
-    def _check_same_template_in_fit(self) -> None:
-        callbacks = st.find_fit_context(self._model).callbacks or []
-        for other in callbacks:
-            if (
-                other is not self
-                and isinstance(other, ModelCheckpoint)
-                and other.template == self.template
-                and other.manager.storage.url == self.manager.storage.url
-                and other._monitor.monitor != self._monitor.monitor
-            ):
-                raise ValueError(
-                    f"Two ModelCheckpoint callbacks in this fit write {self.filepath}, one "
-                    f"monitoring `{other._monitor.monitor}` and one `{self._monitor.monitor}`: "
-                    "they would overwrite and prune each other's files. Give each its own filepath."
-                )
-
-    def _adopt_foreign_file(self) -> None:
-        """A file at our fixed path without a record (Keras's own ModelCheckpoint wrote it, say)
-        is moved aside under a new name, never overwritten, never deleted."""
-        try:
-            self.manager.get(self.template)
-            return
-        except LookupError:
-            if not self.manager.storage.exists(self.template):
-                return
-        if not isinstance(self.manager.storage, LocalStorage):
-            raise ForeignFileError(
-                f"Refusing to overwrite {self.filepath}: keras-ckpt did not write it (no record "
-                "names it). Move it away or choose another filepath."
-            )
-        new = move_aside(self.manager.storage.root, self.template)
-        warnings.warn(
-            f"ModelCheckpoint: {self.filepath} was not written by keras-ckpt (no record names it, "
-            f"Keras's own ModelCheckpoint perhaps); kept as {os.path.join(self.directory, new)} "
-            "so that this run can write there.",
-            stacklevel=3,
-        )
-
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._writer.check()
+        self._pipeline.check()
         if not self._run_settled:
-            self._settle_run(epoch)
+            self._run_settled = True
+            self._run, self._monitor.origin = _runs.settle_run(
+                self.manager.checkpoints(owner=self._owner),
+                monitor=self._monitor,
+                resumed=resumed_from(self._model) is not None,
+                first_epoch=epoch,
+                template=self.template,
+                save_best_only=self.save_best_only,
+                directory=self.directory,
+            )
         self._progress.begin_epoch(epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -400,18 +251,20 @@ class ModelCheckpoint(keras.callbacks.Callback):
                 if batch + 1 > self._progress.step:
                     self._progress.end_batch(batch)
             return
-        self._writer.check()
+        self._pipeline.check()
         self._progress.end_batch(batch)
-        if self._schedule.needs_batch_hooks and self._schedule.due_after_batch(
-            self._progress.global_step
-        ):
+        if self._schedule.due_after_batch(self._progress.global_step):
             self._save(self._progress.epoch, batch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._writer.check()
+        self._pipeline.check()
         if is_preempted(self._model):
             return  # a signal cut this epoch short; the resumed run finishes it for real
-        self._check_monitored(epoch, logs or {})
+        wanted = {self.monitor} if self._uses_monitor() else set()
+        if self._retention is not None:
+            wanted |= ranked_metrics(self._retention)
+        role = "`save_best_only`" if self.save_best_only else "`keep_best`"
+        check_in_logs(wanted, logs or {}, epoch=epoch, role=role)
         steps_in_epoch = self._last_epoch_steps = self._progress.step
         self._progress.end_epoch(epoch)
         if self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step):
@@ -419,54 +272,27 @@ class ModelCheckpoint(keras.callbacks.Callback):
             last_batch = steps_in_epoch - 1 if self._schedule.needs_batch_hooks else None
             self._save(epoch, last_batch, logs)
 
-    def _check_monitored(self, epoch: int, logs: dict[str, Any]) -> None:
-        """A monitored metric missing from an epoch end's logs is a typo, unless it is a `val_`
-        metric and validation did not run this epoch (no `val_` key at all: `validation_freq`)."""
-        wanted = {self._monitor.monitor} if self.save_best_only else set()
-        policy = self.retention_policy() if self._retention is not None else None
-        if self._retention_args["keep_best"]:
-            wanted.add(self._monitor.monitor)
-        elif policy is not None:
-            wanted |= ranked_metrics(policy)
-        validated = any(key.startswith("val_") for key in logs)
-        for metric in sorted(wanted):
-            if metric not in logs and (validated or not metric.startswith("val_")):
-                role = "`save_best_only`" if self.save_best_only else "`keep_best`"
-                raise ValueError(
-                    f"ModelCheckpoint: {role} monitors `{metric}`, which is not in the logs at "
-                    f"the end of epoch {epoch + 1}. Keys that exist: "
-                    f"{', '.join(sorted(logs)) or 'none'}. Pass one of them as `monitor`."
-                )
-
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         try:
-            preempted = is_preempted(self._model)
-            if (
-                self.save_on_train_end
-                and not preempted
-                and self._last_saved_step != self._progress.global_step
-            ):
+            done = self._last_saved_step == self._progress.global_step
+            if self.save_on_train_end and not is_preempted(self._model) and not done:
                 step = self._progress.step
                 if step:
                     self._save(self._progress.epoch, step - 1, logs)
                 else:  # at an epoch boundary: `{batch}` is that epoch's last batch
                     last = self._last_epoch_steps - 1 if self._last_epoch_steps else None
                     self._save(max(self._progress.epoch - 1, 0), last, logs)
-            self._writer.wait()
         finally:
-            self.manager.close()
+            self._pipeline.close()
 
     def _end_interrupted(self) -> None:
         """Called by `BackupAndRestore` before it raises on a signal (our `on_train_end` will not
         run): lands the save in flight and gives the directory's lock back."""
-        try:
-            self._writer.wait()
-        finally:
-            self.manager.close()
+        self._pipeline.close()
 
     def wait_until_finished(self) -> None:
         """Blocks until the last save is committed; raises its error if it failed."""
-        self._writer.wait()
+        self._pipeline.wait()
 
     # --------------------------------------------------------------- saving
 
@@ -474,157 +300,69 @@ class ModelCheckpoint(keras.callbacks.Callback):
         logs = dict(logs or {})
         name = format_name(self.template, epoch_index, batch_index, logs)
         display = f"{self.directory.rstrip('/')}/{name}" if self.directory != "." else name
-        if self.save_best_only and not self._improved(epoch_index, logs, display):
-            return
+        if self.save_best_only:
+            if self.monitor in logs:
+                self._monitor.resolve(self.model)  # "auto": from the compiled metric
+            if not self._monitor.improved(
+                logs, epoch=epoch_index, display=display, verbose=self.verbose
+            ):
+                return
+        self._last_saved_step = self._progress.global_step
         if not self._chief:  # multi-worker: the chief writes this checkpoint
-            self._last_saved_step = self._progress.global_step
             return
-        if self._retention_args["keep_best"] and self._monitor.monitor not in logs:
+        if self._keep["keep_best"] and self.monitor not in logs:
             warnings.warn(
-                f"ModelCheckpoint: `keep_best` ranks by `{self._monitor.monitor}`, which is not in "
-                f"the logs of this save (keys: {', '.join(sorted(logs)) or 'none'}); checkpoints "
-                "without it are never kept by `keep_best`; until one has it, only the other keep "
-                "options prune.",
+                f"ModelCheckpoint: `keep_best` ranks by `{self.monitor}`, which is not in the logs "
+                f"of this save (keys: {', '.join(sorted(logs)) or 'none'}); checkpoints without "
+                "it are never kept by `keep_best`; until one has it, only the other keep options "
+                "prune.",
                 stacklevel=3,
             )
         if self.verbose and not self.save_best_only:
             print(f"\nEpoch {epoch_index + 1}: saving model to {display}")
-        fields = {
-            "name": name,
-            "kind": "weights" if self.save_weights_only else "model",
-            "epoch": self._progress.epoch,
-            "step": self._progress.step,
-            # The optimizer's step count: right also for a model trained before this callback
-            # existed (a fit with `initial_epoch`, a second fit), where our count starts at 0.
-            "global_step": st.optimizer_iterations(self.model),
-            "metrics": clean_metrics(logs),
-            "owner": self._owner,
-            "owner_state": self._owner_state(),
-        }
-        self._last_saved_step = self._progress.global_step
         # Settled here, on the training thread: the writer thread must not touch `self.model`
         # (on JAX that property syncs the trainer's state into the variables).
         policy = self.retention_policy()
-        if self._legacy_h5:  # Keras writes a legacy `.h5` full model from the live model
-            self._writer.run(
-                lambda: None, lambda _: self._commit(None, fields, policy, epoch_index, display)
-            )
-            return
-        # Host copies on the training thread (into buffers reused from save to save), written
-        # by the one-pass writer in the writer thread; an inline save is written before the next
-        # step, straight from the variables' memory.
-        snapshotter = self.__dict__.setdefault(
-            "_snapshotter", snapshot.Snapshotter(copy=self._writer.background)
-        )
-        self._writer.run(
-            lambda: snapshotter.take(self.model, weights_only=self.save_weights_only),
-            lambda snap: self._commit(snap, fields, policy, epoch_index, display),
+        request = SaveRequest(
+            name=name,
+            epoch=self._progress.epoch,
+            step=self._progress.step,
+            # The optimizer's step count: right also for a model trained before this callback
+            # existed (a fit with `initial_epoch`, a second fit), where our count starts at 0.
+            global_step=fit_state.optimizer_iterations(self.model),
+            metrics=clean_metrics(logs),
+            owner=self._owner,
+            memory=self._memory(policy),
         )
 
-    def _commit(
-        self,
-        snap: snapshot.Snapshot | None,
-        fields: dict[str, Any],
-        policy: Policy | None,
-        epoch_index: int,
-        display: str,
-    ) -> None:
-        """Writes the file (from `snap`; a legacy `.h5` from the live model) and commits it."""
-        name = fields["name"]
-        with self.manager.stage() as folder:
-            staged = os.path.join(folder, name)
-            sealed = None
-            if snap is not None:
-                try:
-                    sealed = {name: h5write.write_snapshot(snap, staged)}  # fsynced, checksummed
-                finally:
-                    snap.discard()
-            else:
-                self.model.save(staged, overwrite=True)
-            self.manager.commit({name: staged}, sealed=sealed, **fields)
-        if self.verbose:
-            print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
-        policy = self._applicable(policy) if policy is not None else None
-        if policy is not None:
-            result = self.manager.prune(_ThisRun(policy, self._run), owner=self._owner)
-            if self.verbose and result.deleted:
-                names = ", ".join(r.name for r in result.deleted)
-                print(f"Epoch {epoch_index + 1}: retention removed {names}")
-
-    def _applicable(self, policy: Policy) -> Policy | None:
-        """The policy without its `keep_best` part while that metric is in none of this run's
-        records (say, validation has not run yet): the byte budget and `keep_last` apply
-        meanwhile."""
-        own = [
-            r
-            for r in self.manager.checkpoints(owner=self._owner)
-            if r.owner_state.get("run") == self._run
-        ]
-        return applicable(policy, {m for r in own for m in r.metrics})
-
-    def _improved(self, epoch_index: int, logs: dict[str, Any], display: str) -> bool:
-        monitor = self._monitor.monitor
-        if monitor not in logs:
-            if not monitor.startswith("val_"):  # training metrics are in every save's logs
-                raise ValueError(
-                    f"ModelCheckpoint: `save_best_only` monitors `{monitor}`, which is not in the "
-                    f"logs. Keys that exist: {', '.join(sorted(logs)) or 'none'}. Pass one of "
-                    "them as `monitor`."
-                )
-            warnings.warn(
-                f"ModelCheckpoint did not save: `save_best_only` monitors `{monitor}`, which is "
-                f"not in the logs of this save (keys: {', '.join(sorted(logs)) or 'none'}): "
-                "validation did not run this epoch (`validation_freq`, or no validation data).",
-                stacklevel=3,
-            )
-            return False
-        try:
-            current = float(logs[monitor])
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"ModelCheckpoint monitors `{monitor}`, which must be a scalar. "
-                f"Received: {logs[monitor]!r}"
-            ) from None
-        if not math.isfinite(current):
-            warnings.warn(
-                f"ModelCheckpoint did not save: `{monitor}` is {current} (training diverged?); "
-                "a non-finite value never counts as an improvement.",
-                stacklevel=3,
-            )
-            return False
-        self._mode()
-        origin = f" ({self._best_origin})" if self._best_origin else ""
-        best_str = "" if self._monitor.best is None else f"{self._monitor.best:.5f}{origin}"
-        if not self._monitor.is_improvement(current):
+        def announce(saved: Saved) -> None:
             if self.verbose:
-                print(f"\nEpoch {epoch_index + 1}: {monitor} did not improve from {best_str}")
-            return False
-        if self.verbose:
-            change = (
-                f"is {current:.5f} (first value)"
-                if self._monitor.best is None
-                else f"improved from {best_str} to {current:.5f}"
-            )
-            print(f"\nEpoch {epoch_index + 1}: {monitor} {change}, saving model to {display}")
-        self._monitor.best = current
-        self._best_origin = ""
-        return True
+                print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
+                if saved.pruned is not None and saved.pruned.deleted:
+                    names = ", ".join(r.name for r in saved.pruned.deleted)
+                    print(f"Epoch {epoch_index + 1}: retention removed {names}")
 
-    def _owner_state(self) -> dict[str, Any]:
+        retention = _runs.ThisRun(policy, self._run) if policy is not None else None
+        self._pipeline.save(self.model, request, retention=retention, on_saved=announce)
+
+    def _uses_monitor(self) -> bool:
+        return self.save_best_only or bool(self._keep["keep_best"])
+
+    def _memory(self, policy: Policy | None) -> CallbackMemory:
         mode = self._monitor.mode
         if mode == "auto" and self._monitor.best is not None:
-            mode = self._mode()
-        return {
-            "callback": "ModelCheckpoint",
-            "template": self.template,
-            "monitor": self._monitor.monitor,
-            "mode": mode,
-            "best": self._monitor.best,
-            "save_best_only": self.save_best_only,
-            "uses_monitor": self._uses_monitor(),
-            "retention": _describe(self.retention_policy()),
-            "run": self._run,
-        }
+            mode = self._monitor.resolve(self.model)
+        return CallbackMemory(
+            callback="ModelCheckpoint",
+            run=self._run,
+            monitor=self.monitor,
+            mode=mode if mode in ("min", "max") else None,
+            best=self._monitor.best,
+            uses_monitor=self._uses_monitor(),
+            save_best_only=self.save_best_only,
+            template=self.template,
+            retention=(to_json(policy) or {"custom": repr(policy)}) if policy else None,
+        )
 
     # --------------------------------------------------------------- resume protocol
 
@@ -649,35 +387,46 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._monitor.best = self._monitor.better_of(self._monitor.best, state.get("best"))
 
 
-@dataclass(frozen=True)
-class _ThisRun(Policy):
-    """`policy` applied to the checkpoints of run `run` only; every other run's are kept."""
-
-    policy: Policy
-    run: str | None
-
-    def __repr__(self) -> str:  # what `prune` logs as the reason a checkpoint was deleted
-        return f"{self.policy!r} (this run)"
-
-    def reasons(self, records: Sequence[CheckpointInfo]) -> list[Reasons]:
-        mine = [i for i, r in enumerate(records) if _run_of(r) == self.run]
-        result: list[Reasons] = [("another run",)] * len(records)
-        decided = judge(self.policy, [records[i] for i in mine])
-        for i, reasons in zip(mine, decided, strict=True):
-            result[i] = reasons
-        return result
+def _check_extension(template: str, filepath: str, weights_only: bool) -> None:
+    if weights_only and not template.endswith(".weights.h5"):
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a name ending in `.weights.h5` "
+            f"with save_weights_only=True. Received: filepath={filepath!r}"
+        )
+    if not weights_only and (
+        template.endswith(".weights.h5") or not template.endswith((".keras", ".h5"))
+    ):
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a name ending in `.keras` to save "
+            "the full model (or pass save_weights_only=True with `.weights.h5`). "
+            f"Received: filepath={filepath!r}"
+        )
 
 
-def _run_of(record: Any) -> str | None:
-    return getattr(record, "owner_state", {}).get("run")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _describe(policy: Policy | None) -> dict[str, Any]:
-    """The retention policy as recorded (`keras-ckpt list --why` re-applies it)."""
-    if policy is None:
-        return {}
-    return to_json(policy) or {"custom": repr(policy)}
+def _check_conflicts(callback: ModelCheckpoint) -> None:
+    monitor, save_freq = callback.monitor, callback.save_freq
+    step_saves_on_val = isinstance(save_freq, int) and monitor.startswith("val_")
+    if callback.save_best_only and step_saves_on_val:
+        raise ValueError(
+            f"`save_best_only` with save_freq={save_freq} compares `{monitor}` after "
+            "training steps, but validation metrics only exist at epoch end. Monitor a "
+            "training metric (e.g. monitor='loss') or use save_freq='epoch'."
+        )
+    keep_best = callback._keep["keep_best"]
+    if keep_best and step_saves_on_val:
+        raise ValueError(
+            f"`keep_best={keep_best}` with save_freq={save_freq} ranks checkpoints by "
+            f"`{monitor}`, but saves after training steps have no validation metrics, so "
+            "nothing would ever be ranked or pruned. Monitor a training metric (e.g. "
+            "monitor='loss') or use save_freq='epoch'."
+        )
+    if callback.save_best_only and callback.save_on_train_end:
+        raise ValueError(
+            "`save_on_train_end=True` would replace the best model with the last one under "
+            "`save_best_only=True`. Use a second ModelCheckpoint for the last model."
+        )
+    if "batch" in template_fields(callback.template) and not callback._schedule.needs_batch_hooks:
+        raise ValueError(
+            f"The filepath uses {{batch}} but saves happen only at epoch ends "
+            f"(save_freq={save_freq!r}). Received: filepath={callback.filepath!r}"
+        )

@@ -21,7 +21,6 @@ from keras_ckpt.cli._common import (
     open_manager,
     plural,
     policy_from_args,
-    policy_from_owner_state,
     recorded_monitor,
     recorded_policy,
     resolve,
@@ -217,7 +216,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     policy = policy_from_args(args, records, owners, "prune")
     source = "from the options"
     if policy is None and records:
-        recorded = policy_from_owner_state(records[-1].owner_state)
+        recorded = records[-1].memory.retention_policy()
         policy = recorded_policy(records)
         source = "recorded by the callback that wrote them"
         if recorded is not None and policy is None:

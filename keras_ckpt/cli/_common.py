@@ -6,20 +6,14 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from keras_ckpt import selection
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.manager import recorded_monitor as manager_recorded_monitor
-from keras_ckpt.policies import Policy, applicable, from_json, from_keep_args, infer_mode, judge
+from keras_ckpt.policies import Policy, applicable, from_keep_args, infer_mode, judge
 from keras_ckpt.records import Record
 from keras_ckpt.store.local import META_DIR, LocalStorage
-
-# Key of `Record.owner_state` under which a callback records its retention settings, e.g.
-# {"keep_last": 1, "keep_best": 3, "monitor": "val_loss", "mode": "min"}. The keys are the
-# callbacks' own argument names, so `keras-ckpt prune` options and callback arguments match.
-RETENTION_KEY = "retention"
-RETENTION_FIELDS = ("keep_last", "keep_best", "keep_every_n_epochs", "max_total_bytes")
 
 
 class CliError(Exception):
@@ -73,13 +67,13 @@ def recorded_policy(records: Sequence[Record]) -> Policy | None:
     now (a `keep_best` whose metric no record holds yet waits), or None."""
     if not records:
         return None
-    policy = policy_from_owner_state(records[-1].owner_state)
+    policy = records[-1].memory.retention_policy()
     return applicable(policy, {m for r in records for m in r.metrics}) if policy else None
 
 
 def recorded_monitor(records: Sequence[Record]) -> tuple[str | None, str | None]:
-    """The (monitor, mode) the newest record's callback used, or (None, None)."""
-    return manager_recorded_monitor(list(records))
+    """The (monitor, mode) the newest record's callback ranked by, or (None, None)."""
+    return selection.recorded_monitor(records)
 
 
 def resolve_mode(monitor: str, mode: str | None) -> str:
@@ -156,20 +150,6 @@ def policy_from_args(args: Any, records: Sequence[Any], owners: Sequence[str], v
     )
 
 
-def policy_from_owner_state(owner_state: Mapping[str, Any]) -> Policy | None:
-    """The retention policy a callback recorded under `owner_state["retention"]`, or None."""
-    spec = owner_state.get(RETENTION_KEY)
-    if not isinstance(spec, Mapping):
-        return None
-    if "type" in spec:  # a built-in policy, as keras_ckpt.policies.to_json describes it
-        return from_json(dict(spec))
-    return build_policy(
-        **{k: spec[k] for k in RETENTION_FIELDS if spec.get(k) is not None},
-        monitor=spec.get("monitor") or owner_state.get("monitor"),
-        mode=spec.get("mode") or owner_state.get("mode"),
-    )
-
-
 def retention_reasons(manager: CheckpointManager, records: Sequence[Record]) -> dict[str, Any]:
     """For each checkpoint name: why its owner's recorded policy keeps it, and that policy.
 
@@ -182,7 +162,7 @@ def retention_reasons(manager: CheckpointManager, records: Sequence[Record]) -> 
     for record in records:
         owners.setdefault(record.owner, []).append(record)
     for owner, group in owners.items():
-        policy = policy_from_owner_state(group[-1].owner_state)
+        policy = group[-1].memory.retention_policy()
         # What the callback prunes by now: a keep_best whose metric no record holds yet waits.
         active = applicable(policy, {m for r in group for m in r.metrics}) if policy else None
         if active is not None and owner is not None:

@@ -116,7 +116,8 @@ def _variables(file: h5py.File) -> dict[str, Any]:
 
 
 def _mean(files: Sequence[h5py.File], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The float64 mean, cast back, of every floating-point model variable of `files`."""
+    """The float64 mean, cast back, of every floating-point model variable of `files`
+    (bfloat16 ones included)."""
     layouts = [_variables(f) for f in files]
     reference = {k: (d.shape, d.dtype) for k, d in layouts[-1].items()}
     for name, layout in zip(names, layouts, strict=True):
@@ -129,14 +130,29 @@ def _mean(files: Sequence[h5py.File], names: Sequence[str]) -> dict[str, np.ndar
                 list(names),
             )
     means = {}
-    for key, (_shape, dtype) in reference.items():
-        if not np.issubdtype(dtype, np.floating):
+    for key, (shape, dtype) in reference.items():
+        # Keras stores bfloat16 as 2-byte opaque values (`|V2`) marked by a `dtype` attribute.
+        bfloat16 = layouts[-1][key].attrs.get("dtype") == "bfloat16"
+        if not (bfloat16 or np.issubdtype(dtype, np.floating)):
             continue  # integers and booleans stay the newest checkpoint's
-        total = np.zeros(_shape, dtype=np.float64)
+        total = np.zeros(shape, dtype=np.float64)
         for layout in layouts:
-            total += np.asarray(layout[key][()], dtype=np.float64)
-        means[key] = (total / len(layouts)).astype(dtype)
+            total += _as_float64(layout[key][()], bfloat16)
+        mean = total / len(layouts)
+        means[key] = mean.astype(_bfloat16()).view(dtype) if bfloat16 else mean.astype(dtype)
     return means
+
+
+def _bfloat16() -> Any:
+    import ml_dtypes  # installed with Keras
+
+    return ml_dtypes.bfloat16
+
+
+def _as_float64(value: np.ndarray, bfloat16: bool) -> np.ndarray:
+    if bfloat16:
+        value = np.asarray(value).view(_bfloat16())
+    return np.asarray(value, dtype=np.float64)
 
 
 def _difference(current: dict[str, Any], reference: dict[str, Any]) -> str:

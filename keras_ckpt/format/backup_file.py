@@ -14,9 +14,10 @@ saving walk leaves out::
 Keras's walk never writes a name starting with `__` (`saving_lib._walk_saveable` skips such
 attributes), so no layer can collide with the group, and `load_weights` ignores it silently
 (`tests/test_backup_file.py`). Which variables the Keras part holds, and in which dataset, is learnt
-by identity while the snapshot is taken (`keras_ckpt.training.backup.capture`), so nothing is
-stored twice; the JSON layout names each variable's dataset, and a restore reads them directly
-(views of a memory map of the file), without Keras's loading walk.
+by identity while the snapshot is taken (`BackupFile.capture`), so nothing is stored twice; the
+JSON layout names each variable's dataset, and a restore reads them directly (views of a memory map
+of the file), without Keras's loading walk. Which variables and callbacks a backup holds is the
+training side's decision (`keras_ckpt.training.backup`): it hands them over as `BackupInputs`.
 
 `write` produces every byte in one pass (`h5write.write_snapshot`: h5py lays the file out, the
 arrays go in with `os.pwrite` from host buffers reused across backups, crc32c is computed from
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,13 +37,16 @@ import h5py
 import numpy as np
 
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format import h5write
+from keras_ckpt.format import h5read, h5write
 from keras_ckpt.format import snapshot as snap
+from keras_ckpt.format.base import Format, Staged
 from keras_ckpt.store.local import SealedFile
 
 __all__ = [
     "BackupContents",
+    "BackupFile",
     "BackupFileError",
+    "BackupInputs",
     "BackupSnapshot",
     "FORMAT",
     "GROUP",
@@ -109,6 +113,114 @@ class BackupContents:
     layout: list[tuple[str, tuple[int, ...]]]
     variables: dict[int, np.ndarray] = field(default_factory=dict)
     callback_arrays: list[list[np.ndarray]] = field(default_factory=list)
+
+
+@dataclass
+class BackupInputs:
+    """What the training side decided one backup holds, handed to `BackupFile.capture`.
+
+    Attributes:
+        variables: Every training variable, in a fixed order (`fit_state.training_variables`).
+        state: JSON-serialisable state of the caller (progress, RNG, epoch-start state, ...).
+        callbacks: Each stateful callback's (class name, JSON state, arrays), in a fixed order.
+    """
+
+    variables: Sequence[Any]
+    state: dict[str, Any]
+    callbacks: Sequence[tuple[str, dict[str, Any], Sequence[np.ndarray]]] = ()
+
+
+class BackupFile(Format):
+    """`BackupAndRestore`'s backups as a format: one `.weights.h5` file per backup.
+
+    Args:
+        copy: Copy the state into host buffers at `capture` (reused from one backup to the next),
+            for backups written in the background; False writes straight from the variables'
+            memory, for backups written inline before the next step.
+
+    Example:
+
+    >>> import keras, tempfile
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> fmt = BackupFile()
+    >>> captured = fmt.capture(model, BackupInputs(model.weights, {"step": 3}))
+    >>> staged = fmt.write(captured, tempfile.mkdtemp(), "backup-000000003")
+    >>> list(staged.files)
+    ['backup-000000003.weights.h5']
+    >>> fmt.read(staged.files["backup-000000003.weights.h5"]).state["step"]
+    3
+    """
+
+    kind = "training_state"
+
+    def __init__(self, *, copy: bool = True):
+        self._copy = copy
+        self._snapshotter: snap.Snapshotter | None = None
+
+    def capture(self, model: Any, extra: Any = None) -> BackupSnapshot:
+        """Copies a backup's state to host memory: the only part of a backup that blocks training.
+
+        Args:
+            model: The model being trained (its optimizer built, so Keras's walk saves it).
+            extra: The `BackupInputs` of this backup.
+
+        Raises:
+            TypeError: a callback state (or the state) cannot be written as JSON.
+        """
+        if not isinstance(extra, BackupInputs):
+            raise TypeError(f"A backup needs its BackupInputs. Received: extra={extra!r}")
+        if self._snapshotter is None:
+            self._snapshotter = snap.Snapshotter(copy=self._copy)
+        weights = self._snapshotter.take(model, weights_only=True)
+        layout = []
+        variables: dict[int, np.ndarray] = {}
+        for i, variable in enumerate(extra.variables):
+            dataset = weights.saved.get(id(variable))
+            if dataset is None:  # not in Keras's part: stored once, in our group
+                dataset = f"{GROUP}/variables/{i}"
+                variables[i] = np.array(_to_numpy(variable), copy=True)
+            layout.append([variable.path, list(variable.shape), dataset])
+        entries, arrays = [], []
+        for class_name, state, callback_arrays in extra.callbacks:
+            # The array count is ours, never read back from the callback's own state.
+            entries.append({"class": class_name, "state": state, "arrays": len(callback_arrays)})
+            arrays.append([np.array(a, copy=True) for a in callback_arrays])
+        full = {**extra.state, "format": FORMAT, "layout": layout, "callbacks": entries}
+        json.dumps(full)  # fail here, on the training thread, not in the writer
+        return BackupSnapshot(weights, variables, arrays, full)
+
+    def write(self, captured: Any, folder: str, name: str) -> Staged:
+        filename = file_name(name)
+        staged = os.path.join(folder, filename)
+        return Staged({filename: staged}, {filename: write(captured, staged)})
+
+    def discard(self, captured: Any) -> None:
+        captured.weights.discard()
+
+    def release(self) -> None:
+        self._snapshotter = None
+
+    def read(
+        self, path: str | os.PathLike[str], expected: SealedFile | None = None, *, name: str = ""
+    ) -> BackupContents:
+        """The backup in local file `path`, its bytes checked against `expected` first.
+
+        Raises:
+            CorruptCheckpointError: the bytes differ from `expected`.
+            BackupFileError: the file is not a readable backup of this format.
+        """
+        if expected is not None:
+            h5read.VerifiedFile(path, expected, name=name or None)
+        return read(path)
+
+    def load_weights(self, model: Any, path: str, expected: SealedFile, *, name: str) -> None:
+        h5read.load_weights(model, path, expected, name=name)  # a backup is a plain weights file
+
+
+def _to_numpy(variable: Any) -> Any:
+    import keras
+
+    return keras.ops.convert_to_numpy(variable)
 
 
 def file_name(name: str) -> str:

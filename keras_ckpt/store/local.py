@@ -23,7 +23,7 @@ import stat
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO
 
 from keras_ckpt.errors import DirectoryLockedError, LockLostError, UnsafeDirectoryError
@@ -294,6 +294,70 @@ class LocalStorage(Storage):
                 changed -= 1
             os.fsync(folders.fds[changed])
         return None
+
+    def move_aside(self, relpath: str, names: Iterable[str]) -> str:
+        """Renames a file to the first of `names` (same folder) that is free; returns it.
+
+        `os.link` fails if the new name exists, so nothing is overwritten even if another
+        process races us; the old name is unlinked only once the new one holds the file. A
+        symbolic link on the way is refused.
+
+        Raises:
+            FileExistsError: every name is taken.
+        """
+        *folder, name = relpath.split("/")
+        try:
+            folders = _Folders(self.root, folder, create=False)
+        except _LinkInPath as e:
+            raise self._unsafe(e.relpath) from None
+        with folders:
+            for new in names:
+                try:
+                    os.link(
+                        name,
+                        new,
+                        src_dir_fd=folders.last,
+                        dst_dir_fd=folders.last,
+                        follow_symlinks=False,
+                    )
+                except FileExistsError:
+                    continue
+                os.unlink(name, dir_fd=folders.last)
+                os.fsync(folders.last)
+                return "/".join([*folder, new])
+        raise FileExistsError(f"No free name beside {self._abs(relpath)}")
+
+    def remove_if_only_bookkeeping(self, bookkeeping: Iterable[str]) -> bool:
+        """Removes the directory if it holds only `.keras_ckpt/` with the `bookkeeping` files
+        named (relative to it) and empty folders; True if it did. Only `rmdir` and `unlink` of
+        those names: a file that appears meanwhile makes it stop, and nothing else goes.
+
+        Call it with the writer lock held (the lock file may be among `bookkeeping`).
+        """
+        ours = set(bookkeeping)
+        try:
+            with _Folders(self.root, [], create=False) as root:
+                if os.listdir(root.last) != [META_DIR]:
+                    return False
+            with _Folders(self.root, [META_DIR], create=False) as meta:
+                empty: list[str] = []
+                for entry in os.scandir(meta.last):
+                    if entry.is_dir(follow_symlinks=False):
+                        if os.listdir(os.path.join(self.root, META_DIR, entry.name)):
+                            return False
+                        empty.append(entry.name)
+                    elif entry.name not in ours:
+                        return False
+                for name in empty:
+                    os.rmdir(name, dir_fd=meta.last)
+                for name in ours:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=meta.last)
+            os.rmdir(self._abs(META_DIR))
+            os.rmdir(self.root)
+        except (OSError, _LinkInPath):
+            return False  # something else is there now (or a link): leave the rest
+        return True
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[str]:

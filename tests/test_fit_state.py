@@ -1,4 +1,4 @@
-"""keras_ckpt.state: one test per private Keras attribute it touches (Keras may move them)."""
+"""fit_state: one test per private Keras attribute it touches (Keras may move them)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 from conftest import build_model
 
-from keras_ckpt import state as st
+from keras_ckpt.state import is_replaying
+from keras_ckpt.training import fit_state as st
 
 
 class Capture(keras.callbacks.Callback):
@@ -134,7 +135,7 @@ def test_replay_consumes_batches_without_training(data):
             st.start_replay(self.model, 2)
 
         def on_train_batch_end(self, batch, logs=None):
-            flags.append(st.is_replaying(self.model))
+            flags.append(is_replaying(self.model))
 
     model.fit(*data, epochs=1, batch_size=32, verbose=0, callbacks=[Start()])
     assert flags == [True, True]
@@ -142,7 +143,7 @@ def test_replay_consumes_batches_without_training(data):
     for a, b in zip(before, model.trainable_variables, strict=True):
         np.testing.assert_array_equal(a, b.numpy())
     st.stop_replay(model)
-    assert not st.is_replaying(model)
+    assert not is_replaying(model)
 
 
 def test_early_stopping_state_round_trip(data):
@@ -211,3 +212,27 @@ def test_custom_callback_implements_the_protocol():
     assert st.is_stateful(callback) and not st.is_stateful(keras.callbacks.History())
     st.set_callback_state(callback, *st.callback_state(callback))
     assert callback.n == 1
+
+
+@pytest.mark.parametrize(
+    "module, cls, attribute",
+    [
+        ("keras.src.trainers.epoch_iterator", "EpochIterator", "_get_iterator"),
+        ("keras.src.trainers.trainer", "Trainer", "_symbolic_build"),
+    ],
+)
+def test_a_private_attribute_gone_from_keras_fails_at_import(module, cls, attribute, monkeypatch):
+    import importlib
+
+    owner = getattr(importlib.import_module(module), cls)
+    monkeypatch.delattr(owner, attribute)
+    monkeypatch.setattr(st, "_source", lambda module, name: "class Moved:\n    pass\n")
+    with pytest.raises(ImportError, match=rf"`{cls}\.{attribute}` is gone"):
+        st._check()
+
+
+def test_every_private_attribute_is_found_in_the_installed_keras():
+    st._check()  # the real sources: nothing reported
+    for module, cls, attribute in st._PRIVATE:
+        source = st._source(module, cls)
+        assert source is not None and attribute in source, (cls, attribute)

@@ -1,0 +1,129 @@
+"""SIGTERM and SIGINT during `fit`: caught, remembered until the next step boundary, handed on.
+
+Preemption (SIGTERM) and Ctrl-C (SIGINT) must not kill a step half way: `SignalCatcher` notes the
+first signal and lets `BackupAndRestore` back up at the next step boundary and stop. A second
+signal, or one that lands outside `fit`, goes to the handler that was there before.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import warnings
+from typing import Any
+
+__all__ = ["SignalCatcher", "announcement", "interrupt"]
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class SignalCatcher:
+    """Catches SIGTERM/SIGINT while `model.fit` runs; `pending` holds the first one caught.
+
+    Args:
+        model: The model whose `fit` the signals interrupt (a signal landing elsewhere is not
+            ours: a `fit` that raised never reached `on_train_end` to uninstall us).
+        name: Who catches, for the warning when signals cannot be caught.
+
+    Example:
+
+    >>> import keras, signal
+    >>> catcher = SignalCatcher(keras.Sequential(), "BackupAndRestore")
+    >>> catcher.install()
+    >>> signal.getsignal(signal.SIGTERM) == catcher.handle
+    True
+    >>> catcher.uninstall()
+    >>> catcher.pending is None
+    True
+    """
+
+    def __init__(self, model: Any, name: str):
+        self.model = model
+        self.name = name
+        self.pending: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Takes SIGTERM and SIGINT over (main thread only; warns elsewhere)."""
+        if threading.current_thread() is not threading.main_thread():
+            warnings.warn(
+                f"{self.name}: fit runs outside the main thread, so SIGTERM/SIGINT cannot be "
+                "caught; `save_on_interrupt` has no effect.",
+                stacklevel=3,
+            )
+            return
+        for signum in SIGNALS:
+            previous = signal.getsignal(signum)
+            if previous != self.handle:
+                self._previous[signum] = previous
+                signal.signal(signum, self.handle)
+
+    def uninstall(self) -> None:
+        """Gives the signals back to the handlers that had them before `install`."""
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self.handle:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """The signal handler: notes the first signal inside `fit`; hands on any other."""
+        if self.pending is None and _inside_fit(frame, self.model):
+            self.pending = signum
+            return
+        # A second signal (a double Ctrl-C), or one after a `fit` that raised: the handler from
+        # before gets it, now.
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        self.uninstall()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.raise_signal(signum)
+
+
+def interrupt(signum: int, name: str) -> BaseException:
+    """What a script gets once the backup of a signal is committed: Ctrl-C's own exception for
+    SIGINT; for SIGTERM an exit with the status a shell reports for it (128 + 15).
+
+    Example:
+
+    >>> import signal
+    >>> interrupt(signal.SIGTERM, "BackupAndRestore").code
+    143
+    """
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt(f"{name}: backed up and stopped on SIGINT")
+    return SystemExit(128 + signum)
+
+
+def announcement(signum: int, progress: Any, where: str, *, mid_epoch: bool) -> str:
+    """The line a stop on a signal prints: which signal, where training stood, where the backup
+    is, how to resume.
+
+    Example:
+
+    >>> import signal
+    >>> from keras_ckpt.schedule import Progress
+    >>> print(announcement(signal.SIGTERM, Progress(1, 3, 13), "runs/b/backup-000000013",
+    ...                    mid_epoch=True))
+    BackupAndRestore: SIGTERM in epoch 2 after step 3 (global step 13); backed up to runs/b/backup-000000013. Run the same script again to resume there.
+    """
+    at = (
+        f"in epoch {progress.epoch + 1} after step {progress.step}"
+        if mid_epoch
+        else f"after epoch {progress.epoch}"
+    )
+    return (
+        f"BackupAndRestore: {signal.Signals(signum).name} {at} (global step "
+        f"{progress.global_step}); backed up to {where}. Run the same script again to resume "
+        "there."
+    )
+
+
+def _inside_fit(frame: Any, model: Any) -> bool:
+    """True if `frame` (where a signal landed) is inside `model.fit`: a frame of a method `fit`
+    whose `self` is the model. Signals land in the main thread, which runs fit."""
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+            return True
+        frame = frame.f_back
+    return False
