@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_ckpt import CheckpointManager, ModelCheckpoint
-from keras_ckpt.store import history
 from keras_ckpt.cli import main
 from keras_ckpt.policies import KeepBest, KeepLast
 from keras_ckpt.records import FileEntry, Record
+from keras_ckpt.store import history
 
 
 def commit(manager, name, epoch, val_loss=None, size=7):
