@@ -437,7 +437,9 @@ class CheckpointManager:
         Args:
             model: A built Keras model with the checkpoint's architecture.
             which: A checkpoint name, `"latest"` or `"best"`.
-            monitor, mode, owner: As for `load_model`.
+            monitor: For `"best"`: the metric; defaults to the one the writing callback monitored.
+            mode: For `"best"`: `"min"`, `"max"` or `"auto"`.
+            owner: Only this callback's checkpoints (`ModelCheckpoint.owner`).
         """
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
