@@ -4,7 +4,7 @@
         # bench.json from `python -m benchmarks.run --json bench.json`: rewrites the summary
         # docs/img/benchmarks.json, then the table in docs/benchmarks.md and docs/img/benchmarks.png
     python docs/tools/benchmarks_page.py            # the table and plot again from the summary
-    python docs/tools/benchmarks_page.py --check    # exit 1 if the page's table is not the summary's
+    python docs/tools/benchmarks_page.py --check    # exit 1 if the page's table is stale
 
 The page's table lies between `<!-- benchmarks-table:begin -->` and `<!-- benchmarks-table:end -->`
 and is never edited by hand; `tests/test_docs_pages.py` runs the check.
@@ -170,7 +170,6 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -188,7 +187,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_yticks(range(len(rows)), [r["row"].replace("`", "") for r in rows], fontsize=8)
     ax.set_ylim(-0.6, len(rows) - 0.2)
     ax.set_xlabel("time relative to Keras's own (1.0 = the same, lower is faster)")
-    ax.set_title(f"keras-ckpt / Keras, {summary['model']} parameters, {summary['date']}", fontsize=10)
+    title = f"keras-ckpt / Keras, {summary['model']} parameters, {summary['date']}"
+    ax.set_title(title, fontsize=10)
     ax.set_xlim(0, max(max(r["high"] or r["ratio"] for r in rows), 1.2) * 1.08)
     legend = [
         Patch(color=colors["met"], label="met"),
