@@ -58,10 +58,11 @@ def make_runs(folder: Path) -> None:
     y[noisy] = rng.integers(0, 3, noisy.sum())
     model = keras.Sequential(
         [
-            keras.Input((8,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(3, activation="softmax"),
-        ]
+            keras.Input((8,), name="features"),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(3, activation="softmax", name="classes"),
+        ],
+        name="classifier",  # not Keras's counted default names, which `show` would print
     )
     # No extra metrics: `list` shows one column per metric, and the page has 100 columns or so.
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
@@ -82,19 +83,22 @@ def make_runs(folder: Path) -> None:
     damaged.write_bytes(bytes(raw))
 
 
-def run_command(command: str, cwd: Path) -> str:
-    """The console block's text for one `keras-ckpt ...` command run in `cwd`."""
-    env = {
+def _env() -> dict[str, str]:
+    return {
         **os.environ,
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "COLUMNS": "100",  # argparse wraps help text to the terminal's width
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
+
+
+def run_command(command: str, cwd: Path) -> str:
+    """The console block's text for one `keras-ckpt ...` command run in `cwd`."""
     args = shlex.split(command)[1:]
     result = subprocess.run(
         [sys.executable, "-m", "keras_ckpt.cli", *args],
         cwd=cwd,
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -139,7 +143,10 @@ def fresh_page(plot_to: Path | None = None) -> str:
     """docs/cli.md as a run now would write it; `plot_to` receives the `plot` command's image."""
     with tempfile.TemporaryDirectory(prefix="keras-ckpt-cli-") as folder:
         cwd = Path(folder)
-        make_runs(cwd)
+        # A fresh interpreter: the caller's Keras state (seeds, counted names) must not leak in.
+        subprocess.run(
+            [sys.executable, __file__, "--make-runs", folder], env=_env(), check=True, timeout=600
+        )
         page = render(PAGE.read_text(), cwd)
         if plot_to is not None and (cwd / "run.png").exists():
             shutil.copyfile(cwd / "run.png", plot_to)
@@ -158,7 +165,11 @@ def differences(committed: str, fresh: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare only; write nothing")
+    parser.add_argument("--make-runs", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.make_runs:
+        make_runs(Path(args.make_runs))
+        return 0
     committed = PAGE.read_text()
     if args.check:
         diff = differences(committed, fresh_page())
