@@ -206,6 +206,30 @@ class CheckpointManager:
         events = run_history.parse(self.storage.read_log(run_history.HISTORY_PATH))
         return run_history.replay(events, self.checkpoints())
 
+    def simulate(self, policy: Policy, *, owner: str | None = None) -> run_history.Simulation:
+        """What `policy` would have kept of every save in the history (only `owner`'s, if
+        given), had it pruned after each one as a callback does; touches no file
+        (`keras-ckpt prune --simulate`).
+
+        Example:
+
+        >>> import os, tempfile
+        >>> from keras_ckpt.policies import KeepLast
+        >>> manager = CheckpointManager(tempfile.mkdtemp())
+        >>> for epoch in (1, 2, 3):
+        ...     with manager.stage() as folder:
+        ...         _ = open(os.path.join(folder, "w"), "wb").write(b"weights")
+        ...         _ = manager.commit({f"w-{epoch}.bin": os.path.join(folder, "w")},
+        ...                            name=f"w-{epoch}.bin", kind="weights", epoch=epoch)
+        >>> result = manager.simulate(KeepLast(1))
+        >>> [e.name for e in result.kept], result.peak_bytes
+        (['w-3.bin'], 14)
+        >>> manager.close()
+        """
+        _check_owner(owner)
+        saves = [e for e in self.history() if owner is None or e.owner == owner]
+        return run_history.simulate(policy, saves)
+
     def select(
         self,
         selector: str | Sequence[str],
@@ -542,7 +566,9 @@ class CheckpointManager:
         Args:
             model: A built Keras model with the checkpoint's architecture.
             which: A checkpoint name, `"latest"` or `"best"`.
-            monitor, mode, owner: As for `load_model`.
+            monitor: For `"best"`: the metric; defaults to the one the writing callback monitored.
+            mode: For `"best"`: `"min"`, `"max"` or `"auto"`.
+            owner: Only this callback's checkpoints (`ModelCheckpoint.owner`).
         """
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:

@@ -15,7 +15,6 @@ from keras_ckpt.cli._common import (
     open_manager,
     policy_from_args,
 )
-from keras_ckpt.store.history import simulate
 
 
 def cmd_average(args: argparse.Namespace) -> int:
@@ -51,7 +50,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             "prune --simulate needs at least one keep option (--keep-last, --keep-best, "
             "--keep-every-n-epochs, --max-total-bytes)."
         )
-    result = simulate(policy, saves)
+    result = manager.simulate(policy, owner=args.owner)
     if args.json:
         data = {
             "directory": args.directory,
