@@ -17,7 +17,7 @@ import pytest
 from conftest import build_model, h5_datasets
 
 import keras_ckpt
-from keras_ckpt.callbacks._monitor import _compiled_direction
+from keras_ckpt.training.fit_state import compiled_direction
 from keras_ckpt.policies import KeepBest, KeepLast
 
 FIT = {"batch_size": 16, "verbose": 0}
@@ -141,7 +141,7 @@ def test_auto_mode_takes_the_compiled_metric_direction(tmp_path, data):
 def test_private_metric_direction_is_still_where_keras_keeps_it(data):
     model = build_model()
     fit(model, data, [], epochs=1)
-    assert _compiled_direction(model, "accuracy") == "up"
+    assert compiled_direction(model, "accuracy") == "up"
 
 
 def test_auto_mode_that_cannot_be_inferred_says_to_set_mode(tmp_path, data):

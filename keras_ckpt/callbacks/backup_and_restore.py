@@ -46,9 +46,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     A backup holds the model, optimizer (built before loading; the restored `iterations` is
     checked), metric and `SeedGenerator` variables; epoch, step and global step; Python, NumPy and
     TensorFlow RNG state; the state of `EarlyStopping`, `ReduceLROnPlateau` and every callback of
-    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. Each backup is one file,
-    `backup-<global step>.weights.h5`: a plain Keras weights file (`model.load_weights` loads it)
-    with the rest of the state in an extra group Keras ignores (see `keras_ckpt.format.backup_file`).
+    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. Each backup is one
+    file, `backup-<global step>.weights.h5`: a plain Keras weights file (`model.load_weights`
+    loads it) with the rest of the state in an extra group Keras ignores.
 
     To resume inside an epoch, the resumed run replays the input of the batches already trained
     (it pulls them from the input pipeline without training), so it sees exactly the batches the
@@ -116,7 +116,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     ['backup-000000008']
     >>> keras_ckpt.BackupAndRestore("runs/doc/backup", save_freq=0)
     Traceback (most recent call last):
-    ValueError: Invalid value for argument `save_freq`. Expected "epoch" or a positive int. Received: save_freq=0
+    ValueError: Invalid value for argument `save_freq`. Expected "epoch" ... Received: save_freq=0
     """
 
     def __init__(
@@ -206,7 +206,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         mark_resumed(self.model, None)
         fit_state.stop_replay(self.model)
         self._training = TrainingState(self.model, self)
-        self._signals = SignalCatcher(self._model, "BackupAndRestore")
+        self._signals = SignalCatcher(fit_state.unsynced_model(self), "BackupAndRestore")
         if self._chief:
             # Lock first: it also completes or undoes what a killed writer left half-done, before
             # we read; and a second run on this directory fails now, not at its first backup.
@@ -242,13 +242,13 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._cadence.tick(None)  # an epoch's first step is not timed
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # `_model` in the per-batch checks: on JAX, `model` syncs every variable out of the
+        # Not `model` in the per-batch checks: on JAX it syncs every variable out of the
         # trainer's state at each call (measured: fit took twice as long per step).
-        if is_replaying(self._model) and batch >= self._progress.step:
+        if is_replaying(fit_state.unsynced_model(self)) and batch >= self._progress.step:
             fit_state.stop_replay(self.model)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if is_replaying(self._model):
+        if is_replaying(fit_state.unsynced_model(self)):
             if self.interrupted is not None:
                 self._stop(save=False)  # the backup resumed from holds exactly this state
             return
@@ -305,7 +305,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if remove:
             self.manager.remove_if_unused()  # as Keras does, if nothing else is left there
         if signum is not None:
-            fit_state.drop_epoch_from_history(self._model, self._cut_epoch)
+            fit_state.drop_epoch_from_history(fit_state.unsynced_model(self), self._cut_epoch)
             self._announce(signum)
             if self.raise_on_interrupt:
                 self._finish_other_callbacks()

@@ -24,8 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import keras
 import numpy as np
-from keras.src import backend
 
 from keras_ckpt.format._keras_private import saving_lib
 
@@ -56,7 +56,7 @@ _PLAIN_DTYPES = frozenset(
 
 
 def _is_bfloat16(dtype: np.dtype) -> bool:
-    return backend.standardize_dtype(dtype) == "bfloat16"
+    return keras.backend.standardize_dtype(dtype) == "bfloat16"
 
 
 def _host_view(value: Any) -> np.ndarray:
@@ -66,27 +66,24 @@ def _host_view(value: Any) -> np.ndarray:
     """
     if isinstance(value, np.ndarray):
         return value
-    if backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         try:
             variable = getattr(value, "value", value)  # a Keras variable holds a tf.Variable
             read = getattr(variable, "read_value", None)
             tensor = read() if callable(read) else variable
-            array = tensor._numpy()  # EagerTensor: a view, where `.numpy()` would copy
+            # EagerTensor's private `_numpy()`: a view, where `.numpy()` would copy.
+            array = tensor._numpy()
         except Exception:  # not an eager tensor (or TF changed): Keras's way below
             array = None
         if isinstance(array, np.ndarray):
             return array
-    return np.asarray(backend.convert_to_numpy(value))
+    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 def _saves_own_variables_by_index(owner: Any) -> bool:
     """True for an optimizer whose saving is Keras's `BaseOptimizer.save_own_variables`."""
-    from keras.src.optimizers.base_optimizer import BaseOptimizer
-
-    return (
-        isinstance(owner, BaseOptimizer)
-        and type(owner).save_own_variables is BaseOptimizer.save_own_variables
-    )
+    base = keras.optimizers.Optimizer
+    return isinstance(owner, base) and type(owner).save_own_variables is base.save_own_variables
 
 
 class _RecordingStore(saving_lib.H5IOStore):
