@@ -44,7 +44,9 @@ def parse_size(text: str) -> int:
 
 
 def size_label(params: int) -> str:
-    return f"{params / 1e6:.0f}M" if params >= 1e6 else f"{params / 1e3:.0f}k"
+    """`9_200_000` -> `"9.2M"`, `25_000_000` -> `"25M"`, `20_000` -> `"20k"`."""
+    value, suffix = (params / 1e6, "M") if params >= 1e6 else (params / 1e3, "k")
+    return f"{value:.1f}".rstrip("0").rstrip(".") + suffix
 
 
 def hidden_width(params: int) -> int:
@@ -210,6 +212,23 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
+
+
+def round_order(items: Sequence[Any], round_index: int) -> list[Any]:
+    """The order of `items` in one round of paired fits: ABBA-like, neighbours not fixed.
+
+    Rounds come in pairs: an even round is a permutation drawn with the round's index as the seed,
+    the odd round after it runs the same permutation backwards, so every item runs early in one
+    and late in the other. A fixed rotation would keep the same items next to each other in every
+    round, sharing whatever burst of load hit that stretch of the run.
+    """
+    import random
+
+    order = list(items)
+    random.Random(round_index - round_index % 2).shuffle(order)
+    if round_index % 2:
+        order.reverse()
+    return order
 
 
 def rotated(items: Sequence[Any], rep: int) -> list[Any]:

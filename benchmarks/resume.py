@@ -20,7 +20,9 @@ both sides pay the same read and the ratio shrinks.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import os
 import time
 import warnings
@@ -89,7 +91,8 @@ def _prepare(model: Any, x: Any, y: Any, root: str) -> dict[str, str]:
 def _backup_resume(callback: Any, model: Any) -> Callable[[], None]:
     """Restores at `fit` start (`on_train_begin`); returns the untimed end of that `fit`."""
     callback.set_model(model)
-    callback.on_train_begin()
+    with contextlib.redirect_stdout(io.StringIO()):  # "resuming from ...", once per repetition
+        callback.on_train_begin()
     return callback.on_train_end  # gives the directory's lock and the signal handlers back
 
 

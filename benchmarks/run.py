@@ -17,7 +17,7 @@ Sections, per model size:
 
 - `saving` (benchmarks/saving.py): per save, the time training was blocked in each callback's
   hooks (timed directly, the final flush at `fit` end included) and the whole-fit overhead (fit
-  with the callback minus the fits without around it), from paired fits in rotating order, for
+  with the callback minus the fits without around it), from paired fits in ABBA-like order, for
   keras-ckpt's callbacks and Keras's (unsynced, and followed by an fsync: equal durability), with
   the floors of the same run (host copy, write, write + fsync) and a save interval where the disk
   keeps up.

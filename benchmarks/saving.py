@@ -17,11 +17,13 @@ Method, for one model:
   step time and the write + fsync floor: at least `min_steps` steps, at least `min_seconds` of
   training, and at least `disk_factor` times the floor, so that a durable writer can finish
   before the next save. The output says which, with the floor.
-- **Paired fits in rotating order.** A round runs `B V1 B V2 ... B Vn B` (B: the same fit with no
-  callback); each variant's overhead is measured against the mean of the two baseline fits around
-  it, so a slow drift of the machine cancels. The variants' order rotates from round to round and
-  runs backwards in every other round (ABBA-like), so no variant always follows the same one.
-  Medians over rounds, with the min-max.
+- **Paired fits, order varied between rounds.** A round runs `B V1 B V2 ... B Vn B` (B: the
+  same fit with no callback); each variant's overhead is measured against the mean of the two
+  baseline fits around it, so a slow drift of the machine cancels. The variants' order is a
+  seeded permutation in even rounds, run backwards in the odd round after (ABBA-like,
+  `_common.round_order`), so no variant always runs early, nor next to the same one. Medians
+  over rounds, with the min-max. The process's CPU time is compared the same way ("extra
+  CPU"): a callback's work on any thread, less disturbed by other processes than wall time.
 - **Floors** at the start of every round: copying the state to host memory (fresh arrays, and
   into buffers reused across saves), writing its bytes to one file, and writing + fsyncing them.
 - After every fit, outside the timing, its folder is deleted and `os.sync()` flushes what an
@@ -57,7 +59,7 @@ from benchmarks._common import (
     fit_data,
     fmt,
     fsync_path,
-    rotated,
+    round_order,
     settle,
     state_variables,
     training_data,
@@ -401,6 +403,7 @@ def measure(
         gc.collect()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            cpu = time.process_time()
             start = time.perf_counter()
             model.fit(
                 **fit_data(x, y),
@@ -412,9 +415,11 @@ def measure(
             if callback is not None:
                 wait_for(callback)
             after = time.perf_counter() - start - seconds
+            cpu = time.process_time() - cpu
         record = {
             "variant": variant.key if variant is not None else None,
             "seconds": seconds + after,
+            "cpu_seconds": cpu,
             "after_fit_wait": after,
             "saves": epochs,
             "hooks": timer.calls if timer is not None else {},
@@ -457,9 +462,7 @@ def measure(
 
     fits: list[dict[str, Any]] = []
     for r in range(rounds):
-        order = rotated(usable, r)
-        if r % 2:
-            order.reverse()
+        order = round_order(usable, r)
         log(f"  [{label}] round {r + 1}/{rounds}: floors, then {2 * len(order) + 1} fits")
         floors.measure()
         sequence: list[Variant | None] = [None]
@@ -506,6 +509,7 @@ def summarize(fits: list[dict[str, Any]], usable: list[Variant], saves: int) -> 
             "durable": v.durable,
             "blocked_per_save": Stat(),
             "overhead_per_save": Stat(),
+            "cpu_per_save": Stat(),
             "train_end_per_save": Stat(),
             "fit_seconds": Stat(),
             "bytes_on_disk": None,
@@ -518,18 +522,27 @@ def summarize(fits: list[dict[str, Any]], usable: list[Variant], saves: int) -> 
             if record["variant"] is None:
                 baseline.add(record["seconds"])
                 continue
-            around = [records[j]["seconds"] for j in (i - 1, i + 1)]
+            around = [records[j] for j in (i - 1, i + 1)]
             entry = out[record["variant"]]
             hooks = record["hooks"]
             blocked = sum(sum(d) for d in hooks.values()) + record["after_fit_wait"]
             end = sum(hooks.get("on_train_end", [])) + record["after_fit_wait"]
             entry["blocked_per_save"].add(blocked / saves)
             entry["train_end_per_save"].add(end / saves)
-            entry["overhead_per_save"].add((record["seconds"] - sum(around) / 2) / saves)
+            without = sum(r["seconds"] for r in around) / 2
+            entry["overhead_per_save"].add((record["seconds"] - without) / saves)
+            without_cpu = sum(r["cpu_seconds"] for r in around) / 2
+            entry["cpu_per_save"].add((record["cpu_seconds"] - without_cpu) / saves)
             entry["fit_seconds"].add(record["seconds"])
             entry["bytes_on_disk"] = record["bytes_on_disk"]
     for entry in out.values():
-        for name in ("blocked_per_save", "overhead_per_save", "train_end_per_save", "fit_seconds"):
+        for name in (
+            "blocked_per_save",
+            "overhead_per_save",
+            "cpu_per_save",
+            "train_end_per_save",
+            "fit_seconds",
+        ):
             entry[name] = entry[name].to_json()
     return {"variants": out, "baseline_fit": baseline.to_json()}
 
@@ -552,6 +565,7 @@ def table(result: dict[str, Any]) -> Table:
             "blocked",
             "of which at fit end",
             "overhead (fit with - without)",
+            "extra CPU (process)",
             "blocked / write+fsync floor",
             "on disk after fit",
         ],
@@ -563,6 +577,7 @@ def table(result: dict[str, Any]) -> Table:
             blocked.cell(),
             _stat(entry["train_end_per_save"]).cell(),
             _stat(entry["overhead_per_save"]).cell(),
+            _stat(entry["cpu_per_save"]).cell(),
             fmt(blocked.median / floor, "x") if floor else "-",
             fmt(entry["bytes_on_disk"], "B"),
         )
@@ -574,6 +589,7 @@ def table(result: dict[str, Any]) -> Table:
             stat.cell(),
             "",
             "",
+            "",
             fmt(stat.median / floor, "x") if floor else "-",
             fmt(result["state_bytes"], "B"),
         )
@@ -583,7 +599,8 @@ def table(result: dict[str, Any]) -> Table:
     out.notes.append(
         "blocked: time the training thread spent in the callback's hooks (timed directly), "
         "fit end included; overhead: the fit's time minus the mean of the two fits with no "
-        "callback around it, per save."
+        "callback around it, per save; extra CPU: the same difference in the process's CPU time "
+        "(every thread: training, the writer, the checksums), less sensitive to other load."
     )
     out.notes += result["notes"]
     return out

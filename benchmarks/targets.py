@@ -269,7 +269,8 @@ def table(result: dict[str, Any], rows: list[dict[str, Any]]) -> Table:
         out.notes.append(f"Cadence: {config['cadence']}.")
     out.notes.append(
         "Verdict by the median ratio; in brackets how many paired rounds (or repetitions) were "
-        "under the limit. Ratios of medians; the spread is the min-max of the paired ratios."
+        "under the limit. Ratios of medians; the spread is the min-max of the paired ratios (a "
+        "round whose Keras figure is not positive, which noise can make of an overhead, has none)."
     )
     return out
 
