@@ -2,9 +2,10 @@
 
 Averaging the last few checkpoints of a run (fairseq's `average_checkpoints.py`, SWA, model soups)
 often generalises better than any one of them, at no training cost. The weights are read straight
-from the checkpoints' HDF5 files with h5py (no model is built, Keras is not imported), each
-checkpoint verified against its record first; the result is written atomically as a file plain
-Keras loads. `CheckpointManager.average` is the entry point.
+from the checkpoints' HDF5 bytes (no model is built), each checkpoint read into memory once and
+checked against its record and by every check of the loader (`h5read.VerifiedFile`), one at a time;
+the result is written atomically as a file plain Keras loads. `CheckpointManager.average` is the
+entry point.
 """
 
 from __future__ import annotations
@@ -15,22 +16,22 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from keras_ckpt._validate import check_bool, check_choice, invalid
+from keras_ckpt.h5read import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
 from keras_ckpt.records import Record
-from keras_ckpt.storage import atomic_local_file
+from keras_ckpt.storage import SealedFile, atomic_local_file
 
 if TYPE_CHECKING:
     from keras_ckpt.manager import CheckpointManager
 
 __all__ = ["average", "select"]
 
-WEIGHTS_MEMBER = "model.weights.h5"
 # Top-level HDF5 groups of a weights file that hold no model variable: the optimizer's state, and
 # a backup's training state (`backup_file.GROUP`, dropped from the averaged file).
 NOT_MODEL = ("optimizer", "__keras_ckpt__")
@@ -167,15 +168,15 @@ def average(
             f"a .weights.h5 file: {', '.join(partial)} hold weights only, not a full model",
             path,
         )
-    newest = verified[-1]
+    names = [r.name for r in verified]
+    newest = _read(manager, verified[-1])
     with contextlib.ExitStack() as stack:
-        sources = [stack.enter_context(_weights_file(manager, r)) for r in verified]
-        files = [stack.enter_context(h5py.File(source, "r")) for source in sources]
-        names = [r.name for r in verified]
-        means = _mean(files, names)
+        newest_hdf5 = stack.enter_context(newest.hdf5())
+        means = _mean(manager, verified, newest_hdf5, names)
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="keras_ckpt-avg-"))
         weights = os.path.join(folder, WEIGHTS_MEMBER)
-        shutil.copyfile(sources[-1], weights)
+        with open(weights, "wb") as f:  # the newest's checked bytes, not its file read again
+            f.write(memoryview(newest_hdf5.image))  # type: ignore[arg-type]
         with h5py.File(weights, "r+") as target:
             for key, array in means.items():
                 target[key][...] = array
@@ -185,11 +186,9 @@ def average(
             with open(weights, "rb") as src, atomic_local_file(out) as dest:
                 shutil.copyfileobj(src, dest)
         else:
-            with manager.storage.local_path(newest.path) as newest_zip:
-                with zipfile.ZipFile(newest_zip) as archive:
-                    members = {
-                        n: archive.read(n) for n in archive.namelist() if n != WEIGHTS_MEMBER
-                    }
+            members = {
+                n: newest.read_member(n) for n in newest.archive().namelist() if n != WEIGHTS_MEMBER
+            }
             with atomic_local_file(out) as dest, zipfile.ZipFile(dest, "w") as archive:
                 for name, data in members.items():
                     archive.writestr(name, data)
@@ -197,55 +196,53 @@ def average(
     return verified
 
 
-@contextlib.contextmanager
-def _weights_file(manager: CheckpointManager, record: Record) -> Iterator[str]:
-    """A local HDF5 weights file of `record`: its `.weights.h5`, or the member of its `.keras`."""
+def _read(manager: CheckpointManager, record: Record) -> VerifiedFile:
+    """`record`'s main file, read into memory and checked against the record."""
+    entry = record.files[0]
     with manager.storage.local_path(record.path) as local:
-        if zipfile.is_zipfile(local):
-            with tempfile.TemporaryDirectory(prefix="keras_ckpt-avg-") as folder:
-                with zipfile.ZipFile(local) as archive:
-                    if WEIGHTS_MEMBER not in archive.namelist():
-                        raise ValueError(f"{record.path} holds no {WEIGHTS_MEMBER} to average.")
-                    extracted = archive.extract(WEIGHTS_MEMBER, folder)
-                yield extracted
-        else:
-            yield local
+        return VerifiedFile(local, SealedFile(entry.size, entry.checksum), name=record.path)
 
 
-def _variables(file: h5py.File) -> dict[str, Any]:
-    """Path -> dataset of every model variable (every dataset outside the optimizer's group)."""
-    found: dict[str, Any] = {}
-
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset) and name.split("/", 1)[0] not in NOT_MODEL:
-            found[name] = obj
-
-    file.visititems(visit)
-    return found
+def _variables(hdf5: CheckedHDF5) -> dict[str, tuple[Any, Any]]:
+    """Path -> (shape, dtype) of every model variable (every dataset outside the optimizer's
+    group)."""
+    return {
+        path: (ds.shape, ds.dtype)
+        for path, ds in hdf5.datasets.items()
+        if path.split("/", 1)[0] not in NOT_MODEL
+    }
 
 
-def _mean(files: Sequence[h5py.File], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The float64 mean, cast back, of every floating-point model variable of `files`."""
-    layouts = [_variables(f) for f in files]
-    reference = {k: (d.shape, d.dtype) for k, d in layouts[-1].items()}
-    for name, layout in zip(names, layouts, strict=True):
-        current = {k: (d.shape, d.dtype) for k, d in layout.items()}
-        if current != reference:
-            raise invalid(
-                "select",
-                "checkpoints of one architecture (the same variables with the same shapes); "
-                f"{name} differs from {names[-1]}: {_difference(current, reference)}",
-                list(names),
-            )
-    means = {}
-    for key, (_shape, dtype) in reference.items():
-        if not np.issubdtype(dtype, np.floating):
-            continue  # integers and booleans stay the newest checkpoint's
-        total = np.zeros(_shape, dtype=np.float64)
-        for layout in layouts:
-            total += np.asarray(layout[key][()], dtype=np.float64)
-        means[key] = (total / len(layouts)).astype(dtype)
-    return means
+def _mean(
+    manager: CheckpointManager,
+    records: Sequence[Record],
+    newest: CheckedHDF5,
+    names: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """The float64 mean, cast back, of every floating-point model variable of `records`, read
+    one checkpoint at a time (the newest is already open)."""
+    reference = _variables(newest)
+    totals = {
+        key: np.zeros(shape, dtype=np.float64)
+        for key, (shape, dtype) in reference.items()
+        if np.issubdtype(dtype, np.floating)  # integers and booleans stay the newest's
+    }
+    for record, name in zip(records, names, strict=True):
+        with contextlib.ExitStack() as stack:
+            hdf5 = newest
+            if record is not records[-1]:
+                hdf5 = stack.enter_context(_read(manager, record).hdf5())
+            current = _variables(hdf5)
+            if current != reference:
+                raise invalid(
+                    "select",
+                    "checkpoints of one architecture (the same variables with the same shapes); "
+                    f"{name} differs from {names[-1]}: {_difference(current, reference)}",
+                    list(names),
+                )
+            for key, total in totals.items():
+                total += np.asarray(hdf5.array(key), dtype=np.float64)
+    return {key: (total / len(records)).astype(reference[key][1]) for key, total in totals.items()}
 
 
 def _difference(current: dict[str, Any], reference: dict[str, Any]) -> str:

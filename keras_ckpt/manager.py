@@ -351,6 +351,8 @@ class CheckpointManager:
                         value = use(record)
                     except CorruptCheckpointError as e:
                         again = self._checked(record)  # a writer may have replaced it meanwhile
+                        if again is None and not named:
+                            continue  # deleted while we read it
                         if again is not None and not again[1] and again[0] != record:
                             record, value = again[0], use(again[0])
                         else:
@@ -577,8 +579,14 @@ class CheckpointManager:
             )
         check_bool("dry_run", dry_run)
         _check_owner(owner)
-        if not dry_run:
-            self.open_for_writing()
+        if dry_run:
+            return self._prune(policy, True, owner)
+        # One prune at a time per directory in this process, judging the records as they are
+        # (a commit or prune of another thread waits), so no thread deletes from a stale list.
+        with self._journal.open().mutex:
+            return self._prune(policy, False, owner)
+
+    def _prune(self, policy: Policy, dry_run: bool, owner: str | None) -> PruneResult:
         records = self.checkpoints(owner)
         recorded = set().union(*(r.metrics for r in records)) if records else set()
         for metric in sorted(ranked_metrics(policy) - recorded):
@@ -599,10 +607,23 @@ class CheckpointManager:
                 kept.append(KeptCheckpoint(record, tuple(reasons)))
             else:
                 doomed.append(record)
+        failed = []
         if not dry_run:
             for record in doomed:
-                self.delete(record.name, reason=f"not kept by {policy!r}")
-        return PruneResult(tuple(kept), tuple(doomed), dry_run)
+                try:
+                    self.delete(record.name, reason=f"not kept by {policy!r}")
+                except OSError as error:
+                    # Retention is never worth a run: the checkpoint stays, the next prune retries.
+                    failed.append(record)
+                    path = error.filename or f"{self.directory}/{record.path}"
+                    warnings.warn(
+                        f"Pruning {self.directory}: could not delete checkpoint {record.name} "
+                        f"({path}: {error.strerror or error}). It is kept for now; the next "
+                        "prune tries again.",
+                        stacklevel=3,
+                    )
+        deleted = tuple(r for r in doomed if r not in failed)
+        return PruneResult(tuple(kept), deleted, dry_run, failed=tuple(failed))
 
     def delete(self, name: str, *, reason: str | None = None) -> None:
         """Deletes one checkpoint: its record first, then its files.
@@ -641,7 +662,7 @@ _KIND_NAMES = {"model": "full model", "weights": "weights file", "training_state
 
 
 def _check_owner(owner: object) -> None:
-    if owner is not None and not isinstance(owner, str):
+    if owner is not None and (not isinstance(owner, str) or not owner):
         raise invalid("owner", "a callback's owner string (`ModelCheckpoint.owner`) or None", owner)
 
 

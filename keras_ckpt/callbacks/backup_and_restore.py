@@ -23,7 +23,7 @@ from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast, to_json
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
-from keras_ckpt.storage import META_DIR, LocalStorage
+from keras_ckpt.storage import META_DIR, LocalStorage, SealedFile, file_in_the_way
 from keras_ckpt.writer import Writer
 
 __all__ = ["BackupAndRestore"]
@@ -147,6 +147,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
             raise invalid("backup_dir", "a non-empty path or URL", backup_dir)
+        blocker = None if "://" in os.fspath(backup_dir) else file_in_the_way(backup_dir)
+        if blocker is not None:
+            raise invalid("backup_dir", f"a folder ({blocker} is a file)", backup_dir)
         self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
         self.raise_on_interrupt = check_bool("raise_on_interrupt", raise_on_interrupt)
         if save_freq is False:
@@ -470,9 +473,12 @@ class BackupAndRestore(keras.callbacks.Callback):
                     "or start over with another `backup_dir` (or after deleting this one). Its "
                     f"`{record.path}` is a plain Keras weights file if you need the weights."
                 )
+            entry = record.files[0]
             with self.manager.storage.local_path(record.path) as path:
                 try:
-                    contents = backup_file.read(path)
+                    contents = backup_file.read(
+                        path, SealedFile(entry.size, entry.checksum), name=entry.path
+                    )
                 except backup_file.BackupFileError as error:
                     previous = self._previous_good_backup(record)
                     if previous is None:

@@ -39,7 +39,7 @@ from keras_ckpt.policies import (
 from keras_ckpt.records import Record, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying
-from keras_ckpt.storage import LocalStorage
+from keras_ckpt.storage import LocalStorage, file_in_the_way
 from keras_ckpt.writer import Writer
 
 __all__ = ["ModelCheckpoint"]
@@ -131,6 +131,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.directory, self.template = split_filepath(filepath)
         self.filepath = os.fspath(filepath)
+        blocker = None if "://" in self.filepath else file_in_the_way(self.directory)
+        if blocker is not None:
+            raise invalid("filepath", f"a path in a folder ({blocker} is a file)", filepath)
         if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose not in (0, 1, 2):
             raise invalid("verbose", "0 (silent), 1 or 2 (a line per save)", verbose)
         self.verbose = verbose
