@@ -186,6 +186,7 @@ def average(
             with open(weights, "rb") as src, atomic_local_file(out) as dest:
                 shutil.copyfileobj(src, dest)
         else:
+            newest.read_json("config.json")  # the output is a model only if this is one
             members = {
                 n: newest.read_member(n) for n in newest.archive().namelist() if n != WEIGHTS_MEMBER
             }
