@@ -565,7 +565,10 @@ class CheckpointManager:
         """Deletes the checkpoints `policy` does not keep; returns what was kept and why.
 
         The newest checkpoint and any protected one (`protect`) are always kept. Only checkpoints
-        with a record are candidates: files without one are never touched.
+        with a record are candidates: files without one are never touched. A checkpoint whose
+        files cannot be deleted (an immutable file, a read-only mount) stays, whole and listed:
+        a warning names the file and the reason, `PruneResult.failed` lists it, and the next prune
+        tries again, so retention never stops a training run.
 
         Args:
             policy: A `keras_ckpt.policies` policy (or several joined with `|`).

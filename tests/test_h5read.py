@@ -187,3 +187,16 @@ def test_what_the_bytes_are_is_told_by_their_first_bytes(tmp_path):
         n: h5read.VerifiedFile(tmp_path / n, None).kind for n in ("w.weights.h5", "m.keras", "n")
     }
     assert kinds == {"w.weights.h5": "hdf5", "m.keras": "zip", "n": None}
+
+
+def test_a_legacy_h5_model_is_loaded_by_keras_legacy_loader_from_the_checked_bytes(tmp_path):
+    model = model_of(1)
+    model.save(tmp_path / "m.h5")  # Keras's legacy HDF5 full model
+    sealed = h5read.VerifiedFile(tmp_path / "m.h5", None).sealed
+    target = model_of(2)
+    assert h5read.load_weights(target, tmp_path / "m.h5", sealed) is False  # Keras's loader
+    for a, b in zip(target.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    loaded = h5read.load_model(tmp_path / "m.h5", sealed, compile=False)
+    for a, b in zip(loaded.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
