@@ -421,21 +421,21 @@ class VerifiedFile:
         return value
 
     def _inflate(self, info: zipfile.ZipInfo) -> bytearray:
-        data = bytearray(info.file_size)
+        """The member inflated, read as it arrives (a declared size is never allocated up front:
+        it may be a lie), one byte past its declared size to catch a longer one."""
         try:
             with self.archive().open(info) as f:
-                count = f.readinto(data)  # type: ignore[attr-defined]
-                extra = f.read(1)
+                data = f.read(info.file_size + 1)
         except Exception as e:
             raise CorruptCheckpointError(
                 f"{self.name}: cannot read zip member {info.filename} ({e})"
             ) from None
-        if count != info.file_size or extra:
+        if len(data) != info.file_size:
             raise CorruptCheckpointError(
-                f"{self.name}: zip member {info.filename} does not hold the "
-                f"{info.file_size} bytes it declares"
+                f"{self.name}: zip member {info.filename} does not hold the {info.file_size} "
+                "bytes it declares"
             )
-        return data
+        return bytearray(data)  # writable, as the arrays of a stored member are
 
     def read_member(self, member: str) -> bytes:
         """A zip member's bytes (Keras's zip bomb check first)."""
@@ -743,7 +743,12 @@ def load_model(
             ) from None
         assets = None
         if len(archive.namelist()) > 3:
-            assets = saving_lib.DiskIOStore(saving_lib._ASSETS_DIRNAME, archive=archive, mode="r")
+            try:  # extracts the archive, from the checked bytes
+                assets = saving_lib.DiskIOStore(
+                    saving_lib._ASSETS_DIRNAME, archive=archive, mode="r"
+                )
+            except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as e:
+                raise CorruptCheckpointError(f"{source.name}: cannot extract it ({e})") from e
         try:
             _load_state(model, hdf5, assets)
         finally:

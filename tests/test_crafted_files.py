@@ -280,6 +280,7 @@ CORPUS = [
     ),
     Crafted("lying-size.keras", r"zip member model.weights.h5 does not lie where"),
     Crafted("bad-crc.keras", r"bad CRC-32 for zip member model.weights.h5"),
+    Crafted("lying-deflated.keras", r"zip member model.weights.h5", keras_refuses=False),
     Crafted("external-inside.keras", r"Not allowed: H5 file with external Dataset"),
     Crafted("deep-config.keras", r"config.json is not JSON", model_only=True),
     Crafted("truncated.keras", r"not a readable zip"),
@@ -352,6 +353,12 @@ def corpus(tmp_path_factory) -> Path:
     lying.claimed = weights.size * 10  # a stored member declaring 10x the bytes it holds
     (folder / "lying-size.keras").write_bytes(
         zip_bytes(replace(members, "model.weights.h5", lying))
+    )
+    compressor = zlib_ng.compressobj(6, zlib_ng.DEFLATED, -15)
+    deflated = compressor.compress(weights.data) + compressor.flush()
+    inflating = Member(weights.name, deflated, weights.size * 10, weights.crc, 8)  # 10x, < 4 GiB
+    (folder / "lying-deflated.keras").write_bytes(
+        zip_bytes(replace(members, "model.weights.h5", inflating))
     )
     flipped = bytearray(weights.data)
     flipped[len(flipped) // 2] ^= 0xFF
