@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from zlib_ng import zlib_ng
 
-from keras_ckpt import CheckpointManager, backup_file, h5read
+from keras_ckpt import CheckpointManager, backup_file, h5read, h5write, snapshot
 from keras_ckpt.cli import main
 from keras_ckpt.errors import CorruptCheckpointError
 from keras_ckpt.storage import seal_file
@@ -83,16 +83,21 @@ def member(name: str, data: bytes) -> Member:
     return Member(name, data, len(data), zlib_ng.crc32(data))
 
 
-def zip_bytes(members: list[Member]) -> bytes:
+def zip_bytes(members: list[Member], *, first_at: int | None = None) -> bytes:
     """A zip of `members` as declared (zip64 sizes where they exceed 32 bits), by hand: zipfile
-    would compress a bomb itself, and never writes a lie."""
+    would compress a bomb itself, and never writes a lie. With `first_at`, the first member's
+    data starts at that offset (keras-ckpt's layout: its HDF5 member at 4096)."""
     body, central = b"", b""
-    for m in members:
+    for i, m in enumerate(members):
         name = m.name.encode()
         stored = len(m.data) if m.claimed is None else m.claimed
         big = m.size >= 0xFFFFFFFF
         extra = struct.pack("<HHQQ", 1, 16, m.size, stored) if big else b""
+        central_extra = extra
         sizes = (0xFFFFFFFF, 0xFFFFFFFF) if big else (stored, m.size)
+        if i == 0 and first_at is not None:
+            pad = first_at - 30 - len(name) - len(extra) - 4
+            extra += struct.pack("<HH", 0x434B, pad) + bytes(pad)
         offset = len(body)
         body += struct.pack(
             "<IHHHHHIIIHH",
@@ -108,7 +113,6 @@ def zip_bytes(members: list[Member]) -> bytes:
             len(extra),
         )
         body += name + extra + m.data
-        central_extra = extra
         central += struct.pack(
             "<IHHHHHHIIIHHHHHII",
             0x02014B50,
@@ -338,16 +342,20 @@ def corpus(tmp_path_factory) -> Path:
 
     model.save(folder / "keras-written.keras")
     members = keras_members(folder / "keras-written.keras")
+    h5write.write_snapshot(snapshot.take(model, weights_only=False), str(folder / "ours.keras"))
+    ours = keras_members(folder / "ours.keras")
+    assert ours[0].name == "model.weights.h5"
     bomb, bomb_crc = deflated_zeros(BOMB)
-    (folder / "config-bomb.keras").write_bytes(
-        zip_bytes(replace(members, "config.json", Member("config.json", bomb, BOMB, bomb_crc, 8)))
+    config_bomb = Member("config.json", bomb, BOMB, bomb_crc, 8)  # in keras-ckpt's own layout:
+    (folder / "config-bomb.keras").write_bytes(  # its weights are read in place, then config.json
+        zip_bytes(replace(ours, "config.json", config_bomb), first_at=4096)
     )
     weights_bomb = Member("model.weights.h5", bomb, BOMB, bomb_crc, 8)
     (folder / "weights-bomb.keras").write_bytes(
         zip_bytes(replace(members, "model.weights.h5", weights_bomb))
     )
-    assets = members + [Member("assets/x.bin", bomb, BOMB, bomb_crc, 8)]
-    (folder / "assets-bomb.keras").write_bytes(zip_bytes(assets))
+    assets = ours + [Member("assets/x.bin", bomb, BOMB, bomb_crc, 8)]
+    (folder / "assets-bomb.keras").write_bytes(zip_bytes(assets, first_at=4096))
     weights = next(m for m in members if m.name == "model.weights.h5")
     lying = Member(weights.name, weights.data, weights.size * 10, weights.crc)
     lying.claimed = weights.size * 10  # a stored member declaring 10x the bytes it holds
