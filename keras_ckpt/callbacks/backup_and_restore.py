@@ -22,6 +22,7 @@ from keras_ckpt.policies import KeepLast, to_json
 from keras_ckpt.records import CallbackMemory, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_replaying, mark_preempted, mark_resumed
+from keras_ckpt.store.local import file_in_the_way
 from keras_ckpt.training import fit_state
 from keras_ckpt.training.backup import TrainingState
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
@@ -136,6 +137,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
             raise invalid("backup_dir", "a non-empty path or URL", backup_dir)
+        blocker = None if "://" in os.fspath(backup_dir) else file_in_the_way(backup_dir)
+        if blocker is not None:
+            raise invalid("backup_dir", f"a folder ({blocker} is a file)", backup_dir)
         self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
         self.raise_on_interrupt = check_bool("raise_on_interrupt", raise_on_interrupt)
         self.save_freq, self.max_overhead = _check_save_freq(

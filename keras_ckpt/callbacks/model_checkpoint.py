@@ -30,6 +30,7 @@ from keras_ckpt.policies import Policy, from_keep_args, ranked_metrics, to_json
 from keras_ckpt.records import CallbackMemory, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying, mark_preempted, resumed_from
+from keras_ckpt.store.local import file_in_the_way
 from keras_ckpt.training import fit_state
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 from keras_ckpt.training.writer import Writer
@@ -125,6 +126,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.directory, self.template = split_filepath(filepath)
         self.filepath = os.fspath(filepath)
+        blocker = None if "://" in self.filepath else file_in_the_way(self.directory)
+        if blocker is not None:
+            raise invalid("filepath", f"a path in a folder ({blocker} is a file)", filepath)
         if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose not in (0, 1, 2):
             raise invalid("verbose", "0 (silent), 1 or 2 (a line per save)", verbose)
         self.verbose = verbose
