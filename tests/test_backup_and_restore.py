@@ -234,6 +234,32 @@ def test_delete_checkpoint_removes_only_its_own_files(tmp_path, data):
     assert not list(tmp_path.glob("backup-*"))
 
 
+def test_an_emptied_backup_dir_is_removed_with_the_writer_lock_still_held(tmp_path, data, mocker):
+    """The lock file and the history go while this process still holds the lock: removed after
+    its release, they could be another writer's, created meanwhile."""
+    import fcntl
+
+    backup_dir = tmp_path / "backup"
+    lock = backup_dir / ".keras_ckpt" / "lock"
+    held_at_unlink = []
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.fspath(path) in ("lock", os.fspath(lock)):
+            with open(lock, "rb") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held_at_unlink.append(False)
+                except BlockingIOError:
+                    held_at_unlink.append(True)
+        return real_unlink(path, *args, **kwargs)
+
+    mocker.patch("os.unlink", unlink)
+    fit(build_model(), data, [keras_ckpt.BackupAndRestore(backup_dir, save_freq=3)])
+    assert not backup_dir.exists()  # emptied, then removed as Keras removes it
+    assert held_at_unlink == [True]
+
+
 def test_interrupted_fit_keeps_its_backup_even_with_delete_checkpoint(tmp_path, data):
     model = build_model()
 
