@@ -178,22 +178,33 @@ def test_bfloat16_variables_are_averaged(tmp_path):
     manager.close()
 
 
-def test_best_n_and_best_name_the_same_checkpoint_whatever_the_monitor(tmp_path, data):
-    """`monitor` is the callback's, but `retention=KeepBest(...)` ranks by another metric: "best"
-    is what the callback ranked by, for `best()`, `load_model("best")` and `average("best:1")`."""
-    model = build_model()
-    checkpoint = keras_ckpt.ModelCheckpoint(
-        str(tmp_path / "run" / "m-{epoch}.keras"),
-        monitor="val_loss",
-        retention=keras_ckpt.policies.KeepBest(2, "val_accuracy", "max"),
-    )
-    model.fit(*data, validation_split=0.25, epochs=4, callbacks=[checkpoint], verbose=0)
+def test_best_n_and_best_name_the_same_checkpoint_whatever_the_monitor(tmp_path):
+    """The callback's `monitor` is val_loss, its `retention=KeepBest(1, "val_accuracy")`: "best"
+    is what it ranked by, for `best()` and `average("best:1")` alike (they used to read the
+    records in opposite orders and pick different files)."""
+    owner_state = {  # as ModelCheckpoint records it
+        "callback": "ModelCheckpoint",
+        "monitor": "val_loss",
+        "mode": "min",
+        "retention": {"type": "KeepBest", "n": 1, "monitor": "val_accuracy", "mode": "max"},
+    }
     manager = CheckpointManager(tmp_path / "run")
-    best = manager.best()
-    averaged = manager.average("best:1", tmp_path / "best.keras")
-    assert [r.name for r in averaged] == [best.name]
-    ranked = sorted(manager.checkpoints(), key=lambda r: r.metrics["val_accuracy"])
-    assert best.metrics["val_accuracy"] == ranked[-1].metrics["val_accuracy"]
+    for epoch, (loss, accuracy) in enumerate([(0.1, 0.5), (0.9, 0.9), (0.5, 0.6)], start=1):
+        with manager.stage() as folder:
+            path = os.path.join(folder, "w")
+            with h5py.File(path, "w") as f:
+                f["layers/d/vars/0"] = np.full((2,), float(epoch))
+            manager.commit(
+                {f"w-{epoch}.weights.h5": path},
+                name=f"w-{epoch}",
+                kind="weights",
+                epoch=epoch,
+                metrics={"val_loss": loss, "val_accuracy": accuracy},
+                owner_state=owner_state,
+            )
+    averaged = manager.average("best:1", tmp_path / "best.weights.h5")
+    assert manager.best().name == averaged[0].name == "w-2"  # the best val_accuracy
+    manager.close()
 
 
 @pytest.fixture
