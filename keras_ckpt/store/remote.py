@@ -455,9 +455,7 @@ def _is_precondition_failure(error: OSError) -> bool:
     )
 
 
-def _staleness(
-    holder: Mapping[str, Any], timeout: float, now: float | None = None
-) -> str | None:
+def _staleness(holder: Mapping[str, Any], timeout: float, now: float | None = None) -> str | None:
     """Why the lock `holder` is stale at wall time `now`, or None while it may still be alive."""
     try:
         pid, host, heartbeat = int(holder["pid"]), str(holder["host"]), float(holder["heartbeat"])
