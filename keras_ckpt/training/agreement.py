@@ -12,10 +12,12 @@ through `distribute.agree`, one small all-reduce that every worker joins at the 
   asked), as every step- and epoch-based save already does on all workers alike.
 
 The all-reduce costs about a network round trip, which can be much of a small step. So the workers
-agree every `period` steps, a number the chief picks from what it measures (the round trip and the
-step time) and announces in the same all-reduce: large enough that agreeing costs at most
-`MAX_OVERHEAD` of training time, small enough that a signal or a due save waits at most about
-`MAX_DELAY` seconds of training. Epoch ends and the end of `fit` always agree.
+agree every `period` steps, a number the chief picks from what it measures (how much longer a step
+after an agreement takes, and the step time) and announces in the same all-reduce: large enough
+that agreeing costs at most `MAX_OVERHEAD` of training time, small enough that a signal or a due
+save waits at most about `MAX_DELAY` seconds of training. Until it knows the step time (the first
+two steps), they agree at every step. Epoch ends and the end of `fit` always agree. Measured costs:
+`benchmarks/agreement.py`.
 
 A single-process job creates no `StepAgreement` at all: no collective, no cost.
 """
@@ -88,9 +90,10 @@ class StepAgreement:
         votes = [int(signum == s) for s in _SIGNALS]
         votes.append(int(self.chief and seconds_due))
         votes.append(self._costs.period() if self.chief else 0)
+        started = self.clock() if self.chief else 0.0
         *signals, due, period = distribute.agree(votes, self.model)
         if self.chief:
-            self._costs.agreed(forced=now)
+            self._costs.agreed(forced=now, seconds=self.clock() - started)
         self.agreements += 1
         self.period = max(1, period)
         self._next_step = step + self.period
@@ -103,8 +106,9 @@ class _Costs:
 
     Measured between consecutive batch ends, so they include what an all-reduce costs beyond its
     own call (on JAX it also ends the overlap of the next step's dispatch with this one): a step
-    that followed an agreement, against the steps that did not. The interval across an epoch end
-    (validation, epoch-end saves) is not counted.
+    that followed an agreement, against the steps that did not. Until a step without one was seen,
+    the all-reduce's own duration stands in. The interval across an epoch end (validation,
+    epoch-end saves) is not counted.
     """
 
     _SMOOTHING = 0.25  # weight of the newest interval in the running estimates
@@ -112,6 +116,8 @@ class _Costs:
     def __init__(self) -> None:
         self.step_time: float | None = None  # seconds per step, without agreeing
         self.extra: float | None = None  # seconds an agreement adds to the step after it
+        self.call: float | None = None  # seconds the all-reduce itself takes
+        self._alone = False  # whether a step without an agreement was measured
         self._last: tuple[float, int] | None = None  # (time, step) of the last batch end
         self._after: str | None = None  # what happened since it: None, "agreed", "forced"
 
@@ -122,21 +128,27 @@ class _Costs:
             return
         steps, seconds = step - last[1], now - last[0]
         if after is None:
+            self._alone = True
             self.step_time = _smooth(self.step_time, seconds / steps, self._SMOOTHING)
+        elif not self._alone and self.call is not None:
+            alone = max(0.0, seconds - self.call) / steps
+            self.step_time = _smooth(self.step_time, alone, self._SMOOTHING)
         elif self.step_time is not None:
             extra = max(0.0, seconds - steps * self.step_time)
             self.extra = _smooth(self.extra, extra, self._SMOOTHING)
 
-    def agreed(self, *, forced: bool) -> None:
+    def agreed(self, *, forced: bool, seconds: float) -> None:
         self._after = "forced" if forced else "agreed"
+        self.call = _smooth(self.call, seconds, self._SMOOTHING)
 
     def period(self) -> int:
         """Steps until the next agreement: cheap enough (`MAX_OVERHEAD`) and soon enough
-        (`MAX_DELAY`); 2 until both estimates exist (a step after an agreement and one not)."""
-        if self.step_time is None or self.extra is None:
-            return 2
+        (`MAX_DELAY`); 1 until the step time is known."""
+        if self.step_time is None:
+            return 1
+        extra = self.extra if self.extra is not None else (self.call or 0.0)
         step_time = max(self.step_time, 1e-9)
-        cheap_enough = math.ceil(self.extra / (MAX_OVERHEAD * step_time) - 1e-6)  # no ulp
+        cheap_enough = math.ceil(extra / (MAX_OVERHEAD * step_time) - 1e-6)  # no ulp
         soon_enough = math.floor(MAX_DELAY / step_time)
         return max(1, min(cheap_enough, soon_enough))
 
