@@ -113,20 +113,30 @@ class Schedule:
         self._last_step = global_step
         self._last_time = self.clock()
 
-    def due_after_batch(self, global_step: int) -> bool:
+    def due_after_batch(self, global_step: int, *, seconds_due: bool | None = None) -> bool:
+        """Whether to save after this batch; `seconds_due` replaces this process's clock (a
+        multi-worker job saves on the chief's, as agreed)."""
         if isinstance(self.save_freq, int) and global_step - self._last_step >= self.save_freq:
             return self._fire(global_step)
-        return self._time_due(global_step)
+        return self._time_due(global_step, seconds_due)
 
-    def due_after_epoch(self, epochs_completed: int, global_step: int) -> bool:
+    def due_after_epoch(
+        self, epochs_completed: int, global_step: int, *, seconds_due: bool | None = None
+    ) -> bool:
         if self.save_freq == "epoch" and self.every_n_epochs is None:
             return self._fire(global_step)
         if self.every_n_epochs is not None and epochs_completed % self.every_n_epochs == 0:
             return self._fire(global_step)
-        return self._time_due(global_step)
+        return self._time_due(global_step, seconds_due)
 
-    def _time_due(self, global_step: int) -> bool:
-        if self.every_seconds is not None and self.clock() - self._last_time >= self.every_seconds:
+    def seconds_due(self) -> bool:
+        """Whether `every_seconds` have passed since the last save, by this process's clock."""
+        if self.every_seconds is None:
+            return False
+        return self.clock() - self._last_time >= self.every_seconds
+
+    def _time_due(self, global_step: int, agreed: bool | None) -> bool:
+        if self.seconds_due() if agreed is None else agreed:
             return self._fire(global_step)
         return False
 

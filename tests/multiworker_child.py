@@ -1,9 +1,12 @@
 """One worker of the two-process MultiWorkerMirroredStrategy tests (`tests/test_distribute.py`).
 
     TF_CONFIG=... python tests/multiworker_child.py DIR [--pause-at STEP]
+        [--every-seconds S --seconds-per-step X] [--wait-for-signal-at STEP] [--agree-every-step]
 
 Trains a tiny model for 3 epochs of 8 steps with `keras_ckpt.ModelCheckpoint` (into DIR/models,
-keep_last=2) and `keras_ckpt.BackupAndRestore` (DIR/backup, every 5 steps). It reports on stdout,
+keep_last=2) and `keras_ckpt.BackupAndRestore` (DIR/backup, every 5 steps). With `--every-seconds`
+both callbacks save on the clock instead (BackupAndRestore only on it and on signals), and this
+worker's clock advances X seconds per step, so the workers' clocks disagree. It reports on stdout,
 one line per event, flushed so a killed worker's lines survive:
 
     ROLE <worker_id> <is_chief>
@@ -11,6 +14,9 @@ one line per event, flushed so a killed worker's lines survive:
     PRUNE <owner> <deleted>   every retention pass (CheckpointManager.prune) this process runs
     RESTORED <iterations> <checksum>   state at the start of fit (after BackupAndRestore resumed)
     PAUSED <step> <checksum>  with --pause-at: after that global step, then it sleeps
+    SAVE <callback> <step>    each save decision (every worker takes it, the chief writes)
+    WAITING <step>            with --wait-for-signal-at: after that step, until a signal comes
+    STOPPED <iterations> <checksum>   fit ended by a signal (then exits as BackupAndRestore says)
     FINAL <iterations> <checksum>
 
 The checksum covers the model and optimizer variables (mirrored: read locally, no collective).
@@ -24,12 +30,15 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from multiworker_clock import StepClock, report_saves, wait_for_signal  # noqa: E402
 
 import keras_ckpt  # noqa: E402
 from keras_ckpt import distribute  # noqa: E402
@@ -111,9 +120,11 @@ def checksum(model: keras.Model) -> str:
 
 
 class Report(keras.callbacks.Callback):
-    def __init__(self, pause_at: int | None):
+    def __init__(self, pause_at: int | None, wait_at: int | None = None, backup=None):
         super().__init__()
         self.pause_at = pause_at
+        self.wait_at = wait_at
+        self.backup = backup
         self.step = 0
 
     def on_train_begin(self, logs=None):
@@ -127,13 +138,26 @@ class Report(keras.callbacks.Callback):
         if self.step == self.pause_at:
             say("PAUSED", self.step, checksum(self.model))
             time.sleep(600)
+        if self.step == self.wait_at:
+            say("WAITING", self.step)
+            wait_for_signal(self.backup)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("directory")
     parser.add_argument("--pause-at", type=int)
+    parser.add_argument("--every-seconds", type=float)
+    parser.add_argument("--seconds-per-step", type=float, default=1.0)
+    parser.add_argument("--wait-for-signal-at", type=int)
+    parser.add_argument("--agree-every-step", action="store_true")
     args = parser.parse_args()
+    if args.agree_every_step:
+        # The workers then agree at every step (no period picked from timings), so the tests can
+        # name the exact steps of the chief's clock.
+        from keras_ckpt.training import agreement
+
+        agreement.MAX_DELAY = 0.0
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     work_around_keras_20585(strategy)
@@ -155,17 +179,38 @@ def main() -> None:
     y = ((x[:, 0] > 0).astype("int32") + (x[:, 1] > 0.5)).astype("int32")
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
 
-    callbacks = [
-        keras_ckpt.ModelCheckpoint(
-            os.path.join(args.directory, "models", "model-{epoch:02d}.weights.h5"),
+    models_dir, backup_dir = (os.path.join(args.directory, sub) for sub in ("models", "backup"))
+    if args.every_seconds is None:
+        checkpoint = keras_ckpt.ModelCheckpoint(
+            os.path.join(models_dir, "model-{epoch:02d}.weights.h5"),
             monitor="loss",
             save_weights_only=True,
             keep_last=2,
-        ),
-        keras_ckpt.BackupAndRestore(os.path.join(args.directory, "backup"), save_freq=5),
-        Report(args.pause_at),  # after BackupAndRestore: sees the restored state, pauses after it
-    ]
-    model.fit(data, epochs=EPOCHS, verbose=0, callbacks=callbacks)
+        )
+        backup = keras_ckpt.BackupAndRestore(backup_dir, save_freq=5)
+        callbacks = [checkpoint, backup]
+    else:
+        checkpoint = keras_ckpt.ModelCheckpoint(
+            os.path.join(models_dir, "model-{epoch:02d}-{batch:02d}.weights.h5"),
+            monitor="loss",
+            save_weights_only=True,
+            save_freq=None,
+            every_seconds=args.every_seconds,
+            keep_last=2,
+        )
+        backup = keras_ckpt.BackupAndRestore(
+            backup_dir, save_freq=False, every_seconds=args.every_seconds
+        )
+        report_saves(say, checkpoint, backup)
+        # The clock first: the callbacks after it read the clock of this step.
+        callbacks = [StepClock(args.seconds_per_step, checkpoint, backup), checkpoint, backup]
+    # After BackupAndRestore: sees the restored state, pauses or waits after it.
+    callbacks.append(Report(args.pause_at, args.wait_for_signal_at, backup))
+    try:
+        model.fit(data, epochs=EPOCHS, verbose=0, callbacks=callbacks)
+    except (SystemExit, KeyboardInterrupt):
+        say("STOPPED", int(model.optimizer.iterations.numpy()), checksum(model))
+        raise
     say("FINAL", int(model.optimizer.iterations.numpy()), checksum(model))
 
 

@@ -45,8 +45,16 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def launch(directory: Path, ports: list[int], logs: Path, run: str, pause_at: int | None = None):
-    """Starts both workers; worker 1 pauses after `pause_at` steps. Output goes to files."""
+def launch(
+    directory: Path,
+    ports: list[int],
+    logs: Path,
+    run: str,
+    pause_at: int | None = None,
+    args: tuple[list[str], ...] = ([], []),
+):
+    """Starts both workers; worker 1 pauses after `pause_at` steps; worker i gets `args[i]` too.
+    Output goes to files."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(len(ports)):
@@ -57,7 +65,7 @@ def launch(directory: Path, ports: list[int], logs: Path, run: str, pause_at: in
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "TF_CONFIG": json.dumps(config),
         }
-        cmd = [sys.executable, str(CHILD), str(directory)]
+        cmd = [sys.executable, str(CHILD), str(directory), *args[index]]
         if pause_at is not None and index == 1:
             cmd += ["--pause-at", str(pause_at)]
         out = open(logs / f"{run}-{index}.out", "w")  # noqa: SIM115 - closed by the OS at exit
@@ -192,12 +200,20 @@ def test_completed_fit_deletes_the_backups_once_on_the_chief(cluster_runs):
 JAX_CHILD = Path(__file__).with_name("multiworker_jax_child.py")
 
 
-def launch_jax(directory: Path, port: int, logs: Path, run: str, pause_at: int | None = None):
+def launch_jax(
+    directory: Path,
+    port: int,
+    logs: Path,
+    run: str,
+    pause_at: int | None = None,
+    args: tuple[list[str], ...] = ([], []),
+):
     """Starts both JAX processes (`jax.distributed` on 127.0.0.1:port); process 1 pauses after
-    `pause_at` steps. Output goes to files."""
+    `pause_at` steps; process i gets `args[i]` too. Output goes to files."""
     procs = []
     for index in range(2):
         cmd = [sys.executable, str(JAX_CHILD), str(directory), "--process-id", str(index)]
+        cmd += args[index]
         cmd += ["--port", str(port)]
         if pause_at is not None and index == 1:
             cmd += ["--pause-at", str(pause_at)]
@@ -268,6 +284,182 @@ def test_jax_processes_resume_from_the_same_step_with_the_same_weights(jax_runs)
 
 def test_jax_completed_fit_deletes_the_backups_once_on_the_chief(jax_runs):
     assert CheckpointManager(jax_runs["dir"] / "backup").checkpoints() == []
+
+
+# ------------------------------------------------------------------ agreed decisions
+#
+# Both callbacks save on the clock (`every_seconds=3`), and each worker's clock runs at its own
+# rate: the chief's 1 s per step (due every 3 steps), worker 1's 0.45 s (due every 7). Worker 1
+# then waits after step 13 until the test sends it, and only it, a SIGTERM. Every save decision and
+# the stop must fall on the same step on both workers (the chief's clock; any worker's signal), or
+# the first host copy taken by one worker alone hangs or desynchronises the job.
+
+EVERY_SECONDS = 3
+CLOCKS = ("1.0", "0.45")  # seconds per step on the chief and on worker 1
+WAIT_AT = 13
+
+
+def clock_args(*extra: str) -> tuple[list[str], list[str]]:
+    return tuple(
+        ["--every-seconds", str(EVERY_SECONDS), "--seconds-per-step", rate, *extra]
+        for rate in CLOCKS
+    )  # type: ignore[return-value]
+
+
+def signal_worker_1(procs, logs: Path, run: str, timeout: float) -> list:
+    """Sends SIGTERM to worker 1 once it waits for it; returns both exit codes ("hung" if one
+    did not exit)."""
+    wait_for(lambda: lines(logs, run, 1, "WAITING"), timeout, "worker 1 to wait for the signal")
+    procs[1].send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            codes.append("hung")
+    return codes
+
+
+def finish(procs, logs: Path, run: str, timeout: float) -> None:
+    try:
+        codes = [proc.wait(timeout=timeout) for proc in procs]
+    finally:
+        for proc in procs:
+            kill(proc)
+    for index, code in enumerate(codes):
+        assert code == 0, (logs / f"{run}-{index}.err").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def agreed_runs(tmp_path_factory):
+    """Run "signalled": skewed clocks, worker 1 gets SIGTERM after step 13; both must stop.
+    Run "resumed": both start again (same clocks) and finish. The workers agree at every step
+    (`--agree-every-step`), so the chief's clock names the exact steps."""
+    root = tmp_path_factory.mktemp("multiworker-agreed")
+    directory, logs = root / "ckpt", root / "logs"
+    logs.mkdir()
+    ports = free_ports(2)
+    extra = clock_args("--agree-every-step")
+    wait = [*extra[1], "--wait-for-signal-at", str(WAIT_AT)]
+    procs = launch(directory, ports, logs, "signalled", args=(extra[0], wait))
+    try:
+        codes = signal_worker_1(procs, logs, "signalled", timeout=120)
+    finally:
+        for proc in procs:
+            kill(proc)
+    backups = sorted(p.name for p in (directory / "backup").glob("backup-*"))
+    finish(launch(directory, ports, logs, "resumed", args=extra), logs, "resumed", timeout=120)
+    return {"dir": directory, "logs": logs, "codes": codes, "backups": backups}
+
+
+def saves(logs: Path, run: str, index: int, callback: str) -> list[int]:
+    return [int(step) for name, step in lines(logs, run, index, "SAVE") if name == callback]
+
+
+def test_a_signal_on_one_worker_stops_every_worker_at_the_same_step(agreed_runs):
+    logs = agreed_runs["logs"]
+    assert agreed_runs["codes"] == [143, 143]  # both exit as a SIGTERM'd process does
+    stopped = [lines(logs, "signalled", i, "STOPPED") for i in (0, 1)]
+    assert stopped[0] == stopped[1] == [[str(WAIT_AT + 1), stopped[0][0][1]]]
+    # The chief backed the stop step up, for both.
+    assert agreed_runs["backups"][-1] == f"backup-{WAIT_AT + 1:09d}.weights.h5"
+
+
+def test_saves_on_the_clock_fall_on_the_chiefs_steps_on_every_worker(agreed_runs):
+    logs = agreed_runs["logs"]
+    for callback in ("ModelCheckpoint", "BackupAndRestore"):
+        signalled = [saves(logs, "signalled", i, callback) for i in (0, 1)]
+        resumed = [saves(logs, "resumed", i, callback) for i in (0, 1)]
+        assert signalled[0] == signalled[1] and resumed[0] == resumed[1]
+        # Every 3 steps (the chief's clock; worker 1's says every 7), from 0 and from the resume.
+        stop = [WAIT_AT + 1] if callback == "BackupAndRestore" else []
+        assert signalled[0] == [3, 6, 9, 12, *stop]
+        assert resumed[0] == [17, 20, 23]
+
+
+def test_every_worker_resumes_from_the_stop_with_the_same_weights(agreed_runs, cluster_runs):
+    logs = agreed_runs["logs"]
+    [[step, weights]] = lines(logs, "signalled", 0, "STOPPED")
+    assert [lines(logs, "resumed", i, "RESTORED") for i in (0, 1)] == [[[step, weights]]] * 2
+    final = [lines(logs, "resumed", i, "FINAL") for i in (0, 1)]
+    # The same training resumed after step 10 (the killed run) ends bit-identical.
+    assert final[0] == final[1] == lines(cluster_runs["logs"], "resumed", 0, "FINAL")
+    assert final[0][0][0] == "24"
+
+
+@pytest.fixture(scope="module")
+def jax_agreed_runs(tmp_path_factory):
+    """As `agreed_runs`, with two JAX processes, agreeing at the steps the chief picks from its
+    timings (the default)."""
+    pytest.importorskip("jax")
+    root = tmp_path_factory.mktemp("multiworker-jax-agreed")
+    directory, logs = root / "ckpt", root / "logs"
+    logs.mkdir()
+    extra = clock_args()
+    wait = [*extra[1], "--wait-for-signal-at", str(WAIT_AT)]
+    procs = launch_jax(directory, free_ports(1)[0], logs, "signalled", args=(extra[0], wait))
+    try:
+        codes = signal_worker_1(procs, logs, "signalled", timeout=180)
+    finally:
+        for proc in procs:
+            kill(proc)
+    backups = sorted(p.name for p in (directory / "backup").glob("backup-*"))
+    procs = launch_jax(directory, free_ports(1)[0], logs, "resumed", args=extra)
+    finish(procs, logs, "resumed", timeout=180)
+    return {"dir": directory, "logs": logs, "codes": codes, "backups": backups}
+
+
+def test_jax_a_signal_on_one_process_stops_both_at_the_same_step(jax_agreed_runs):
+    logs = jax_agreed_runs["logs"]
+    assert jax_agreed_runs["codes"] == [143, 143]
+    stopped = [lines(logs, "signalled", i, "STOPPED") for i in (0, 1)]
+    assert stopped[0] == stopped[1] and int(stopped[0][0][0]) > WAIT_AT
+    assert jax_agreed_runs["backups"][-1] == f"backup-{int(stopped[0][0][0]):09d}.weights.h5"
+    for run in ("signalled", "resumed"):
+        for callback in ("ModelCheckpoint", "BackupAndRestore"):
+            assert saves(logs, run, 0, callback) == saves(logs, run, 1, callback)
+    assert saves(logs, "signalled", 0, "BackupAndRestore"), "no save on the clock at all"
+
+
+def test_jax_both_processes_resume_from_the_stop_with_the_same_weights(jax_agreed_runs, jax_runs):
+    logs = jax_agreed_runs["logs"]
+    [[step, weights]] = lines(logs, "signalled", 0, "STOPPED")
+    assert [lines(logs, "resumed", i, "RESTORED") for i in (0, 1)] == [[[step, weights]]] * 2
+    final = [lines(logs, "resumed", i, "FINAL") for i in (0, 1)]
+    assert final[0] == final[1] == lines(jax_runs["logs"], "resumed", 0, "FINAL")
+
+
+TORCH_WORKER = """
+import os, sys
+os.environ["KERAS_BACKEND"] = "torch"
+import torch.distributed as dist
+rank, port = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+from keras_ckpt import distribute
+print(distribute.agree([rank == 1, 1, 5 if rank == 0 else 0]))
+dist.destroy_process_group()
+"""
+
+
+def test_torch_workers_agree_through_torch_distributed():
+    pytest.importorskip("torch")
+    port = str(free_ports(1)[0])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TORCH_WORKER, str(rank), port],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        results = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            kill(proc)
+    for out, err in results:
+        assert out.splitlines()[-1:] == ["(1, 2, 5)"], err[-2000:]
 
 
 # ------------------------------------------------------------------ choosing the chief

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from keras_ckpt import CheckpointManager
-from keras_ckpt.errors import CorruptCheckpointError, DirectoryLockedError
+from keras_ckpt.errors import CorruptCheckpointError, DirectoryLockedError, LockLostError
 from keras_ckpt.policies import KeepLast
 from keras_ckpt.store import storage_for
 from keras_ckpt.store.local import META_DIR, LocalStorage, seal_file
@@ -334,3 +335,148 @@ def test_invalid_arguments_are_rejected(kwargs, match):
 def test_nearest_valid_arguments_are_accepted():
     storage = FsspecStorage("memory://r/", lock_timeout=5, heartbeat_interval=4.9)
     assert storage.url == "memory://r"
+
+
+# ------------------------------------------------------------------ the lock is a lease
+
+# A holder paused past `lock_timeout` (its heartbeat thread never runs: the interval is 599 s)
+# is taken over; at its next change it must stop, not write beside the new holder.
+LEASE = {"lock_timeout": 600.0, "heartbeat_interval": 599.0}
+
+
+class Clock:
+    """A wall clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def take_over_in_another_process(url: str, skew: float) -> str:
+    """Takes the writer lock of `url` from a process whose clock runs `skew` s ahead (as the
+    world's does after the holder slept that long); leaves it held. Returns its token."""
+    code = (
+        "import sys, time, warnings\n"
+        "from keras_ckpt.store.remote import FsspecStorage\n"
+        "skew = float(sys.argv[2])\n"
+        "storage = FsspecStorage(sys.argv[1], lock_timeout=600.0, heartbeat_interval=599.0,\n"
+        "                        clock=lambda: time.time() + skew)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    lock = storage.lock()\n"
+        "print(lock.token)\n"
+        "print(caught[0].message if caught else 'no warning')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, url, str(skew)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    token, warning = proc.stdout.splitlines()
+    assert re.search(r"Took over the writer lock .*: no heartbeat for 7\d\d s", warning), warning
+    return token
+
+
+def lock_token(url: str) -> str:
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return json.loads(fs.cat_file(f"{root}/{META_DIR}/lock"))["token"]
+
+
+def test_holder_paused_past_the_timeout_stops_after_a_takeover_on_s3(s3_url):
+    clock = Clock()
+    manager = CheckpointManager(s3_url, storage=FsspecStorage(s3_url, clock=clock, **LEASE))
+    commit_bytes(manager, "a")
+    before = objects(s3_url)
+    clock.now += 700  # paused for 700 s: no heartbeat since
+    taker = take_over_in_another_process(s3_url, skew=700)
+    with pytest.raises(LockLostError, match=r"lost its writer lock: its last heartbeat .* 700 s"):
+        commit_bytes(manager, "b")
+    manager.close()
+    assert objects(s3_url) == before  # no pending record, no file, and the taker's lock kept
+    assert lock_token(s3_url) == taker
+    assert [r.name for r in CheckpointManager(s3_url).checkpoints()] == ["a"]
+
+
+def test_holder_paused_past_the_timeout_stops_after_a_takeover_on_memory(mocker):
+    url = f"memory://keras-ckpt-{uuid.uuid4().hex[:12]}/run"
+    clock = Clock()
+    manager = CheckpointManager(url, storage=FsspecStorage(url, clock=clock, **LEASE))
+    commit_bytes(manager, "a")
+    before = objects(url)
+    clock.now += 700
+    # memory:// lives in this process: the taker plays a process on another machine, whose lock
+    # judgement can only go by the heartbeat's age.
+    mocker.patch("keras_ckpt.store.remote._machine", return_value="another-boot/pid:[1]")
+    with pytest.warns(UserWarning, match="no heartbeat for 700 s"):
+        taker = FsspecStorage(url, clock=clock, **LEASE).lock()
+    with pytest.raises(LockLostError, match=f"{url} lost its writer lock: .* 700 s ago"):
+        commit_bytes(manager, "b")
+    with pytest.raises(LockLostError):
+        manager.delete("a")
+    manager.close()
+    assert objects(url) == before
+    assert lock_token(url) == taker.token
+    taker.release()
+
+
+def test_an_expired_lease_nobody_took_is_given_back(url):
+    clock = Clock()
+    manager = CheckpointManager(url, storage=FsspecStorage(url, clock=clock, **LEASE))
+    commit_bytes(manager, "a")
+    clock.now += 601
+    with pytest.raises(LockLostError, match="more than lock_timeout"):
+        commit_bytes(manager, "b")
+    manager.close()
+    assert f"{META_DIR}/lock" not in objects(url)  # no one has to wait it out
+    with CheckpointManager(url) as again:
+        commit_bytes(again, "b")
+    assert [r.name for r in CheckpointManager(url).checkpoints()] == ["a", "b"]
+
+
+def test_a_lease_within_the_timeout_keeps_writing(url):
+    clock = Clock()
+    with CheckpointManager(url, storage=FsspecStorage(url, clock=clock, **LEASE)) as manager:
+        commit_bytes(manager, "a")
+        clock.now += 599
+        commit_bytes(manager, "b")
+    assert [r.name for r in CheckpointManager(url).checkpoints()] == ["a", "b"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0, True, None, "600"])
+def test_lock_timeout_must_be_a_positive_finite_number(value):
+    with pytest.raises(ValueError) as raised:
+        FsspecStorage("memory://r", lock_timeout=value)
+    assert str(raised.value) == (
+        "Invalid value for argument `lock_timeout`. Expected a positive number of seconds. "
+        f"Received: lock_timeout={value!r}"
+    )
+
+
+def test_a_nan_heartbeat_in_a_lock_object_is_stale(url):
+    write_lock(url, pid=4242, host="trainer-7", since=0, heartbeat=float("nan"), token="t")
+    with pytest.warns(UserWarning, match="heartbeat is not a time"):
+        with CheckpointManager(url) as manager:
+            commit_bytes(manager, "a")
+
+
+def test_a_lease_that_runs_out_during_an_upload_stops_like_a_killed_writer(mocker):
+    url = f"memory://keras-ckpt-{uuid.uuid4().hex[:12]}/run"
+    clock = Clock()
+    storage = FsspecStorage(url, clock=clock, **LEASE)
+    publish = storage.publish
+
+    def slow_publish(staged):
+        publish(staged)
+        clock.now += 700  # the upload took longer than the lease
+
+    mocker.patch.object(storage, "publish", side_effect=slow_publish)
+    manager = CheckpointManager(url, storage=storage)
+    with pytest.raises(LockLostError, match="more than lock_timeout"):
+        commit_bytes(manager, "a")
+    # No record, and nothing undone: the directory may have a new writer by now.
+    assert objects(url) == [f"{META_DIR}/pending/a.json", "a"]
+    manager.close()
+    # The next writer settles it as it settles a writer killed after its upload.
+    assert [r.name for r in CheckpointManager(url).checkpoints()] == ["a"]

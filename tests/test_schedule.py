@@ -127,3 +127,25 @@ def test_no_trigger_at_all_is_refused():
 def test_every_seconds_rejects(seconds):
     with pytest.raises(ValueError, match="every_seconds"):
         Schedule(every_seconds=seconds)
+
+
+def test_an_agreed_time_decision_replaces_this_process_clock():
+    """Multi-worker: saves on the clock follow the chief's clock, as every worker agreed."""
+    clock = Clock()
+    schedule = Schedule(save_freq=None, every_seconds=10, clock=clock)
+    schedule.start(0)
+    clock.now = 11.0
+    assert schedule.seconds_due()
+    assert not schedule.due_after_batch(1, seconds_due=False)  # the chief's clock said no
+    assert schedule.seconds_due()  # nothing fired: still due here
+    clock.now = 12.0
+    assert not schedule.due_after_epoch(1, 2, seconds_due=False)
+    assert schedule.due_after_batch(3, seconds_due=True)
+    assert not schedule.seconds_due()  # fired: counts from now
+    assert schedule.due_after_batch(4, seconds_due=True)  # the chief's clock is due, ours not
+
+
+def test_step_triggers_need_no_agreement():
+    schedule = Schedule(save_freq=2, every_seconds=10, clock=Clock())
+    schedule.start(0)
+    assert schedule.due_after_batch(2, seconds_due=False)

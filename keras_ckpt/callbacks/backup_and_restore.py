@@ -24,6 +24,7 @@ from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_replaying, mark_preempted, mark_resumed
 from keras_ckpt.store.local import file_in_the_way
 from keras_ckpt.training import fit_state
+from keras_ckpt.training.agreement import StepAgreement
 from keras_ckpt.training.backup import TrainingState
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 from keras_ckpt.training.signals import SignalCatcher, announcement, interrupt
@@ -185,6 +186,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._progress = Progress()
         self._training: TrainingState | None = None
         self._signals: SignalCatcher | None = None
+        self._agreement: StepAgreement | None = None  # multi-worker: signals and clock agreed
         self._stopped_by_signal = False
         self._epoch_save_logs: dict[str, Any] | None = None
         if self.save_freq == "auto":
@@ -232,6 +234,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._schedule.start(self._progress.global_step)
         if self.save_on_interrupt:
             self._signals.install()
+        if StepAgreement.needed(
+            fit_state.unsynced_model(self), active=self.save_on_interrupt or self.every_seconds is not None
+        ):
+            self._agreement = StepAgreement(fit_state.unsynced_model(self), chief=self._chief)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._pipeline.check()
@@ -253,9 +259,9 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if is_replaying(fit_state.unsynced_model(self)):
-            if self.interrupted is not None:
+            if self.interrupted is not None and self._agreement is None:
                 self._stop(save=False)  # the backup resumed from holds exactly this state
-            return
+            return  # multi-worker: a signal waits for the first trained step, where all agree
         self._pipeline.check()
         self._progress.end_batch(batch)
         cadence = self._cadence
@@ -264,8 +270,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             if message is not None and self._chief:
                 print(f'BackupAndRestore(save_freq="auto"): {message}.', flush=True)
             self._schedule.save_freq = cadence.save_freq
-        due = self._schedule.due_after_batch(self._progress.global_step)
-        if self.interrupted is not None:
+        signum, seconds_due = self._decide(now=False)
+        due = self._schedule.due_after_batch(self._progress.global_step, seconds_due=seconds_due)
+        if signum is not None:
             self._stop(save=True, logs=logs)
         elif due:
             self._save(logs)
@@ -277,18 +284,21 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._stopped_by_signal:
             return  # the epoch was cut short; the backup of the stop holds the real state
         self._progress.end_epoch(epoch)
-        due = self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step)
-        if due or self.interrupted is not None:
+        signum, seconds_due = self._decide(now=True)
+        due = self._schedule.due_after_epoch(
+            self._progress.epoch, self._progress.global_step, seconds_due=seconds_due
+        )
+        if due or signum is not None:
             # Saved once every callback has seen this epoch end: at the next epoch's begin, or at
             # train end if there is none, so EarlyStopping & co. are backed up after their update.
             self._epoch_save_logs = dict(logs or {})
-        if self.interrupted is not None:
+        if signum is not None:
             # A whole epoch: it ends normally; its backup is written at train end.
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._end_fit()
-        signum = self.interrupted
+        signum = self._decide(now=True)[0] if self._agreement is not None else self.interrupted
         remove = False
         try:
             completed = signum is None
@@ -318,6 +328,22 @@ class BackupAndRestore(keras.callbacks.Callback):
     def wait_until_finished(self) -> None:
         """Blocks until the last backup is committed; raises its error if it failed."""
         self._pipeline.wait()
+
+    def _decide(self, *, now: bool) -> tuple[int | None, bool | None]:
+        """(the signal to stop on, whether the clock says back up; None: ask the schedule's clock).
+
+        In a single process, this process's own signal and clock. In a multi-worker job, what the
+        workers agree on (`StepAgreement`): any worker's signal, the chief's clock, at the same
+        step everywhere; every worker then stops as if it had caught the signal itself.
+        """
+        if self._agreement is None:
+            return self.interrupted, None
+        signum, seconds_due = self._agreement.decide(
+            self._progress.global_step, self.interrupted, self._schedule.seconds_due(), now=now
+        )
+        if signum is not None and self._signals is not None:
+            self._signals.pending = signum
+        return signum, seconds_due
 
     # ------------------------------------------------------------------ saving
 

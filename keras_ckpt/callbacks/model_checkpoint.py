@@ -32,6 +32,7 @@ from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying, mark_preempted, resumed_from
 from keras_ckpt.store.local import file_in_the_way
 from keras_ckpt.training import fit_state
+from keras_ckpt.training.agreement import StepAgreement
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 from keras_ckpt.training.writer import Writer
 
@@ -171,6 +172,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self._owner = f"ModelCheckpoint:{self.template}"
         self._last_saved_step: int | None = None
         self._chief = True
+        self._agreement: StepAgreement | None = None  # multi-worker `every_seconds`: the chief's
         self._run: str | None = None  # this run's id in the records; settled at the first epoch
         self._run_settled = False
         self._last_epoch_steps = 0
@@ -214,8 +216,13 @@ class ModelCheckpoint(keras.callbacks.Callback):
         model = fit_state.unsynced_model(self)
         _runs.check_same_template(self, fit_state.find_fit_context(model).callbacks or [])
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
-        # and skip every save. Keras 3 saving reads mirrored variables locally, no collective.
+        # and take each save's host copy with it, then drop it.
         self._chief = distribute.is_chief(self.model)
+        self._agreement = None
+        if StepAgreement.needed(fit_state.unsynced_model(self), active=self._schedule.every_seconds is not None):
+            # Time-based saves happen when the chief's clock says so, at the same step on every
+            # worker (a save that gathers state from every worker needs all of them).
+            self._agreement = StepAgreement(fit_state.unsynced_model(self), chief=self._chief)
         if self._chief:
             self.manager.open_for_writing()
         own = self.manager.checkpoints(owner=self._owner)
@@ -258,7 +265,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
             return
         self._pipeline.check()
         self._progress.end_batch(batch)
-        if self._schedule.due_after_batch(self._progress.global_step):
+        seconds_due = self._seconds_due(now=False)
+        if self._schedule.due_after_batch(self._progress.global_step, seconds_due=seconds_due):
             self._save(self._progress.epoch, batch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -272,7 +280,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
         check_in_logs(wanted, logs or {}, epoch=epoch, role=role)
         steps_in_epoch = self._last_epoch_steps = self._progress.step
         self._progress.end_epoch(epoch)
-        if self._schedule.due_after_epoch(self._progress.epoch, self._progress.global_step):
+        seconds_due = self._seconds_due(now=True)
+        if self._schedule.due_after_epoch(
+            self._progress.epoch, self._progress.global_step, seconds_due=seconds_due
+        ):
             # With step saves too, `{batch}` of an epoch-end save is the epoch's last batch.
             last_batch = steps_in_epoch - 1 if self._schedule.needs_batch_hooks else None
             self._save(epoch, last_batch, logs)
@@ -300,6 +311,15 @@ class ModelCheckpoint(keras.callbacks.Callback):
         """Blocks until the last save is committed; raises its error if it failed."""
         self._pipeline.wait()
 
+    def _seconds_due(self, *, now: bool) -> bool | None:
+        """None: this process's clock decides `every_seconds`; in a multi-worker job the chief's,
+        agreed by every worker at the same step (`StepAgreement`)."""
+        if self._agreement is None:
+            return None
+        return self._agreement.decide(
+            self._progress.global_step, None, self._schedule.seconds_due(), now=now
+        )[1]
+
     # --------------------------------------------------------------- saving
 
     def _save(self, epoch_index: int, batch_index: int | None, logs: dict[str, Any] | None) -> None:
@@ -314,7 +334,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
             ):
                 return
         self._last_saved_step = self._progress.global_step
-        if not self._chief:  # multi-worker: the chief writes this checkpoint
+        if not self._chief:
+            # Multi-worker: the chief writes this checkpoint, but every worker takes the host copy
+            # at this step, as gathering the state may be a collective (on JAX, Keras's saving
+            # creates a variable across all processes the first time).
+            self._pipeline.format.discard(self._pipeline.format.capture(self.model))
             return
         if self._keep["keep_best"] and self.monitor not in logs:
             warnings.warn(

@@ -384,9 +384,15 @@ class Journal:
         """Best effort after a failed commit: removes the files it placed where none was before.
 
         If it had begun to overwrite the files of a checkpoint of the same name, its pending record
-        stays, and the next writer to open the directory settles it.
+        stays, and the next writer to open the directory settles it. So does everything, if the
+        lock was lost meanwhile: the directory may have a new writer, and this one stops as if
+        killed at this point.
         """
         session = self.open()
+        try:
+            session.lock.check()
+        except LockLostError:
+            return
         with contextlib.suppress(OSError):
             self._remove_unnamed(session, record.files, links=False)
             if not any(session.owner_of(f.path) is not None for f in record.files):

@@ -13,6 +13,12 @@ holder to be on this very machine: same host name, same boot (`/proc/sys/kernel/
 and same process namespace, and its pid gone. Equal host names alone (`algo-1`, fixed pod names)
 prove nothing, so such a lock is waited out.
 
+The lock is a lease: since others may take it over `lock_timeout` seconds after its last heartbeat,
+its holder stops writing at that moment too, by its own clock. A holder that was paused (SIGSTOP, a
+suspended VM, a long garbage collection) or cut off from the store for that long finds its lock
+lost at its next commit or delete (`LockLostError`), whether or not another process took it over
+meanwhile, so two processes never both believe they hold it.
+
 Credentials and endpoints come from the environment, as for any fsspec/boto client
 (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL_S3`,
 `GOOGLE_APPLICATION_CREDENTIALS`, ...), or from `storage_options` passed by the caller; this
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import socket
 import tempfile
@@ -31,9 +38,10 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from keras_ckpt._validate import check_seconds, invalid
 from keras_ckpt.errors import DirectoryLockedError, LockLostError
 from keras_ckpt.records import META_DIR
 from keras_ckpt.store.base import SealedFile, Storage, checksum_stream
@@ -58,12 +66,20 @@ class FsspecStorage(Storage):
     Args:
         url: The directory, e.g. `"s3://bucket/runs/exp1"`, `"gs://bucket/exp1"`, `"memory://exp1"`.
         lock_timeout: Seconds without a heartbeat after which another process may take the writer
-            lock over. Must exceed `heartbeat_interval` by a wide margin (network hiccups, clock
-            skew between hosts). Defaults to `600.0`.
+            lock over, and after which its holder stops writing (a lease). Must exceed
+            `heartbeat_interval` by a wide margin (network hiccups, clock skew between hosts).
+            Defaults to `600.0`.
         heartbeat_interval: Seconds between refreshes of the lock's heartbeat while it is held.
             Defaults to `60.0`.
+        clock: Wall clock (seconds since the epoch) for the lock's heartbeats and their age, for
+            tests. Defaults to `time.time`.
         **storage_options: Passed to the fsspec file system (e.g. `anon=True`). Credentials
             belong in the environment, not in code.
+
+    Raises:
+        ValueError: `url` is not a URL, a duration is not a positive finite number of seconds
+            (`nan` and `inf` included), or `heartbeat_interval` is not shorter than
+            `lock_timeout`.
     """
 
     def __init__(
@@ -72,6 +88,7 @@ class FsspecStorage(Storage):
         *,
         lock_timeout: float = 600.0,
         heartbeat_interval: float = 60.0,
+        clock: Callable[[], float] = time.time,
         **storage_options: Any,
     ):
         if not isinstance(url, str) or "://" not in url:
@@ -83,11 +100,12 @@ class FsspecStorage(Storage):
             ("lock_timeout", lock_timeout),
             ("heartbeat_interval", heartbeat_interval),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(
-                    f"Invalid value for argument `{arg}`. Expected a positive number of seconds. "
-                    f"Received: {arg}={value!r}"
-                )
+            # A nan timeout would never expire (every comparison with it is False): a dead
+            # holder's lock would block the directory forever, and a paused one never stop.
+            if value is None or check_seconds(arg, value) is None:
+                raise invalid(arg, "a positive number of seconds", value)
+        if not callable(clock):
+            raise invalid("clock", "a function returning seconds since the epoch", clock)
         if heartbeat_interval >= lock_timeout:
             raise ValueError(
                 "Invalid value for argument `heartbeat_interval`. Expected it to be shorter than "
@@ -99,6 +117,7 @@ class FsspecStorage(Storage):
         self.url = url.rstrip("/")
         self.lock_timeout = float(lock_timeout)
         self.heartbeat_interval = float(heartbeat_interval)
+        self.clock = clock
         self._lock_key = self.fs.unstrip_protocol(self._full(_LOCK))
         self._last_append = 0
 
@@ -230,7 +249,7 @@ class FsspecStorage(Storage):
 
 
 class _ObjectLock(HeldLock):
-    """The writer lock object of one directory.
+    """The writer lock object of one directory, held as a lease.
 
     The object holds JSON `{pid, host, since, heartbeat, token}`. It is created with an exclusive
     write, so of two processes racing for a free lock exactly one wins, on S3 and on servers that
@@ -238,6 +257,12 @@ class _ObjectLock(HeldLock):
     check-then-write. A stale lock is replaced with a conditional write on S3 (`If-Match` on the
     ETag that was judged stale), elsewhere by delete-then-create; after either, the lock is read
     back and only counts as taken if it holds our token.
+
+    Others may take the lock over `timeout` seconds after the heartbeat it last recorded, so the
+    holder counts it lost from the same moment: `check` raises once the last heartbeat that was
+    written successfully is older than `timeout`, measured on the wall clock the heartbeats carry
+    and on the monotonic clock, whichever says more (a wall clock set back must not extend it).
+    A lock lost that way is never renewed: the heartbeat thread stops.
     """
 
     def __init__(self, storage: FsspecStorage):
@@ -246,45 +271,67 @@ class _ObjectLock(HeldLock):
         self.directory = storage.url
         self.timeout = storage.lock_timeout
         self.interval = storage.heartbeat_interval
+        self.clock = storage.clock
         self.conditional = "s3" in _protocols(self.fs)
         self.token = uuid.uuid4().hex
-        self.since = time.time()
+        self.since = self.clock()
         self.etag: str | None = None
         self.lost: str | None = None
+        self.taken_over = False
+        # When the last heartbeat that reached the store was stamped: (wall, monotonic).
+        self._beat = (self.since, time.monotonic())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check(self) -> None:
+        if self.lost is None:
+            self._expire()
         if self.lost is not None:
             raise LockLostError(
                 f"{self.directory} lost its writer lock: {self.lost}. Stopping writes so the two "
                 "writers do not corrupt each other's checkpoints."
             )
 
+    def _expire(self) -> bool:
+        """Marks the lock lost once its lease ran out; True if it did."""
+        wall, monotonic = self._beat
+        silent = max(self.clock() - wall, time.monotonic() - monotonic)
+        if silent <= self.timeout:
+            return False
+        self.lost = (
+            f"its last heartbeat reached the store {silent:.0f} s ago, more than lock_timeout "
+            f"({self.timeout:g} s; this process was paused or could not reach the store), so "
+            "another process may have taken it over"
+        )
+        self._stop.set()
+        return True
+
     def forget(self) -> None:
         self._released = True  # the heartbeat thread did not survive the fork; the parent's does
         self.lost = "this process is a fork of the writer that holds it"
+        self.taken_over = True  # not ours to delete: the parent still holds it
 
     def _release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.lost is None:
+        if not self.taken_over:
             # Check-then-delete: a takeover in between (only possible after `timeout` without
             # a heartbeat) would lose its lock here; the taker notices at its next heartbeat.
+            # An expired lease that nobody took over is removed too, so no one waits it out.
             with contextlib.suppress(FileNotFoundError):
                 if self._read().get("token") == self.token:
                     self.fs.rm_file(self.path)
         self.fs.invalidate_cache(self.path)
 
-    def _body(self) -> bytes:
+    def _body(self, now: float) -> bytes:
         return json.dumps(
             {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "machine": _machine(),
                 "since": self.since,
-                "heartbeat": time.time(),
+                "heartbeat": now,
                 "token": self.token,
             }
         ).encode()
@@ -298,9 +345,11 @@ class _ObjectLock(HeldLock):
         return info if isinstance(info, dict) else {}
 
     def _put(self, **conditions: Any) -> None:
-        result = self.fs.pipe_file(self.path, self._body(), **conditions)
+        stamp = (self.clock(), time.monotonic())  # before the write: the lease counts from here
+        result = self.fs.pipe_file(self.path, self._body(stamp[0]), **conditions)
         self.fs.invalidate_cache(self.path)
         self.etag = result.get("ETag") if isinstance(result, dict) else None
+        self._beat = stamp
 
     def take(self) -> None:
         for _ in range(5):
@@ -316,14 +365,15 @@ class _ObjectLock(HeldLock):
                 holder = self._read()
             except FileNotFoundError:
                 continue  # released between our write and our read: try again
-            stale = _staleness(holder, self.timeout)
+            now = self.clock()
+            stale = _staleness(holder, self.timeout, now)
             if stale is None:
                 raise DirectoryLockedError(
-                    f"{self.directory} is being written by {_describe(holder)}. Two writers on one "
-                    "checkpoint directory would corrupt each other's retention; give each run its "
-                    "own directory or stop the other process. A lock whose holder died is taken "
-                    f"over after {self.timeout:g} s without a heartbeat (at once if it ran on "
-                    "this machine)."
+                    f"{self.directory} is being written by {_describe(holder, now)}. Two writers "
+                    "on one checkpoint directory would corrupt each other's retention; give each "
+                    "run its own directory or stop the other process. A lock whose holder died is "
+                    f"taken over after {self.timeout:g} s without a heartbeat (at once if it ran "
+                    "on this machine)."
                 )
             try:
                 if self.conditional and etag:
@@ -338,7 +388,8 @@ class _ObjectLock(HeldLock):
                 continue  # someone else took it over first (or released and re-took it)
             self._confirm()
             warnings.warn(
-                f"Took over the writer lock of {self.directory} from {_describe(holder)}: {stale}.",
+                f"Took over the writer lock of {self.directory} from {_describe(holder, now)}: "
+                f"{stale}.",
                 stacklevel=4,
             )
             return None
@@ -351,16 +402,18 @@ class _ObjectLock(HeldLock):
         holder = self._read()
         if holder.get("token") != self.token:
             raise DirectoryLockedError(
-                f"{self.directory} was locked by {_describe(holder)} at the same moment as this "
-                "process. Only one run may write into a checkpoint directory."
+                f"{self.directory} was locked by {_describe(holder, self.clock())} at the same "
+                "moment as this process. Only one run may write into a checkpoint directory."
             )
         self._thread = threading.Thread(
-            target=self._beat, name=f"keras_ckpt-lock-{self.directory}", daemon=True
+            target=self._beat_until_stopped, name=f"keras_ckpt-lock-{self.directory}", daemon=True
         )
         self._thread.start()
 
-    def _beat(self) -> None:
+    def _beat_until_stopped(self) -> None:
         while not self._stop.wait(self.interval):
+            if self.lost is not None or self._expire():
+                return  # an expired lease is not renewed: others may already count it free
             try:
                 if self.conditional and self.etag:
                     self._put(IfMatch=self.etag)
@@ -376,12 +429,14 @@ class _ObjectLock(HeldLock):
                     self._mark_lost(e)
                     return
                 # Anything else is a hiccup (network, throttling): try again at the next beat.
-                # Others see the lock as stale only after `timeout` seconds without a beat.
+                # Others see the lock as stale only after `timeout` seconds without a beat, and
+                # so does `check`.
 
     def _mark_lost(self, error: BaseException) -> None:
+        self.taken_over = True
         with contextlib.suppress(Exception):
             holder = self._read()
-            self.lost = f"taken over by {_describe(holder)}"
+            self.lost = f"taken over by {_describe(holder, self.clock())}"
             return
         self.lost = f"the lock object changed or vanished ({error!r})"
 
@@ -400,12 +455,14 @@ def _is_precondition_failure(error: OSError) -> bool:
     )
 
 
-def _staleness(holder: Mapping[str, Any], timeout: float) -> str | None:
-    """Why the lock `holder` is stale, or None while it may still be alive."""
+def _staleness(holder: Mapping[str, Any], timeout: float, now: float | None = None) -> str | None:
+    """Why the lock `holder` is stale at wall time `now`, or None while it may still be alive."""
     try:
         pid, host, heartbeat = int(holder["pid"]), str(holder["host"]), float(holder["heartbeat"])
     except (KeyError, TypeError, ValueError):
         return "the lock object is not a keras-ckpt lock (unreadable JSON)"
+    if not math.isfinite(heartbeat):  # nan would never look old
+        return f"the lock object's heartbeat is not a time ({heartbeat!r})"
     machine = _machine()
     if host == socket.gethostname() and machine is not None and holder.get("machine") == machine:
         if pid == os.getpid():
@@ -414,7 +471,7 @@ def _staleness(holder: Mapping[str, Any], timeout: float) -> str | None:
             return f"process {pid} on this host is a restarted process, not the holder"
         if not _pid_alive(pid):
             return f"process {pid} on this host has exited"
-    silent = time.time() - heartbeat
+    silent = (time.time() if now is None else now) - heartbeat
     if silent > timeout:
         return f"no heartbeat for {silent:.0f} s (timeout {timeout:g} s)"
     return None
@@ -440,10 +497,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _describe(holder: Mapping[str, Any]) -> str:
+def _describe(holder: Mapping[str, Any], now: float | None = None) -> str:
     try:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder["since"])))
-        beat = time.time() - float(holder["heartbeat"])
+        beat = (time.time() if now is None else now) - float(holder["heartbeat"])
         return (
             f"process {holder['pid']} on host {holder['host']} (since {since}, "
             f"last heartbeat {beat:.0f} s ago)"
