@@ -16,13 +16,16 @@ export KERAS_BACKEND ?= tensorflow
 # TensorFlow). Same venv: tensorflow-cpu, jax and the torch CPU build install side by side.
 BACKEND_STAMP := $(VENV)/.installed-backends
 BACKEND_TESTS := tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backends.py \
-	tests/test_backup_file.py tests/test_h5write.py
+	tests/test_backup_file.py tests/test_backup.py tests/test_signals.py tests/test_h5write.py \
+	tests/test_h5read.py tests/test_keras_file.py
 
 # The oldest Keras pyproject admits, in a venv of its own: format, callback and resume tests.
 OLDEST_VENV := .venv-keras-oldest
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
-OLDEST_TESTS := tests/test_snapshot.py tests/test_h5write.py tests/test_state.py \
-	tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backup_file.py
+OLDEST_TESTS := tests/test_snapshot.py tests/test_h5write.py tests/test_h5read.py \
+	tests/test_keras_file.py tests/test_keras_private.py tests/test_fit_state.py \
+	tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backup_file.py \
+	tests/test_backup.py tests/test_signals.py
 
 .PHONY: test test-backends test-keras-oldest demo quickstart lint bench docs clean
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from conftest import build_model, h5_datasets
 
-import keras_ckpt
 from keras_ckpt import CheckpointManager, ModelCheckpoint
 from keras_ckpt.errors import CorruptCheckpointError
 
@@ -176,24 +175,6 @@ def test_bfloat16_variables_are_averaged(tmp_path):
         got = dataset[()].view(ml_dtypes.bfloat16).astype(np.float32)
     np.testing.assert_array_equal(got, [2.0, 2.0])
     manager.close()
-
-
-def test_best_n_and_best_name_the_same_checkpoint_whatever_the_monitor(tmp_path, data):
-    """`monitor` is the callback's, but `retention=KeepBest(...)` ranks by another metric: "best"
-    is what the callback ranked by, for `best()`, `load_model("best")` and `average("best:1")`."""
-    model = build_model()
-    checkpoint = keras_ckpt.ModelCheckpoint(
-        str(tmp_path / "run" / "m-{epoch}.keras"),
-        monitor="val_loss",
-        retention=keras_ckpt.policies.KeepBest(2, "val_accuracy", "max"),
-    )
-    model.fit(*data, validation_split=0.25, epochs=4, callbacks=[checkpoint], verbose=0)
-    manager = CheckpointManager(tmp_path / "run")
-    best = manager.best()
-    averaged = manager.average("best:1", tmp_path / "best.keras")
-    assert [r.name for r in averaged] == [best.name]
-    ranked = sorted(manager.checkpoints(), key=lambda r: r.metrics["val_accuracy"])
-    assert best.metrics["val_accuracy"] == ranked[-1].metrics["val_accuracy"]
 
 
 @pytest.fixture

@@ -13,11 +13,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import build_model
+from conftest import Crash, build_model, fit
 
 import keras_ckpt
 from keras_ckpt.callbacks.backup_and_restore import OWNER
-from keras_ckpt.training.signals import SignalCatcher
 
 CHILD = Path(__file__).with_name("resume_child.py")
 BACKEND = keras.backend.backend()  # the children train on the backend these tests run on
@@ -167,19 +166,6 @@ def test_signal_backs_up_at_next_step_stops_cleanly_and_resumes_exactly(outcomes
 # ---------------------------------------------------------------- in-process behaviour
 
 
-class Crash(keras.callbacks.Callback):
-    def __init__(self, at_step):
-        super().__init__()
-        self.at_step, self.steps = at_step, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        if keras_ckpt.state.is_replaying(self.model):
-            return
-        self.steps += 1
-        if self.steps == self.at_step:
-            raise RuntimeError("crash")
-
-
 class Probe(keras.callbacks.Callback):
     """Records the epochs run and the optimizer step at each epoch begin."""
 
@@ -190,11 +176,6 @@ class Probe(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
         self.iterations.append(int(self.model.optimizer.iterations))
-
-
-def fit(model, data, callbacks, epochs=3, **kwargs):
-    x, y = data
-    return model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs)
 
 
 def test_second_crash_after_a_resume_does_not_restart_at_epoch_zero(tmp_path, data):
@@ -250,12 +231,6 @@ def test_interrupted_fit_keeps_its_backup_even_with_delete_checkpoint(tmp_path, 
     assert (latest.epoch, latest.step) == (0, 2)
 
 
-def test_signal_handlers_are_restored_after_fit(tmp_path, data):
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path)], epochs=1)
-    assert {s: signal.getsignal(s) for s in before} == before
-
-
 def test_save_on_interrupt_false_leaves_sigint_to_python(tmp_path, data):
     class Interrupt(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -265,17 +240,6 @@ def test_save_on_interrupt_false_leaves_sigint_to_python(tmp_path, data):
     with pytest.raises(KeyboardInterrupt):
         fit(build_model(), data, [backup, Interrupt()])
     assert keras_ckpt.CheckpointManager(tmp_path).checkpoints() == []
-
-
-def test_second_signal_goes_to_the_previous_handler(tmp_path, data):
-    class InterruptTwice(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path), InterruptTwice()])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_damaged_newest_backup_is_reported_and_the_previous_one_used(tmp_path, data):
@@ -320,23 +284,6 @@ def test_every_seconds_and_keep_last(tmp_path, data):
     steps = [r.global_step for r in keras_ckpt.CheckpointManager(tmp_path).checkpoints()]
     # The last step backup and the epoch-end backup after it share global step 8.
     assert steps == [7, 8, 8]
-
-
-def test_pydataset_without_the_protocol_warns(tmp_path, data):
-    class Reshuffles(keras.utils.PyDataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, i):
-            return data[0][i * 8 : (i + 1) * 8], data[1][i * 8 : (i + 1) * 8]
-
-        def on_epoch_end(self):
-            pass
-
-    with pytest.warns(UserWarning, match="CheckpointStateful"):
-        build_model().fit(
-            Reshuffles(), epochs=1, verbose=0, callbacks=[keras_ckpt.BackupAndRestore(tmp_path)]
-        )
 
 
 def test_async_save_writes_backups_that_hold_the_state_of_their_step(tmp_path, data):
@@ -386,7 +333,7 @@ def test_nearest_valid_arguments_are_accepted(tmp_path, kwargs):
     keras_ckpt.BackupAndRestore(tmp_path, **kwargs)
 
 
-# ---------------------------------------------------------------- review fixes
+# ------------------------------------------------ backup names, save_freq=False, a locked directory
 
 
 def test_epoch_end_backup_after_a_step_backup_at_the_same_step_gets_its_own_name(tmp_path, data):
@@ -402,25 +349,6 @@ def test_epoch_end_backup_after_a_step_backup_at_the_same_step_gets_its_own_name
     assert all(r.ok for r in manager.verify())
 
 
-def test_a_multi_file_checkpoint_is_never_replaced_in_place(tmp_path):
-    manager = keras_ckpt.CheckpointManager(tmp_path)
-    for _ in range(2):
-        with manager.stage() as folder:
-            files = {}
-            for part in ("a", "b"):
-                (Path(folder) / part).write_bytes(part.encode())
-                files[f"ckpt/{part}"] = str(Path(folder) / part)
-            if manager.checkpoints():
-                with pytest.raises(
-                    ValueError, match="Cannot replace checkpoint 'ckpt' .* in place"
-                ):
-                    manager.commit(files, name="ckpt", kind="training_state")
-            else:
-                manager.commit(files, name="ckpt", kind="training_state")
-    manager.close()
-    assert (tmp_path / "ckpt" / "a").read_bytes() == b"a"
-
-
 def test_save_freq_false_backs_up_only_on_a_signal(tmp_path, data):
     backup = keras_ckpt.BackupAndRestore(tmp_path, save_freq=False, delete_checkpoint=False)
     fit(build_model(), data, [backup])
@@ -432,26 +360,14 @@ def test_save_freq_false_without_any_way_to_save_is_refused(tmp_path):
         keras_ckpt.BackupAndRestore(tmp_path, save_freq=False, save_on_interrupt=False)
 
 
-def test_a_signal_after_a_failed_fit_goes_to_the_previous_handler(tmp_path, data):
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        with pytest.raises(RuntimeError):
-            fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path), Crash(3)])
-        # on_train_end never ran, so our handler is still installed; it must not swallow Ctrl-C.
-        signal.raise_signal(signal.SIGINT)
-        assert received == [signal.SIGINT]
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def test_a_directory_locked_by_another_process_fails_before_training(tmp_path, data):
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time, keras_ckpt; keras_ckpt.CheckpointManager(sys.argv[1]).open_for_writing();"
-            " print('locked', flush=True); time.sleep(60)",
+            "import sys, time, keras_ckpt; "
+            "keras_ckpt.CheckpointManager(sys.argv[1]).open_for_writing(); "
+            "print('locked', flush=True); time.sleep(60)",
             str(tmp_path),
         ],
         stdout=subprocess.PIPE,
@@ -466,39 +382,3 @@ def test_a_directory_locked_by_another_process_fails_before_training(tmp_path, d
     finally:
         holder.kill()
         holder.wait()
-
-
-def test_the_signal_handler_never_reads_callback_model(tmp_path, data, monkeypatch):
-    """On JAX `Callback.model` syncs the trainer's state into the variables; read from a signal
-    handler, between steps, it could make the stop backup hold an older step than its label."""
-    backup = keras_ckpt.BackupAndRestore(
-        tmp_path / "b", save_freq=100, raise_on_interrupt=False, delete_checkpoint=False
-    )
-    in_handler: list[bool] = []
-    real_handle = SignalCatcher.handle
-
-    def handle(self, signum, frame):
-        in_handler.append(True)
-        try:
-            real_handle(self, signum, frame)
-        finally:
-            in_handler.pop()
-
-    real_model = keras.callbacks.Callback.model
-
-    def guarded(self):
-        assert not in_handler, "Callback.model was read inside the signal handler"
-        return real_model.fget(self)
-
-    monkeypatch.setattr(SignalCatcher, "handle", handle)
-    monkeypatch.setattr(type(backup), "model", property(guarded))
-
-    class Interrupt(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    fit(build_model(), data, [backup, Interrupt()])
-    assert backup.interrupted == signal.SIGINT
-    [record] = keras_ckpt.CheckpointManager(tmp_path / "b").checkpoints()
-    assert record.step == 3  # the signal lands in batch 1's end; the backup is taken at batch 2's

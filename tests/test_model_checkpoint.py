@@ -601,15 +601,6 @@ def test_a_numpy_initial_value_threshold_is_accepted_as_in_keras(tmp_path):
     assert cb.best == 0.5
 
 
-def test_a_legacy_h5_full_model_is_written_by_keras_even_with_async_save(tmp_path, data):
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.h5"), async_save=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format
-        fit(build_model(), data, [cb], epochs=1)
-        loaded = keras.saving.load_model(tmp_path / "m-1.h5")
-    assert loaded.count_params() == build_model().count_params()
-
-
 def test_keep_best_with_a_misspelled_metric_raises_naming_the_keys(tmp_path, data):
     cb = keras_ckpt.ModelCheckpoint(
         str(tmp_path / "m-{epoch}.keras"), monitor="val_acc", mode="max", keep_best=1
