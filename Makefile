@@ -87,6 +87,7 @@ quickstart: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check keras_ckpt tests benchmarks examples docs/tools
+	$(VENV)/bin/ruff format --check keras_ckpt tests benchmarks examples docs/tools
 	$(VENV)/bin/mypy keras_ckpt
 
 bench: $(STAMP)

@@ -48,7 +48,8 @@ class BackupAndRestore(keras.callbacks.Callback):
     TensorFlow RNG state; the state of `EarlyStopping`, `ReduceLROnPlateau` and every callback of
     the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. Each backup is one file,
     `backup-<global step>.weights.h5`: a plain Keras weights file (`model.load_weights` loads it)
-    with the rest of the state in an extra group Keras ignores (see `keras_ckpt.format.backup_file`).
+    with the rest of the state in an extra group Keras ignores (see
+    `keras_ckpt.format.backup_file`).
 
     To resume inside an epoch, the resumed run replays the input of the batches already trained
     (it pulls them from the input pipeline without training), so it sees exactly the batches the
@@ -116,7 +117,8 @@ class BackupAndRestore(keras.callbacks.Callback):
     ['backup-000000008']
     >>> keras_ckpt.BackupAndRestore("runs/doc/backup", save_freq=0)
     Traceback (most recent call last):
-    ValueError: Invalid value for argument `save_freq`. Expected "epoch" or a positive int. Received: save_freq=0
+    ValueError: Invalid value for argument `save_freq`. Expected "epoch" or a positive int.
+    Received: save_freq=0
     """
 
     def __init__(

@@ -44,11 +44,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
 
     A drop-in superset of `keras.callbacks.ModelCheckpoint`: the same arguments with the same
     meaning and file names. What changes is safety. Every file is written beside its final path and
-    moved into place in one step, so a kill never leaves a half-written checkpoint where the last good
-    one was; a JSON record in `.keras_ckpt/` next to the files keeps each one's checksum, epoch, step
-    and metrics. A restarted run reads those records: `save_best_only` keeps its best value, and
-    retention counts the files written before. Files the callback did not write are never deleted or
-    overwritten.
+    moved into place in one step, so a kill never leaves a half-written checkpoint where the last
+    good one was; a JSON record in `.keras_ckpt/` next to the files keeps each one's checksum,
+    epoch, step and metrics. A restarted run reads those records: `save_best_only` keeps its best
+    value, and retention counts the files written before. Files the callback did not write are
+    never deleted or overwritten.
 
     Args:
         filepath: Path (or fsspec URL) of the file to write. The file name may hold `{epoch}`

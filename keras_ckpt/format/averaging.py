@@ -91,7 +91,8 @@ def average(sources: Sequence[tuple[str, str]], out: str) -> None:
 
 @contextlib.contextmanager
 def _weights_file(name: str, local: str) -> Iterator[str]:
-    """A local HDF5 weights file of checkpoint `name`: its `.weights.h5`, or its `.keras`'s member."""
+    """A local HDF5 weights file of checkpoint `name`: its `.weights.h5`, or its `.keras`'s
+    member."""
     if zipfile.is_zipfile(local):
         with tempfile.TemporaryDirectory(prefix="keras_ckpt-avg-") as folder:
             with zipfile.ZipFile(local) as archive:

@@ -6,8 +6,8 @@ attributes, datasets, `bfloat16` markers) and copies each variable once into a h
 the snapshotter owns and reuses at the next save (allocated and pre-faulted once; re-allocated only
 when a shape or dtype changes). At most one save is in flight (`writer.Writer`), so at most one
 extra copy of the state exists. A save written inline, before training's next step, needs no copy
-at all: `Snapshotter(copy=False)` keeps the backend's own memory. `keras_ckpt.format.h5write` turns a
-snapshot into the file.
+at all: `Snapshotter(copy=False)` keeps the backend's own memory. `keras_ckpt.format.h5write` turns
+a snapshot into the file.
 
 The copy never keeps a view of backend memory across a training step: on JAX, Keras donates the
 state buffers to the next step, so a zero-copy view could change under the writer.

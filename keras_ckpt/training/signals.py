@@ -105,7 +105,8 @@ def announcement(signum: int, progress: Any, where: str, *, mid_epoch: bool) -> 
     >>> from keras_ckpt.schedule import Progress
     >>> print(announcement(signal.SIGTERM, Progress(1, 3, 13), "runs/b/backup-000000013",
     ...                    mid_epoch=True))
-    BackupAndRestore: SIGTERM in epoch 2 after step 3 (global step 13); backed up to runs/b/backup-000000013. Run the same script again to resume there.
+    BackupAndRestore: SIGTERM in epoch 2 after step 3 (global step 13); backed up to
+    runs/b/backup-000000013. Run the same script again to resume there.
     """
     at = (
         f"in epoch {progress.epoch + 1} after step {progress.step}"
