@@ -11,9 +11,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import keras_ckpt
 from keras_ckpt.manager import CheckpointManager
+
+# Property tests judge behaviour, never speed: Hypothesis's default 200 ms deadline per example
+# fails them on a loaded machine (an example that took 313 ms once, 0.04 ms when rerun).
+settings.register_profile("keras_ckpt", deadline=None)
+settings.load_profile("keras_ckpt")
 
 
 @pytest.fixture
