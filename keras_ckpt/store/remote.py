@@ -50,6 +50,8 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
 __all__ = ["FsspecStorage"]
 
 _LOCK = f"{META_DIR}/lock"
+# The lock's clock: wall time, compared across processes and hosts (tests replace it).
+_clock = time.time
 
 
 class FsspecStorage(Storage):
@@ -248,7 +250,7 @@ class _ObjectLock(HeldLock):
         self.interval = storage.heartbeat_interval
         self.conditional = "s3" in _protocols(self.fs)
         self.token = uuid.uuid4().hex
-        self.since = time.time()
+        self.since = _clock()
         self.etag: str | None = None
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -284,7 +286,7 @@ class _ObjectLock(HeldLock):
                 "host": socket.gethostname(),
                 "machine": _machine(),
                 "since": self.since,
-                "heartbeat": time.time(),
+                "heartbeat": _clock(),
                 "token": self.token,
             }
         ).encode()
@@ -414,7 +416,7 @@ def _staleness(holder: Mapping[str, Any], timeout: float) -> str | None:
             return f"process {pid} on this host is a restarted process, not the holder"
         if not _pid_alive(pid):
             return f"process {pid} on this host has exited"
-    silent = time.time() - heartbeat
+    silent = _clock() - heartbeat
     if silent > timeout:
         return f"no heartbeat for {silent:.0f} s (timeout {timeout:g} s)"
     return None
@@ -443,7 +445,7 @@ def _pid_alive(pid: int) -> bool:
 def _describe(holder: Mapping[str, Any]) -> str:
     try:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder["since"])))
-        beat = time.time() - float(holder["heartbeat"])
+        beat = _clock() - float(holder["heartbeat"])
         return (
             f"process {holder['pid']} on host {holder['host']} (since {since}, "
             f"last heartbeat {beat:.0f} s ago)"
