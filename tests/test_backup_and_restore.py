@@ -330,7 +330,8 @@ def test_invalid_backup_dir_is_rejected():
     "kwargs", [{"save_freq": 1}, {"keep_last": 1}, {"keep_last": 2, "double_checkpoint": True}]
 )
 def test_nearest_valid_arguments_are_accepted(tmp_path, kwargs):
-    keras_ckpt.BackupAndRestore(tmp_path, **kwargs)
+    backup = keras_ckpt.BackupAndRestore(tmp_path, **kwargs)
+    assert {name: getattr(backup, name) for name in kwargs} == kwargs
 
 
 # ------------------------------------------------ backup names, save_freq=False, a locked directory

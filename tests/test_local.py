@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -117,8 +118,9 @@ def test_remove_never_deletes_the_root(tmp_path):
 
 
 def test_remove_of_a_missing_file_is_fine(tmp_path):
-    LocalStorage(tmp_path).remove("not/there")
-    assert tmp_path.is_dir()
+    (tmp_path / "other.bin").write_bytes(b"x")
+    assert LocalStorage(tmp_path).remove("not/there") is None  # no error, no link met
+    assert os.listdir(tmp_path) == ["other.bin"]
 
 
 def test_list_files_lists_files_only_and_nothing_for_a_missing_folder(tmp_path):
@@ -177,10 +179,13 @@ def test_a_second_process_cannot_open_for_writing(tmp_path, lock_holder):
 
 
 def test_the_lock_of_a_killed_process_is_released(tmp_path, lock_holder):
+    lock = tmp_path / "run" / META_DIR / "lock"
+    assert json.loads(lock.read_text())["pid"] == lock_holder.pid
     lock_holder.send_signal(signal.SIGKILL)
     lock_holder.wait()
     manager = CheckpointManager(tmp_path / "run")
-    manager.open_for_writing()
+    manager.open_for_writing()  # the kernel dropped the dead holder's flock: no waiting, no error
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
     manager.close()
 
 

@@ -665,6 +665,8 @@ def test_load_model_latest_skips_weights_only_checkpoints_of_another_callback(tm
     with manager.stage() as folder:
         model.save(os.path.join(folder, "m.keras"))
         manager.commit({"m.keras": os.path.join(folder, "m.keras")}, name="m.keras", kind="model")
+    saved = model.get_weights()
+    model.fit(x, y, epochs=1, verbose=0)  # the weights-only checkpoint holds other weights
     with manager.stage() as folder:
         model.save_weights(os.path.join(folder, "w.weights.h5"))
         manager.commit(
@@ -675,6 +677,9 @@ def test_load_model_latest_skips_weights_only_checkpoints_of_another_callback(tm
     manager.close()
     loaded = reader(tmp_path).load_model("latest")  # the newest is weights-only
     assert isinstance(loaded, keras.Model)
+    assert len(saved) == 4
+    for a, b in zip(loaded.get_weights(), saved, strict=True):  # m.keras's, untouched by w's
+        np.testing.assert_array_equal(a, b)
 
 
 def test_commit_without_keras_loaded_records_no_version(tmp_path):

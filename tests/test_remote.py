@@ -376,3 +376,4 @@ def test_invalid_arguments_are_rejected(kwargs, match):
 def test_nearest_valid_arguments_are_accepted():
     storage = FsspecStorage("memory://r/", lock_timeout=5, heartbeat_interval=4.9)
     assert storage.url == "memory://r"
+    assert (storage.lock_timeout, storage.heartbeat_interval) == (5.0, 4.9)
