@@ -273,7 +273,9 @@ def test_backup_files_and_record(tmp_path, data):
     assert (record.epoch, record.step, record.global_step) == (0, 3, 3)
     assert [f.path for f in record.files] == ["backup-000000003.weights.h5"]  # one file
     plain = build_model(dropout=0.5)
+    plain.optimizer.build(plain.trainable_variables)  # else Keras skips the optimizer's state
     plain.load_weights(tmp_path / record.path)  # a plain Keras weights file
+    assert int(plain.optimizer.iterations) == 3
 
 
 def test_every_seconds_and_keep_last(tmp_path, data):
@@ -297,10 +299,13 @@ def test_async_save_writes_backups_that_hold_the_state_of_their_step(tmp_path, d
     assert [r.global_step for r in records][-1] == 4
     assert all(result.ok for result in manager.verify())
     fresh = build_model(seed=1)
-    manager.load_weights(fresh, "latest")
+    manager.load_weights(fresh, "latest")  # builds the optimizer first, so its state loads too
     assert int(fresh.optimizer.iterations.numpy()) == 4
     for a, b in zip(fresh.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert len(fresh.optimizer.variables) == len(model.optimizer.variables) > 2
+    for a, b in zip(fresh.optimizer.variables, model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize(
