@@ -19,6 +19,10 @@ BACKEND_TESTS := tests/test_model_checkpoint.py tests/test_backup_and_restore.py
 	tests/test_backup_file.py tests/test_backup.py tests/test_signals.py tests/test_h5write.py \
 	tests/test_h5read.py tests/test_keras_file.py
 
+# `make bench` adds the `bench` extra (orbax-checkpoint for Keras's OrbaxCheckpoint); the JAX it
+# brings is pinned like the backends' (unpinned, it may not match the jaxlib already installed).
+BENCH_STAMP := $(VENV)/.installed-bench
+
 # The oldest Keras pyproject admits, in a venv of its own: format, callback and resume tests.
 OLDEST_VENV := .venv-keras-oldest
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
@@ -90,9 +94,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check keras_ckpt tests benchmarks examples docs/tools
 	$(VENV)/bin/mypy keras_ckpt
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP) constraints/backends.txt
+	$(PY) -m pip install --quiet -c constraints/backends.txt -e ".[$(EXTRAS),bench]"
+	touch $(BENCH_STAMP)
+
+# About 30 minutes on 2 cores: the must-reach table, bench.json and bench.png.
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/checksums.py
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache build site *.egg-info

@@ -1,11 +1,13 @@
-"""Shared pieces of the benchmarks: the model, timing statistics, tables and the environment.
+"""Shared pieces of the benchmarks: the model, timing statistics, hook timing, tables, environment.
 
-Nothing here is timed itself. The sections (`saving`, `resume`, `listing`, `profile_save`) build
-on it and `run.py` ties them together.
+Nothing here is timed itself. The sections (`saving`, `resume`, `memory`, `listing`) build on it,
+`targets` turns their results into the must-reach table, `run.py` ties them together and `plot.py`
+draws the table from the JSON file a run writes.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.metadata
 import math
@@ -42,7 +44,9 @@ def parse_size(text: str) -> int:
 
 
 def size_label(params: int) -> str:
-    return f"{params / 1e6:.0f}M" if params >= 1e6 else f"{params / 1e3:.0f}k"
+    """`9_200_000` -> `"9.2M"`, `25_000_000` -> `"25M"`, `20_000` -> `"20k"`."""
+    value, suffix = (params / 1e6, "M") if params >= 1e6 else (params / 1e3, "k")
+    return f"{value:.1f}".rstrip("0").rstrip(".") + suffix
 
 
 def hidden_width(params: int) -> int:
@@ -103,7 +107,8 @@ def fit_data(x: Any, y: Any) -> dict[str, Any]:
     options = tf.data.Options()
     options.autotune.enabled = False
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH_SIZE)
-    return {"x": dataset.with_options(options)}
+    # `shuffle=False`: a dataset is never shuffled by `fit` anyway; Keras warns if it is asked to.
+    return {"x": dataset.with_options(options), "shuffle": False}
 
 
 def state_variables(model: Any) -> list[Any]:
@@ -209,12 +214,103 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def round_order(items: Sequence[Any], round_index: int) -> list[Any]:
+    """The order of `items` in one round of paired fits: ABBA-like, neighbours not fixed.
+
+    Rounds come in pairs: an even round is a permutation drawn with the round's index as the seed,
+    the odd round after it runs the same permutation backwards, so every item runs early in one
+    and late in the other. A fixed rotation would keep the same items next to each other in every
+    round, sharing whatever burst of load hit that stretch of the run.
+    """
+    import random
+
+    order = list(items)
+    random.Random(round_index - round_index % 2).shuffle(order)
+    if round_index % 2:
+        order.reverse()
+    return order
+
+
 def rotated(items: Sequence[Any], rep: int) -> list[Any]:
     """`items` starting at position `rep`: every variant runs early and late across repetitions."""
     if not items:
         return []
     k = rep % len(items)
     return list(items[k:]) + list(items[:k])
+
+
+# ----------------------------------------------------------------------------- hooks
+
+# Every hook `fit` calls on a callback, on the training thread (TensorFlow runs batch hooks there;
+# JAX and PyTorch may run batch-end hooks in a pool, which the benchmarks do not time).
+HOOKS = (
+    "set_model",
+    "set_params",
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_epoch_end",
+    "on_test_begin",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+    "on_test_end",
+    "on_train_end",
+)
+
+
+class HookTimer:
+    """Times the training thread's stay in every hook of one callback: the time it was blocked.
+
+    The callback's hook methods are replaced on the instance by timed wrappers (the class is
+    untouched). `functools.wraps` keeps Keras's `_is_default` mark, so `CallbackList` still sees
+    which hooks the callback really overrides. A hook calling another of its own hooks is timed
+    once, as the outer call.
+
+    Example:
+        >>> import keras
+        >>> callback = keras.callbacks.Callback()
+        >>> timer = HookTimer(callback)
+        >>> callback.on_epoch_end(0)
+        >>> len(timer.calls["on_epoch_end"])
+        1
+    """
+
+    def __init__(self, callback: Any):
+        self.calls: dict[str, list[float]] = {}
+        self._depth = 0
+        for name in HOOKS:
+            method = getattr(callback, name, None)
+            if callable(method):
+                setattr(callback, name, self._timed(name, method))
+
+    def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def hook(*args: Any, **kwargs: Any) -> Any:
+            if self._depth:
+                return method(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.calls.setdefault(name, []).append(time.perf_counter() - start)
+                self._depth -= 1
+
+        return hook
+
+    @property
+    def total(self) -> float:
+        return sum(sum(durations) for durations in self.calls.values())
+
+
+def fsync_path(path: str) -> None:
+    """fsyncs a file or a folder by path (a folder's fsync makes a new entry in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- files
@@ -314,7 +410,8 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
     }
-    for package in ("keras", "tensorflow-cpu", "tensorflow", "numpy", "h5py", "orbax-checkpoint"):
+    packages = ("keras", "tensorflow-cpu", "tensorflow", "numpy", "h5py", "orbax-checkpoint", "jax")
+    for package in packages:
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -28,7 +28,7 @@ _CHILD = r"""
 import json, os, sys, tempfile, warnings
 sys.path.insert(0, sys.argv[1])
 from benchmarks import _common
-from benchmarks.saving import _fit, variants
+from benchmarks.saving import fit_with, variants
 
 def rss(field):
     with open("/proc/self/status") as f:
@@ -44,26 +44,27 @@ def reset_peak():
 params, variant_name, saves = int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 model = _common.build_model(params)
 x, y = _common.training_data()
-_fit(model, x, y, 1, None)
-found = {v.name: v for v in variants(include_orbax=False)[0]}
+fit_with(model, x, y, 1, None)
+found = {v.key: v for v in variants(include_orbax=False)[0]}
 folder = tempfile.mkdtemp(prefix="keras-ckpt-mem-")
 callback = found[variant_name].make(folder) if variant_name != "none" else None
 reset_peak()
 before = rss("VmRSS")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    _fit(model, x, y, saves, callback)
+    fit_with(model, x, y, saves, callback)
 print(json.dumps({"extra": rss("VmHWM") - before}))
 """
 
+# Keys of `saving.variants()`.
 VARIANTS = (
-    "Keras ModelCheckpoint .keras",
-    "keras-ckpt ModelCheckpoint .keras (sync)",
-    "keras-ckpt ModelCheckpoint .keras (async)",
-    "Keras ModelCheckpoint .weights.h5",
-    "keras-ckpt ModelCheckpoint .weights.h5 (async)",
-    "Keras BackupAndRestore",
-    "keras-ckpt BackupAndRestore (async)",
+    "keras_mc",
+    "ours_keras_inline",
+    "ours_keras",
+    "keras_weights",
+    "ours_weights",
+    "keras_backup",
+    "ours_backup",
 )
 
 
@@ -91,6 +92,9 @@ def run(
         table.notes.append("Needs Linux's /proc/self/clear_refs: not measured here.")
         table.data = {"model": label, "memory": data}
         return table
+    from benchmarks.saving import variants
+
+    names = {v.key: v.name for v in variants(include_orbax=False)[0]}
     log(f"  [{label}] memory: fit with no callback")
     baseline = _measure(params, "none", saves)
     for variant in VARIANTS:
@@ -101,7 +105,7 @@ def run(
             table.notes.append(f"{variant} failed: {e.stderr.strip().splitlines()[-1:]}")
             continue
         data[variant] = extra
-        table.add(variant, fmt(extra, "B"), f"{extra / state_bytes:.2f}x")
+        table.add(names[variant], fmt(extra, "B"), f"{extra / state_bytes:.2f}x")
     table.notes.append(
         f"One subprocess per variant, {saves} saves each; training's own transient memory "
         f"({fmt(baseline, 'B')}, a fit with no callback) is subtracted."

@@ -8,8 +8,9 @@ Pairs, each timed `reps` times with the order rotating between repetitions:
   none), reading the records, and verifying the checksum of the file before loading it.
 - full model: `keras.saving.load_model(path)` against `CheckpointManager(directory).load_model()`.
 - backup: `on_train_begin` of a fresh `keras.callbacks.BackupAndRestore` on a backup it wrote (that
-  is where it restores), against the same for `keras_ckpt.BackupAndRestore` when it exists (which
-  restores more: RNG and callback state, and the position inside the epoch).
+  is where it restores), against the same for `keras_ckpt.BackupAndRestore` (which restores more:
+  RNG and callback state, and the position inside the epoch). Their `on_train_end` runs after
+  the timing.
 
 The model loaded into is a second instance of the same architecture with its optimizer built, so
 every load restores the optimizer too. The files are in the page cache (they were just written):
@@ -19,7 +20,9 @@ both sides pay the same read and the ratio shrinks.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import os
 import time
 import warnings
@@ -34,7 +37,7 @@ def _prepare(model: Any, x: Any, y: Any, root: str) -> dict[str, str]:
     import keras
 
     import keras_ckpt
-    from benchmarks.saving import _fit, sync_kwargs
+    from benchmarks.saving import fit_with
 
     paths = {
         "keras_dir": os.path.join(root, "keras"),
@@ -50,7 +53,7 @@ def _prepare(model: Any, x: Any, y: Any, root: str) -> dict[str, str]:
     model.save(paths["keras_model_file"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _fit(
+        fit_with(
             model,
             x,
             y,
@@ -58,45 +61,39 @@ def _prepare(model: Any, x: Any, y: Any, root: str) -> dict[str, str]:
             keras_ckpt.ModelCheckpoint(
                 os.path.join(paths["ours_weights"], "m-{epoch:03d}.weights.h5"),
                 save_weights_only=True,
-                **sync_kwargs(keras_ckpt.ModelCheckpoint),
             ),
         )
-        _fit(
+        fit_with(
             model,
             x,
             y,
             1,
-            keras_ckpt.ModelCheckpoint(
-                os.path.join(paths["ours_model"], "m-{epoch:03d}.keras"),
-                **sync_kwargs(keras_ckpt.ModelCheckpoint),
-            ),
+            keras_ckpt.ModelCheckpoint(os.path.join(paths["ours_model"], "m-{epoch:03d}.keras")),
         )
-        _fit(
+        fit_with(
             model,
             x,
             y,
             1,
             keras.callbacks.BackupAndRestore(paths["keras_backup"], delete_checkpoint=False),
         )
-        backup = getattr(keras_ckpt, "BackupAndRestore", None)
-        if backup is not None:
-            _fit(
-                model,
-                x,
-                y,
-                1,
-                backup(paths["ours_backup"], delete_checkpoint=False, **sync_kwargs(backup)),
-            )
+        fit_with(
+            model,
+            x,
+            y,
+            1,
+            keras_ckpt.BackupAndRestore(paths["ours_backup"], delete_checkpoint=False),
+        )
     settle()
     return paths
 
 
-def _backup_resume(callback: Any, model: Any) -> Callable[[], Any]:
-    def resume() -> None:
-        callback.set_model(model)
+def _backup_resume(callback: Any, model: Any) -> Callable[[], None]:
+    """Restores at `fit` start (`on_train_begin`); returns the untimed end of that `fit`."""
+    callback.set_model(model)
+    with contextlib.redirect_stdout(io.StringIO()):  # "resuming from ...", once per repetition
         callback.on_train_begin()
-
-    return resume
+    return callback.on_train_end  # gives the directory's lock and the signal handlers back
 
 
 def run(
@@ -142,26 +139,20 @@ def run(
             ours_load_model,
         ),
     ]
-    ours_backup = getattr(keras_ckpt, "BackupAndRestore", None)
-    if ours_backup is not None:
-        pairs.append(
-            (
-                "backup",
-                "keras BackupAndRestore.on_train_begin",
-                lambda: _backup_resume(
-                    keras.callbacks.BackupAndRestore(
-                        paths["keras_backup"], delete_checkpoint=False
-                    ),
-                    target,
-                )(),
-                "keras-ckpt BackupAndRestore.on_train_begin",
-                lambda: _backup_resume(
-                    ours_backup(paths["ours_backup"], delete_checkpoint=False), target
-                )(),
-            )
+    pairs.append(
+        (
+            "backup",
+            "keras BackupAndRestore.on_train_begin",
+            lambda: _backup_resume(
+                keras.callbacks.BackupAndRestore(paths["keras_backup"], delete_checkpoint=False),
+                target,
+            ),
+            "keras-ckpt BackupAndRestore.on_train_begin",
+            lambda: _backup_resume(
+                keras_ckpt.BackupAndRestore(paths["ours_backup"], delete_checkpoint=False), target
+            ),
         )
-    else:
-        notes.append("keras_ckpt.BackupAndRestore does not exist yet: no backup row.")
+    )
 
     stats: dict[str, Stat] = {}
     jobs: list[tuple[str, Callable[[], Any]]] = []
@@ -175,7 +166,9 @@ def run(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fn()
+                cleanup = fn()
+                if callable(cleanup):
+                    cleanup()
         except Exception as e:
             failed.add(name)
             notes.append(f"{name} failed: {type(e).__name__}: {e}"[:300])
@@ -188,8 +181,10 @@ def run(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 start = time.perf_counter()
-                fn()
+                cleanup = fn()
                 stats[name].add(time.perf_counter() - start)
+                if callable(cleanup):
+                    cleanup()
     settle(root)
 
     table = Table(

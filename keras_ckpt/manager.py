@@ -282,7 +282,8 @@ class CheckpointManager:
         averaged in float64 and cast back; integer and boolean variables (counters, seeds) and
         the optimizer state are the newest checkpoint's (moments of a mean have no meaning;
         keeping the newest's lets `keras.saving.load_model` restore a compiled model). A `.keras`
-        output also holds the newest checkpoint's config. Each checkpoint is verified first.
+        output also holds the newest checkpoint's config. Each checkpoint is read once and checked
+        against its record on the way.
 
         Args:
             select: `"last:N"`, `"best:N"` or a list of checkpoint names (see `select`).
@@ -322,20 +323,22 @@ class CheckpointManager:
             raise invalid("path", "a file name ending in .keras or .weights.h5", path)
         if os.path.exists(out) and not overwrite:
             raise invalid("path", "a path that does not exist yet (or `overwrite=True`)", path)
-        verified = [self.resolve(r.name) for r in self.select(select, monitor=monitor, mode=mode)]
-        if out.endswith(".keras") and any(r.kind != "model" for r in verified):
-            partial = [r.name for r in verified if r.kind != "model"]
+        records = self.select(select, monitor=monitor, mode=mode)
+        if out.endswith(".keras") and any(r.kind != "model" for r in records):
+            partial = [r.name for r in records if r.kind != "model"]
             raise invalid(
                 "path",
                 f"a .weights.h5 file: {', '.join(partial)} hold weights only, not a full model",
                 path,
             )
         with contextlib.ExitStack() as stack:
-            sources = [
-                (r.name, stack.enter_context(self.storage.local_path(r.path))) for r in verified
-            ]
-            averaging.average(sources, out)
-        return verified
+            sources = []
+            for record in records:
+                entry = record.files[0]
+                local = stack.enter_context(self.storage.local_path(record.path))
+                sources.append((record.path, local, SealedFile(entry.size, entry.checksum)))
+            averaging.average(sources, out)  # each read once, checked against its record
+        return records
 
     def resolve(
         self,
@@ -476,7 +479,14 @@ class CheckpointManager:
                         continue  # deleted while we looked
                     problems = [f"{record.path}: missing file"]
                 else:
-                    record, value, problems = self._use(record, use)
+                    used = self._use(record, use)
+                    if used is None:  # deleted while we read it
+                        if named:
+                            raise CheckpointNotFoundError(
+                                f"Checkpoint {which!r} was deleted meanwhile"
+                            )
+                        continue
+                    record, value, problems = used
             if not problems:
                 if damaged:
                     warnings.warn(
@@ -500,15 +510,20 @@ class CheckpointManager:
             f"damaged; run `keras-ckpt verify {self.directory}` for details."
         )
 
-    def _use(self, record: Record, use: Callable[[Record], Any]) -> tuple[Record, Any, list[str]]:
-        """(record, value, problems) of `use(record)`; a record a writer replaced meanwhile is
-        read again (a few times at most), a damaged one reported as problems."""
+    def _use(
+        self, record: Record, use: Callable[[Record], Any]
+    ) -> tuple[Record, Any, list[str]] | None:
+        """(record, value, problems) of `use(record)`, or None if a writer deleted it meanwhile;
+        a record a writer replaced meanwhile is read again (a few times at most), a damaged one
+        reported as problems."""
         for _ in range(_REREADS):
             try:
                 return record, use(record), []
             except CorruptCheckpointError as e:
                 again = self._checked(record)  # a writer may have replaced it meanwhile
-                if again is None or again[1] or again[0] == record:
+                if again is None:
+                    return None
+                if again[1] or again[0] == record:
                     return record, None, [str(e)]
                 record = again[0]
         return record, None, [f"{record.path}: changed while it was read; try again"]
@@ -691,7 +706,10 @@ class CheckpointManager:
         """Deletes the checkpoints `policy` does not keep; returns what was kept and why.
 
         The newest checkpoint and any protected one (`protect`) are always kept. Only checkpoints
-        with a record are candidates: files without one are never touched.
+        with a record are candidates: files without one are never touched. A checkpoint whose
+        files cannot be deleted (an immutable file, a read-only mount) stays, whole and listed:
+        a warning names the file and the reason, `PruneResult.failed` lists it, and the next prune
+        tries again, so retention never stops a training run.
 
         Args:
             policy: A `keras_ckpt.policies` policy (or several joined with `|`).
@@ -705,8 +723,14 @@ class CheckpointManager:
             )
         check_bool("dry_run", dry_run)
         _check_owner(owner)
-        if not dry_run:
-            self.open_for_writing()
+        if dry_run:
+            return self._prune(policy, True, owner)
+        # One prune at a time per directory in this process, judging the records as they are
+        # (a commit or prune of another thread waits), so no thread deletes from a stale list.
+        with self._journal.open().mutex:
+            return self._prune(policy, False, owner)
+
+    def _prune(self, policy: Policy, dry_run: bool, owner: str | None) -> PruneResult:
         records = self.checkpoints(owner)
         recorded = set().union(*(r.metrics for r in records)) if records else set()
         for metric in sorted(ranked_metrics(policy) - recorded):
@@ -727,10 +751,23 @@ class CheckpointManager:
                 kept.append(KeptCheckpoint(record, tuple(reasons)))
             else:
                 doomed.append(record)
+        failed = []
         if not dry_run:
             for record in doomed:
-                self.delete(record.name, reason=f"not kept by {policy!r}")
-        return PruneResult(tuple(kept), tuple(doomed), dry_run)
+                try:
+                    self.delete(record.name, reason=f"not kept by {policy!r}")
+                except OSError as error:
+                    # Retention is never worth a run: the checkpoint stays, the next prune retries.
+                    failed.append(record)
+                    path = error.filename or f"{self.directory}/{record.path}"
+                    warnings.warn(
+                        f"Pruning {self.directory}: could not delete checkpoint {record.name} "
+                        f"({path}: {error.strerror or error}). It is kept for now; the next "
+                        "prune tries again.",
+                        stacklevel=3,
+                    )
+        deleted = tuple(r for r in doomed if r not in failed)
+        return PruneResult(tuple(kept), deleted, dry_run, failed=tuple(failed))
 
     def delete(self, name: str, *, reason: str | None = None) -> None:
         """Deletes one checkpoint: its record first, then its files.
@@ -769,5 +806,5 @@ class CheckpointManager:
 
 
 def _check_owner(owner: object) -> None:
-    if owner is not None and not isinstance(owner, str):
+    if owner is not None and (not isinstance(owner, str) or not owner):
         raise invalid("owner", "a callback's owner string (`ModelCheckpoint.owner`) or None", owner)

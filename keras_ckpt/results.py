@@ -47,7 +47,8 @@ class KeptCheckpoint:
 
 @dataclass(frozen=True)
 class PruneResult:
-    """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`).
+    """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`), and
+    what it could not delete (`failed`: a warning said why; the next prune tries again).
 
     Example:
 
@@ -58,3 +59,4 @@ class PruneResult:
     kept: tuple[KeptCheckpoint, ...]
     deleted: tuple[Record, ...]
     dry_run: bool = False
+    failed: tuple[Record, ...] = ()

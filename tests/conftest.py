@@ -76,6 +76,23 @@ def commit(manager, name, files=None, kind="weights", **kwargs):
         return manager.commit(staged, name=name, kind=kind, **kwargs)
 
 
+def fail_removing(mocker, relpath: str, times: int = 1):
+    """`LocalStorage.remove(relpath)` raises PermissionError (an immutable file, as `chattr +i`
+    makes one) the first `times` calls; everything else is removed as usual."""
+    from keras_ckpt.store.local import LocalStorage
+
+    real = LocalStorage.remove
+    left = {"n": times}
+
+    def remove(self, path):
+        if path == relpath and left["n"] > 0:
+            left["n"] -= 1
+            raise PermissionError(1, "Operation not permitted", os.path.basename(path))
+        return real(self, path)
+
+    return mocker.patch.object(LocalStorage, "remove", remove)
+
+
 class Crash(keras.callbacks.Callback):
     """Raises at the `at_step`-th trained step (replayed steps do not count)."""
 

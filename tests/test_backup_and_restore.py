@@ -331,9 +331,19 @@ def test_invalid_arguments_are_rejected(tmp_path, kwargs, message):
         keras_ckpt.BackupAndRestore(tmp_path, **kwargs)
 
 
-def test_invalid_backup_dir_is_rejected():
+def test_invalid_backup_dir_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="backup_dir"):
         keras_ckpt.BackupAndRestore("")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"argument `backup_dir`. Expected a folder \(.*notes.txt"):
+        keras_ckpt.BackupAndRestore(tmp_path / "notes.txt" / "backup")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux's /proc")
+def test_a_backup_dir_where_nothing_can_be_created_is_named_in_full(data):
+    callback = keras_ckpt.BackupAndRestore("/proc/self")
+    with pytest.raises(OSError, match=r"'/proc/self/.keras_ckpt'"):
+        build_model().fit(*data, epochs=1, verbose=0, callbacks=[callback])
 
 
 @pytest.mark.parametrize(

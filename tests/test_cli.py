@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_model
+from conftest import build_model, fail_removing
 
 import keras_ckpt
 from keras_ckpt import CheckpointManager
@@ -476,6 +476,38 @@ def test_prune_without_keep_options_refuses_a_recorded_keep_best_that_cannot_ran
     assert len(names(directory)) == 4
 
 
+def test_prune_of_an_empty_owner_names_the_option(copy_of):
+    directory = copy_of("weights")
+    result = cli("prune", directory, "--keep-last", "1", "--owner", "")
+    assert result.code == 2
+    assert "argument --owner: expected a callback's owner" in result.err
+    assert "None" not in result.err
+    assert len(names(directory)) == 4
+
+
+def test_prune_lists_checkpoints_without_an_owner_as_such(copy_of):
+    directory = copy_of("weights")
+    manager = CheckpointManager(directory)
+    with manager.stage() as folder:
+        staged = Path(folder) / "x"
+        staged.write_bytes(b"x")
+        manager.commit({"x.bin": staged}, name="x.bin", kind="weights")
+    manager.close()
+    result = cli("prune", directory, "--keep-last", "1", "--owner", "nosuch")
+    assert result.code == 2
+    assert "Owners there: test, 1 checkpoint without one" in result.err
+
+
+def test_prune_that_cannot_delete_a_checkpoint_says_so_and_fails(copy_of, mocker):
+    directory = copy_of("weights")
+    fail_removing(mocker, "weights-01.weights.h5")
+    result = cli("prune", directory, "--keep-last", "1")
+    assert result.code == 2
+    assert "could not delete checkpoint weights-01.weights.h5" in result.err
+    assert "Could not delete 1 (see the warnings above):" in result.out
+    assert names(directory) == ["weights-01.weights.h5", "weights-04.weights.h5"]
+
+
 def test_prune_of_an_owner_no_checkpoint_has_lists_the_owners(copy_of):
     directory = copy_of("weights")
     result = cli("prune", directory, "--keep-last", "1", "--owner", "nosuch")
@@ -587,6 +619,18 @@ def test_plot_an_unknown_metric_is_an_error(runs, tmp_path):
     result = cli("plot", runs / "models", "-o", tmp_path / "x.png", "--metric", "val_f1")
     assert result.code == 2 and "val_f1" in result.err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("output", ["", "run", "run.txt"])
+def test_plot_needs_an_image_file_name(runs, tmp_path, monkeypatch, output):
+    """`-o ""` once wrote `./.png`."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("plot", runs / "models", "-o", output)
+    assert result.code == 2
+    assert "argument -o/--output: expected an image file name ending in .png, .svg or .pdf" in (
+        result.err
+    )
+    assert os.listdir(tmp_path) == []
 
 
 # ------------------------------------------------------------------------- fsspec URLs

@@ -1,19 +1,59 @@
-"""keras_ckpt.format.h5read: reading `.weights.h5` and `.keras` files in place, from the bytes
-whose checksum was checked."""
+"""keras_ckpt.format.h5read: ours and Keras's files read in place, what is loaded is exactly what
+was checked, and read errors are damage. Crafted files are in `test_crafted_files.py`.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
+import google_crc32c
+import h5py
+import keras
+import numpy as np
 import pytest
 from conftest import assert_same_state, fresh_like, state_of, trained
 
+from keras_ckpt import CheckpointManager
 from keras_ckpt.errors import CorruptCheckpointError
 from keras_ckpt.format import h5read, h5write, snapshot
 from keras_ckpt.store.local import seal_file
 
 
+def model_of(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(300), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def weights(model: keras.Model) -> list[np.ndarray]:
+    return [np.asarray(v.numpy()) for v in model.weights + model.optimizer.variables]
+
+
+def committed(directory, model: keras.Model, name: str, *, gzip: bool = False) -> None:
+    """`model`'s weights committed as checkpoint `name` (Keras's own file), optionally with every
+    kernel re-stored gzip-compressed."""
+    manager = CheckpointManager(directory)
+    with manager.stage() as folder:
+        staged = os.path.join(folder, name)
+        model.save_weights(staged)
+        if gzip:
+            with h5py.File(staged, "r+") as f:
+                for path in ("layers/dense/vars/0", "layers/dense_1/vars/0"):
+                    value = f[path][()]
+                    del f[path]
+                    f.create_dataset(path, data=value, chunks=True, compression="gzip")
+        manager.commit({name: staged}, name=name, kind="weights")
+    manager.close()
+
+
 @pytest.mark.parametrize("writer", ["ours", "keras"])
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
-def test_fast_reader_loads_ours_in_place_and_keras_files_too(tmp_path, data, writer, suffix):
+def test_fast_reader_loads_ours_and_keras_files_in_place(tmp_path, data, writer, suffix):
     model = trained(data, bfloat16=True)
     path = tmp_path / f"m{suffix}"
     weights_only = suffix == ".weights.h5"
@@ -23,9 +63,8 @@ def test_fast_reader_loads_ours_in_place_and_keras_files_too(tmp_path, data, wri
         (model.save_weights if weights_only else model.save)(path)
     expected = seal_file(path, sync=False)
     target = fresh_like(model)
-    in_place = h5read.load_weights(target, path, expected)
-    # Keras's `.keras` holds its HDF5 member at an arbitrary offset: Keras's loader reads it.
-    assert in_place == (writer == "ours" or weights_only)
+    # Keras's `.keras` holds its HDF5 member at an arbitrary offset: read in place all the same.
+    assert h5read.load_weights(target, path, expected)
     assert_same_state(state_of(target), state_of(model))
     if not weights_only:
         assert_same_state(state_of(h5read.load_model(path, expected)), state_of(model))
@@ -53,20 +92,153 @@ def test_a_flipped_byte_is_found_by_the_reader(tmp_path, data, suffix):
             h5read.load_model(path, sealed)
 
 
+def test_a_file_rewritten_in_place_after_its_check_loads_what_was_checked(tmp_path, monkeypatch):
+    """`cp other.weights.h5 m.weights.h5` (or `rsync --inplace`) while a load is under way: the
+    load still assigns the bytes whose checksum matched, never the new ones."""
+    checked, other = model_of(1), model_of(2)
+    committed(tmp_path, checked, "m.weights.h5")
+    replacement = tmp_path.parent / f"{tmp_path.name}-other.weights.h5"
+    other.save_weights(replacement)
+    assert replacement.stat().st_size == (tmp_path / "m.weights.h5").stat().st_size
+    real_digest = google_crc32c.Checksum.digest
+
+    def rewrite_then_digest(self):  # right after the checksum pass, before anything is loaded
+        with open(tmp_path / "m.weights.h5", "r+b") as f:  # in place, as `cp` does
+            f.truncate(0)
+            f.write(replacement.read_bytes())
+        monkeypatch.setattr(google_crc32c.Checksum, "digest", real_digest)
+        return real_digest(self)
+
+    monkeypatch.setattr(google_crc32c.Checksum, "digest", rewrite_then_digest)
+    target = model_of(3)
+    CheckpointManager(tmp_path).load_weights(target, "latest")
+    for a, b in zip(weights(target), weights(checked), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_truncated_while_it_loads_neither_kills_the_process_nor_loads_garbage(tmp_path):
+    """A mapped file truncated under its reader kills it with SIGBUS; read from one descriptor
+    into memory, the checked bytes load, whatever happens to the file."""
+    checked = model_of(1)
+    committed(tmp_path, checked, "m.weights.h5")
+    np.save(
+        tmp_path.parent / f"{tmp_path.name}-expected.npy",
+        np.concatenate([w.ravel() for w in weights(checked)]),
+    )
+    child = textwrap.dedent(
+        f"""
+        import sys, google_crc32c, numpy as np
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_h5read import model_of, weights
+        from keras_ckpt import CheckpointManager
+        real = google_crc32c.Checksum.digest
+        def truncate_then_digest(self):
+            open({str(tmp_path / "m.weights.h5")!r}, "r+b").truncate(0)
+            google_crc32c.Checksum.digest = real
+            return real(self)
+        google_crc32c.Checksum.digest = truncate_then_digest
+        target = model_of(3)
+        CheckpointManager({str(tmp_path)!r}).load_weights(target, "latest")
+        loaded = np.concatenate([w.ravel() for w in weights(target)])
+        expected = np.load({str(tmp_path.parent / f"{tmp_path.name}-expected.npy")!r})
+        print("equal" if np.array_equal(loaded, expected) else "different")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip().endswith("equal")
+
+
+def test_a_read_error_inside_a_matching_file_is_damage_and_falls_back(tmp_path):
+    """A gzip-compressed dataset whose stream is garbage, in a file whose record matches it (a
+    crafted folder brings its own records): h5py's error while Keras's walk assigns is damage,
+    so "latest" falls back to the previous checkpoint, and nothing of the bad one is assigned."""
+    good, bad = model_of(1), model_of(2)
+    committed(tmp_path, good, "a.weights.h5")
+    source = tmp_path / "b-source.weights.h5"
+    bad.save_weights(source)
+    with h5py.File(source, "r+") as f:
+        value = f["layers/dense/vars/0"][()]
+        del f["layers/dense/vars/0"]
+        f.create_dataset("layers/dense/vars/0", data=value, chunks=(8, 300), compression="gzip")
+        offset = f["layers/dense/vars/0"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(source.read_bytes())
+    raw[offset + 10 : offset + 60] = b"\xff" * 50  # the deflate stream, not the metadata
+    source.write_bytes(bytes(raw))
+    manager = CheckpointManager(tmp_path)
+    with manager.stage() as folder:
+        staged = os.path.join(folder, "b.weights.h5")
+        with open(staged, "wb") as f:
+            f.write(bytes(raw))
+        manager.commit({"b.weights.h5": staged}, name="b.weights.h5", kind="weights")
+    manager.close()
+    target = model_of(3)
+    with pytest.warns(UserWarning, match=r"b.weights.h5 in .* is damaged \(.*cannot read dataset"):
+        assert manager.load_weights(target, "latest").name == "a.weights.h5"
+    for a, b in zip(weights(target), weights(good), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(CorruptCheckpointError, match=r"layers/dense/vars/0"):
+        h5read.load_weights(model_of(3), tmp_path / "b.weights.h5")
+
+
 @pytest.mark.parametrize("can_map", [True, False])
-def test_the_reader_maps_the_file_and_reads_it_where_mapping_fails(tmp_path, data, mocker, can_map):
+def test_the_buffer_is_anonymous_memory_or_plain_memory_where_mapping_fails(
+    tmp_path, mocker, can_map
+):
     import mmap
 
-    model = trained(data)
+    model = model_of(1)
     path = tmp_path / "m.weights.h5"
-    sealed = h5write.write_snapshot(snapshot.take(model, weights_only=True), str(path))
-    real_mmap = mmap.mmap
+    model.save_weights(path)
     if not can_map:
         mocker.patch.object(mmap, "mmap", side_effect=OSError(19, "No such device"))
-    source = h5read.VerifiedFile(path, sealed)
-    assert source.sealed == sealed
-    exporter = getattr(source.buffer.base, "obj", None)  # np.frombuffer: a memoryview of it
-    assert isinstance(exporter, real_mmap) is can_map  # a map of the file, not a copy
-    target = fresh_like(model)
-    assert h5read.load_weights(target, path, sealed)
-    assert_same_state(state_of(target), state_of(model))
+    source = h5read.VerifiedFile(path, None)
+    assert source.buffer.tobytes() == path.read_bytes()
+    assert source.buffer.flags.writeable  # arrays handed to Keras are writable, as read ones are
+    target = model_of(2)
+    assert h5read.load_weights(target, path)
+    for a, b in zip(weights(target), weights(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_grown_while_it_is_read_is_reported(tmp_path, monkeypatch):
+    model = model_of(1)
+    path = tmp_path / "m.weights.h5"
+    model.save_weights(path)
+    real_read = h5read._read
+
+    def read_then_grow(f, size, crc):
+        buffer = real_read(f, size, crc)
+        with open(path, "ab") as out:
+            out.write(b"more")
+        return buffer
+
+    monkeypatch.setattr(h5read, "_read", read_then_grow)
+    with pytest.raises(CorruptCheckpointError, match=r"m.weights.h5: changed while it was read"):
+        h5read.VerifiedFile(path, None)
+
+
+def test_what_the_bytes_are_is_told_by_their_first_bytes(tmp_path):
+    model = model_of(1)
+    model.save_weights(tmp_path / "w.weights.h5")
+    model.save(tmp_path / "m.keras")
+    (tmp_path / "n").write_bytes(b"not a keras file" * 10)
+    kinds = {
+        n: h5read.VerifiedFile(tmp_path / n, None).kind for n in ("w.weights.h5", "m.keras", "n")
+    }
+    assert kinds == {"w.weights.h5": "hdf5", "m.keras": "zip", "n": None}
+
+
+def test_a_legacy_h5_model_is_loaded_by_keras_legacy_loader_from_the_checked_bytes(tmp_path):
+    model = model_of(1)
+    model.save(tmp_path / "m.h5")  # Keras's legacy HDF5 full model
+    sealed = h5read.VerifiedFile(tmp_path / "m.h5", None).sealed
+    target = model_of(2)
+    assert h5read.load_weights(target, tmp_path / "m.h5", sealed) is False  # Keras's loader
+    for a, b in zip(target.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    loaded = h5read.load_model(tmp_path / "m.h5", sealed, compile=False)
+    for a, b in zip(loaded.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -443,3 +443,42 @@ def test_a_disk_fault_while_releasing_the_lock_still_releases_it(tmp_path, mocke
     mocker.stopall()
     with CheckpointManager(tmp_path) as again:
         again.open_for_writing()
+
+
+# ---------------------------------------------------------------- errors that name the path
+
+
+def test_a_read_only_mount_names_the_lock_file_not_just_lock(tmp_path, mocker):
+    CheckpointManager(tmp_path).open_for_writing()  # the folder exists; now the mount is read-only
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", os.path.basename(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    mocker.patch("keras_ckpt.store.local.os.open", side_effect=read_only)
+    with pytest.raises(
+        OSError,
+        match=r"Read-only file system: keras-ckpt cannot take the writer "
+        rf"lock of {tmp_path}: '{tmp_path}/{META_DIR}/lock'",
+    ):
+        LocalStorage(tmp_path).lock()
+
+
+@pytest.mark.parametrize("below", ["", "runs", "runs/exp1"])
+def test_a_directory_below_a_file_names_the_file(tmp_path, below):
+    (tmp_path / "notes.txt").write_text("mine")
+    root = tmp_path / "notes.txt" / below if below else tmp_path / "notes.txt"
+    with pytest.raises(NotADirectoryError, match=rf"a file is in the way.*'{tmp_path}/notes.txt'"):
+        CheckpointManager(root).open_for_writing()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux's /proc")
+def test_a_folder_that_cannot_be_created_is_named_in_full():
+    """/proc/self exists, but nothing can be created in it: the error once said '.keras_ckpt'."""
+    with pytest.raises(
+        OSError, match=r"cannot create or open its folder: '/proc/self/.keras_ckpt'"
+    ):
+        LocalStorage("/proc/self").lock()

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from conftest import (
     awkward_model,
     build_model,
     commit,
+    fail_removing,
     fresh_like,
     state_of,
 )
@@ -308,6 +310,47 @@ def test_prune_of_one_owner_leaves_the_others_alone(manager):
     commit(manager, "mine-1", owner="me")
     manager.prune(KeepLast(1), owner="me")
     assert names(manager.checkpoints()) == ["theirs", "mine-1"]
+
+
+def test_a_failed_delete_warns_with_the_folder_the_file_and_why_and_the_next_prune_retries(
+    tmp_path, five, mocker
+):
+    fail_removing(mocker, "ckpt-1.bin")
+    with pytest.warns(UserWarning) as caught:
+        result = five.prune(KeepLast(1))
+    message = str(caught[0].message)
+    assert f"Pruning {tmp_path}: could not delete checkpoint ckpt-1" in message
+    assert f"{tmp_path}/ckpt-1.bin" in message and "Operation not permitted" in message
+    assert names(result.failed) == ["ckpt-1"]
+    assert names(result.deleted) == ["ckpt-0", "ckpt-2", "ckpt-3"]
+    assert names(reader(tmp_path).checkpoints()) == ["ckpt-1", "ckpt-4"]  # kept, whole
+    assert all(r.ok for r in reader(tmp_path).verify())
+    assert names(five.prune(KeepLast(1)).deleted) == ["ckpt-1"]  # retried
+    assert names(reader(tmp_path).checkpoints()) == ["ckpt-4"]
+
+
+def test_threads_committing_and_pruning_one_directory_never_miss_a_checkpoint(tmp_path):
+    """Each prune judges the records as they are when it deletes: another thread's prune may
+    have deleted a checkpoint it saw a moment before."""
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            with CheckpointManager(tmp_path) as manager:
+                for i in range(25):
+                    commit(manager, f"w{worker}-{i:02d}")
+                    manager.prune(KeepLast(2))
+        except BaseException as e:  # collected for the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(reader(tmp_path).checkpoints()) == 2
+    assert all(r.ok for r in reader(tmp_path).verify())
 
 
 def test_prune_rejects_what_is_not_a_policy(manager):

@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 import pytest
-from conftest import build_model, h5_datasets
+from conftest import build_model, fail_removing, h5_datasets
 
 import keras_ckpt
-from keras_ckpt.callbacks._monitor import _compiled_direction
 from keras_ckpt.policies import KeepBest, KeepLast
+from keras_ckpt.training.fit_state import compiled_direction
 
 FIT = {"batch_size": 16, "verbose": 0}
 
@@ -141,7 +141,7 @@ def test_auto_mode_takes_the_compiled_metric_direction(tmp_path, data):
 def test_private_metric_direction_is_still_where_keras_keeps_it(data):
     model = build_model()
     fit(model, data, [], epochs=1)
-    assert _compiled_direction(model, "accuracy") == "up"
+    assert compiled_direction(model, "accuracy") == "up"
 
 
 def test_auto_mode_that_cannot_be_inferred_says_to_set_mode(tmp_path, data):
@@ -239,12 +239,31 @@ def test_rejected_arguments_name_the_argument_and_the_value(tmp_path, kwargs, ma
         ("m-{epoch.keras", {}, r"str.format template"),
         ("m-{batch}.keras", {}, r"uses \{batch\} but saves happen only at epoch ends"),
         ("", {}, r"argument `filepath`"),
+        ("m-{epoch:>99999}.keras", {}, r"at most 255 bytes once formatted.*it is 100007 bytes"),
+        ("notes.txt/m-{epoch}.keras", {}, r"Expected a path in a folder \(.*notes.txt is a file\)"),
+        ("notes.txt/runs/m.keras", {}, r"Expected a path in a folder \(.*notes.txt is a file\)"),
     ],
 )
 def test_rejected_filepaths(tmp_path, filepath, kwargs, match):
+    (tmp_path / "notes.txt").write_text("mine")
     path = str(tmp_path / filepath) if filepath else filepath
     with pytest.raises(ValueError, match=match):
         keras_ckpt.ModelCheckpoint(path, **kwargs)
+
+
+def test_the_longest_file_name_a_template_may_format_to_is_accepted(tmp_path):
+    keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch:>240}.weights.h5"), save_weights_only=True)
+
+
+def test_a_failed_retention_delete_never_stops_training(tmp_path, data, mocker):
+    """An old checkpoint that cannot be deleted (`chattr +i`, say) costs a warning, not the run:
+    the new save succeeded, and the next save's pruning deletes the old one."""
+    fail_removing(mocker, "m-1.keras")
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), keep_last=1)
+    with pytest.warns(UserWarning, match=r"Pruning .*: could not delete checkpoint m-1.keras"):
+        history = fit(build_model(), data, [cb], epochs=3)
+    assert len(history.history["loss"]) == 3
+    assert names(tmp_path) == ["m-3.keras"]
 
 
 @pytest.mark.parametrize(

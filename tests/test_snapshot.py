@@ -76,6 +76,58 @@ def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
         np.testing.assert_array_equal(copied[name], direct[name])
 
 
+class RefillingLayer(keras.layers.Layer):
+    """Saves its two variables through one NumPy buffer it refills for each key: legal, since
+    Keras's own store copies what it is handed."""
+
+    def build(self, input_shape):
+        self.a = self.add_weight(shape=(16,), initializer="ones", name="a")
+        self.b = self.add_weight(shape=(16,), initializer="zeros", name="b")
+
+    def call(self, x):
+        return x * self.a + self.b
+
+    def save_own_variables(self, store):
+        buffer = np.empty((16,), "float32")
+        for key, variable in (("0", self.a), ("1", self.b)):
+            buffer[...] = keras.ops.convert_to_numpy(variable)
+            store[key] = buffer
+
+    def load_own_variables(self, store):
+        self.a.assign(store["0"])
+        self.b.assign(store["1"])
+
+
+def test_an_inline_save_copies_a_buffer_a_layer_refills_between_keys(tmp_path):
+    import keras_ckpt
+
+    model = keras.Sequential([keras.Input((16,)), RefillingLayer(), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    checkpoint = keras_ckpt.ModelCheckpoint(
+        tmp_path / "m.weights.h5", save_weights_only=True, async_save=False
+    )
+    model.fit(np.ones((4, 16)), np.ones((4, 2)), epochs=1, verbose=0, callbacks=[checkpoint])
+    assert checkpoint._pipeline.format._copy is False  # the inline path
+    saved = h5_datasets(tmp_path / "m.weights.h5")
+    layer = model.layers[0]
+    np.testing.assert_array_equal(saved["layers/refilling_layer/vars/0"], layer.a.numpy())
+    np.testing.assert_array_equal(saved["layers/refilling_layer/vars/1"], layer.b.numpy())
+    assert not np.array_equal(layer.a.numpy(), layer.b.numpy())
+
+
+def test_an_inline_save_of_ordinary_layers_copies_nothing(mocker):
+    """What Keras's layers and optimizer hand over is a variable, a backend tensor, or the array
+    the optimizer made for that very key: the inline snapshot keeps them as they are."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1200), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    spy = mocker.spy(snapshot.Snapshotter, "_copy")
+    snapshot.Snapshotter(copy=False).take(model, weights_only=True)
+    assert spy.call_count == len(model.weights) + len(model.optimizer.variables)
+    for call, returned in zip(spy.call_args_list, spy.spy_return_list, strict=True):
+        assert returned is call.args[2]  # the source itself, not a copy
+
+
 @pytest.mark.parametrize("async_save", [True, False])
 def test_callbacks_copy_only_when_writing_in_the_background(tmp_path, data, async_save, mocker):
     import keras_ckpt

@@ -9,6 +9,7 @@ from typing import Any
 
 from keras_ckpt._validate import check_choice, invalid
 from keras_ckpt.policies import infer_mode
+from keras_ckpt.training import fit_state
 
 
 class Monitor:
@@ -52,7 +53,7 @@ class Monitor:
         """
         if self.mode != "auto":
             return self.mode
-        direction = _compiled_direction(model, self.monitor.removeprefix("val_"))
+        direction = fit_state.compiled_direction(model, self.monitor.removeprefix("val_"))
         if direction is not None:
             self.mode = "max" if direction == "up" else "min"
             return self.mode
@@ -128,23 +129,6 @@ class Monitor:
         if a is None or b is None:
             return b if a is None else a
         return min(a, b) if self.mode == "min" else max(a, b)
-
-
-def _compiled_direction(model: Any, name: str) -> str | None:
-    """`"up"`/`"down"` as declared by the compiled Keras metric called `name`, if any.
-
-    Keras keeps the direction in the private `Metric._direction` (None where a Keras release
-    drops it: the name decides then); `tests/test_monitor.py` checks that it still works.
-    """
-    pending = list(getattr(model, "metrics", []) or [])
-    while pending:
-        metric = pending.pop()
-        pending.extend(getattr(metric, "metrics", []) or [])
-        if getattr(metric, "name", None) == name:
-            direction = getattr(metric, "_direction", None)
-            if direction in ("up", "down"):
-                return direction
-    return None
 
 
 def check_in_logs(wanted: set[str], logs: Mapping[str, Any], *, epoch: int, role: str) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from keras_ckpt._validate import invalid
 from keras_ckpt.records import validate_name
 
+NAME_MAX = 255  # bytes in one file name on common file systems
+
 
 def split_filepath(filepath: object) -> tuple[str, str]:
     """(directory, file-name template) of `filepath`, a local path or an fsspec URL.
@@ -71,6 +73,12 @@ def format_name(
             f"Failed to format this callback filepath: {template!r}: no value for {e}. "
             f"Keys available at this save: {', '.join(sorted(values))}"
         ) from None
+    if len(name.encode()) > NAME_MAX:
+        raise ValueError(
+            f"Cannot save a checkpoint named from the filepath template {template!r}: the name is "
+            f"{len(name.encode())} bytes long, and file systems allow {NAME_MAX}. Shorten the "
+            f"template or its format specs. Name: {name[:80]!r}..."
+        )
     return validate_name(name)
 
 
@@ -102,6 +110,12 @@ def check_template(template: str, filepath: str, *, step_saves: bool) -> None:
             "Invalid value for argument `filepath`. Expected a file name that does not start "
             f"with '.' (it would be hidden). Received: filepath={filepath!r}"
         ) from None
+    if len(name.encode()) > NAME_MAX:
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a file name of at most "
+            f"{NAME_MAX} bytes once formatted (file systems refuse longer ones); with {{epoch}}=1 "
+            f"and metrics 0.0 it is {len(name.encode())} bytes. Received: filepath={filepath!r}"
+        )
     impossible = sorted(f for f in fields if f.startswith("val_"))
     if step_saves and impossible:
         raise ValueError(

@@ -22,6 +22,7 @@ from keras_ckpt.policies import KeepLast, to_json
 from keras_ckpt.records import CallbackMemory, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_replaying, mark_preempted, mark_resumed
+from keras_ckpt.store.local import file_in_the_way
 from keras_ckpt.training import fit_state
 from keras_ckpt.training.backup import TrainingState
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
@@ -46,10 +47,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     A backup holds the model, optimizer (built before loading; the restored `iterations` is
     checked), metric and `SeedGenerator` variables; epoch, step and global step; Python, NumPy and
     TensorFlow RNG state; the state of `EarlyStopping`, `ReduceLROnPlateau` and every callback of
-    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. Each backup is one file,
-    `backup-<global step>.weights.h5`: a plain Keras weights file (`model.load_weights` loads it)
-    with the rest of the state in an extra group Keras ignores (see
-    `keras_ckpt.format.backup_file`).
+    the same `fit` that implements `keras_ckpt.state.CheckpointStateful`. Each backup is one
+    file, `backup-<global step>.weights.h5`: a plain Keras weights file (`model.load_weights`
+    loads it) with the rest of the state in an extra group Keras ignores.
 
     To resume inside an epoch, the resumed run replays the input of the batches already trained
     (it pulls them from the input pipeline without training), so it sees exactly the batches the
@@ -117,8 +117,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     ['backup-000000008']
     >>> keras_ckpt.BackupAndRestore("runs/doc/backup", save_freq=0)
     Traceback (most recent call last):
-    ValueError: Invalid value for argument `save_freq`. Expected "epoch" or a positive int.
-    Received: save_freq=0
+    ValueError: Invalid value for argument `save_freq`. Expected "epoch" ... Received: save_freq=0
     """
 
     def __init__(
@@ -138,6 +137,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
             raise invalid("backup_dir", "a non-empty path or URL", backup_dir)
+        blocker = None if "://" in os.fspath(backup_dir) else file_in_the_way(backup_dir)
+        if blocker is not None:
+            raise invalid("backup_dir", f"a folder ({blocker} is a file)", backup_dir)
         self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
         self.raise_on_interrupt = check_bool("raise_on_interrupt", raise_on_interrupt)
         self.save_freq, self.max_overhead = _check_save_freq(
@@ -208,7 +210,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         mark_resumed(self.model, None)
         fit_state.stop_replay(self.model)
         self._training = TrainingState(self.model, self)
-        self._signals = SignalCatcher(self._model, "BackupAndRestore")
+        self._signals = SignalCatcher(fit_state.unsynced_model(self), "BackupAndRestore")
         if self._chief:
             # Lock first: it also completes or undoes what a killed writer left half-done, before
             # we read; and a second run on this directory fails now, not at its first backup.
@@ -244,13 +246,13 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._cadence.tick(None)  # an epoch's first step is not timed
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # `_model` in the per-batch checks: on JAX, `model` syncs every variable out of the
+        # Not `model` in the per-batch checks: on JAX it syncs every variable out of the
         # trainer's state at each call (measured: fit took twice as long per step).
-        if is_replaying(self._model) and batch >= self._progress.step:
+        if is_replaying(fit_state.unsynced_model(self)) and batch >= self._progress.step:
             fit_state.stop_replay(self.model)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if is_replaying(self._model):
+        if is_replaying(fit_state.unsynced_model(self)):
             if self.interrupted is not None:
                 self._stop(save=False)  # the backup resumed from holds exactly this state
             return
@@ -307,7 +309,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if remove:
             self.manager.remove_if_unused()  # as Keras does, if nothing else is left there
         if signum is not None:
-            fit_state.drop_epoch_from_history(self._model, self._cut_epoch)
+            fit_state.drop_epoch_from_history(fit_state.unsynced_model(self), self._cut_epoch)
             self._announce(signum)
             if self.raise_on_interrupt:
                 self._finish_other_callbacks()

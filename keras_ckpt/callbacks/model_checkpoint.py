@@ -30,6 +30,7 @@ from keras_ckpt.policies import Policy, from_keep_args, ranked_metrics, to_json
 from keras_ckpt.records import CallbackMemory, clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying, mark_preempted, resumed_from
+from keras_ckpt.store.local import file_in_the_way
 from keras_ckpt.training import fit_state
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 from keras_ckpt.training.writer import Writer
@@ -43,12 +44,12 @@ class ModelCheckpoint(keras.callbacks.Callback):
     """Saves the model or its weights during `fit`, safely, and keeps only what you ask for.
 
     A drop-in superset of `keras.callbacks.ModelCheckpoint`: the same arguments with the same
-    meaning and file names. What changes is safety. Every file is written beside its final path and
-    moved into place in one step, so a kill never leaves a half-written checkpoint where the last
-    good one was; a JSON record in `.keras_ckpt/` next to the files keeps each one's checksum,
-    epoch, step and metrics. A restarted run reads those records: `save_best_only` keeps its best
-    value, and retention counts the files written before. Files the callback did not write are
-    never deleted or overwritten.
+    meaning and file names. What changes is safety. Every file is written beside its final path
+    and moved into place in one step, so a kill never leaves a half-written checkpoint where the
+    last good one was; a JSON record in `.keras_ckpt/` next to the files keeps each one's
+    checksum, epoch, step and metrics. A restarted run reads those records: `save_best_only`
+    keeps its best value, and retention counts the files written before. Files the callback did
+    not write are never deleted or overwritten.
 
     Args:
         filepath: Path (or fsspec URL) of the file to write. The file name may hold `{epoch}`
@@ -125,6 +126,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.directory, self.template = split_filepath(filepath)
         self.filepath = os.fspath(filepath)
+        blocker = None if "://" in self.filepath else file_in_the_way(self.directory)
+        if blocker is not None:
+            raise invalid("filepath", f"a path in a folder ({blocker} is a file)", filepath)
         if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose not in (0, 1, 2):
             raise invalid("verbose", "0 (silent), 1 or 2 (a line per save)", verbose)
         self.verbose = verbose
@@ -205,9 +209,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         Writer.settle_all()  # a save of an earlier fit in this process must land before we read
         # A signal may have stopped an earlier fit of this model: that one is over, not this one.
-        mark_preempted(self._model, False)
+        mark_preempted(fit_state.unsynced_model(self), False)
         self._run_settled = False
-        _runs.check_same_template(self, fit_state.find_fit_context(self._model).callbacks or [])
+        model = fit_state.unsynced_model(self)
+        _runs.check_same_template(self, fit_state.find_fit_context(model).callbacks or [])
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
         # and skip every save. Keras 3 saving reads mirrored variables locally, no collective.
         self._chief = distribute.is_chief(self.model)
@@ -233,7 +238,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._run, self._monitor.origin = _runs.settle_run(
                 self.manager.checkpoints(owner=self._owner),
                 monitor=self._monitor,
-                resumed=resumed_from(self._model) is not None,
+                resumed=resumed_from(fit_state.unsynced_model(self)) is not None,
                 first_epoch=epoch,
                 template=self.template,
                 save_best_only=self.save_best_only,
@@ -242,8 +247,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self._progress.begin_epoch(epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        # `_model`, not `model`: on JAX the property syncs all variables, too slow per batch.
-        if is_replaying(self._model):
+        # Not `model`: on JAX the property syncs all variables, too slow per batch.
+        if is_replaying(fit_state.unsynced_model(self)):
             return
         if self.async_safe:
             # Maybe in a worker thread, out of order; Keras waits for all before `on_epoch_end`.
@@ -258,7 +263,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._pipeline.check()
-        if is_preempted(self._model):
+        if is_preempted(fit_state.unsynced_model(self)):
             return  # a signal cut this epoch short; the resumed run finishes it for real
         wanted = {self.monitor} if self._uses_monitor() else set()
         if self._retention is not None:
@@ -275,7 +280,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         try:
             done = self._last_saved_step == self._progress.global_step
-            if self.save_on_train_end and not is_preempted(self._model) and not done:
+            preempted = is_preempted(fit_state.unsynced_model(self))
+            if self.save_on_train_end and not preempted and not done:
                 step = self._progress.step
                 if step:
                     self._save(self._progress.epoch, step - 1, logs)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -34,6 +35,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _owner(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "expected a callback's owner, as `list --json` shows it (e.g. "
+            "'ModelCheckpoint:model-{epoch}.keras'), got ''"
+        )
+    return text
+
+
+def _image(text: str) -> str:
+    if os.path.splitext(text)[1].lower() not in (".png", ".svg", ".pdf"):
+        raise argparse.ArgumentTypeError(
+            f"expected an image file name ending in .png, .svg or .pdf, got {text!r}"
+        )
+    return text
 
 
 def _size(text: str) -> int:
@@ -146,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="the newest that fit in SIZE (500MB, 2GiB or bytes)",
     )
-    p.add_argument("--owner", help="prune only this callback's checkpoints")
+    p.add_argument("--owner", type=_owner, help="prune only this callback's checkpoints")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     p.add_argument(
         "--simulate",
@@ -190,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  keras-ckpt plot runs/exp1 -o run.png\n"
         "  keras-ckpt plot runs/exp1 -o run.png --metric val_accuracy --x step",
     )
-    p.add_argument("-o", "--output", required=True, help="image file to write (.png, .svg, .pdf)")
+    p.add_argument(
+        "-o", "--output", type=_image, required=True, help="image file to write (.png, .svg, .pdf)"
+    )
     p.add_argument(
         "--metric",
         action="append",

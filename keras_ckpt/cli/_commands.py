@@ -6,10 +6,8 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 import time
-import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +27,8 @@ from keras_ckpt.cli._common import (
 )
 from keras_ckpt.policies import infer_mode, rank
 from keras_ckpt.records import Record
-from keras_ckpt.store.local import atomic_local_file, seal_file
+from keras_ckpt.store.base import SealedFile
+from keras_ckpt.store.local import atomic_local_file
 
 _COLUMNS = {
     "name": lambda r: r.name,
@@ -207,10 +206,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
     records = manager.checkpoints(args.owner)
     if args.owner is not None and not records:
-        owners = sorted({str(r.owner) for r in manager.checkpoints()})
+        everything = manager.checkpoints()
+        owners = sorted({r.owner for r in everything if r.owner is not None})
+        unowned = sum(r.owner is None for r in everything)
+        listed = owners + ([f"{plural(unowned, 'checkpoint')} without one"] if unowned else [])
         raise CliError(
             f"No checkpoint in {args.directory} has owner {args.owner!r}. Owners there: "
-            f"{', '.join(owners) or 'none (the directory holds no checkpoints)'}"
+            f"{', '.join(listed) or 'none (the directory holds no checkpoints)'}"
         )
     owners = sorted({str(r.owner) for r in records})
     policy = policy_from_args(args, records, owners, "prune")
@@ -243,12 +245,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "policy_source": "options" if source == "from the options" else "recorded",
             "deleted": [r.name for r in result.deleted],
             "kept": [{"name": k.record.name, "reasons": list(k.reasons)} for k in result.kept],
+            "failed": [r.name for r in result.failed],
         }
         json.dump(data, sys.stdout, indent=2)
         print()
-        return 0
+        return 2 if result.failed else 0
     freed = human_size(sum(r.size for r in result.deleted))
-    total = len(result.deleted) + len(result.kept)
+    total = len(result.deleted) + len(result.kept) + len(result.failed)
     verb = "Would delete" if result.dry_run else "Deleted"
     print(f"Policy ({source}): {policy!r}")
     print(
@@ -262,6 +265,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for kept in result.kept:
         record = kept.record
         print(f"  keep    {record.name:{width}}  epoch {record.epoch:<4} {', '.join(kept.reasons)}")
+    if result.failed:  # each was warned about, with the reason
+        print(f"Could not delete {len(result.failed)} (see the warnings above):")
+        for record in result.failed:
+            print(f"  failed  {record.name:{width}}  epoch {record.epoch}")
+        return 2
     return 0
 
 
@@ -283,33 +291,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise CliError(f"Cannot write {out}: no such directory {parent}")
+    from keras_ckpt.format.h5read import WEIGHTS_MEMBER, VerifiedFile
+
     manager = open_manager(args.directory)
     record = resolve(manager, args.which, args.monitor, args.mode)
-    with manager.storage.local_path(record.path) as source:
-        is_archive = zipfile.is_zipfile(source)
-        if target == "model":
-            if record.kind != "model" or not is_archive:
-                raise CliError(
-                    f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, without "
-                    "the architecture a .keras file needs. Export it as OUT.weights.h5 and load it "
-                    "with model.load_weights() into a model built by your code."
-                )
-            with open(source, "rb") as src, atomic_local_file(out) as dest:
-                shutil.copyfileobj(src, dest)
-            if seal_file(out).checksum != record.files[0].checksum:
-                os.remove(out)
-                raise CliError(f"The copy of {record.path} changed while exporting; try again.")
-        elif is_archive:
-            with zipfile.ZipFile(source) as archive, atomic_local_file(out) as dest:
-                if "model.weights.h5" not in archive.namelist():
-                    raise CliError(f"{record.path} holds no model.weights.h5 to export.")
-                with archive.open("model.weights.h5") as weights:
-                    shutil.copyfileobj(weights, dest)
-        elif record.path.endswith(".weights.h5"):
-            with open(source, "rb") as src, atomic_local_file(out) as dest:
-                shutil.copyfileobj(src, dest)
-        else:
-            raise CliError(f"Checkpoint {record.name} ({record.path}) is not a Keras weights file.")
+    entry = record.files[0]
+    with manager.storage.local_path(record.path) as path:
+        # Read once, checked against the record and as loading checks it: what is written out is
+        # exactly those bytes.
+        source = VerifiedFile(path, SealedFile(entry.size, entry.checksum), name=entry.path)
+    is_archive = source.kind == "zip"
+    if target == "model":
+        if record.kind != "model" or not is_archive:
+            raise CliError(
+                f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, without "
+                "the architecture a .keras file needs. Export it as OUT.weights.h5 and load it "
+                "with model.load_weights() into a model built by your code."
+            )
+        with source.hdf5():
+            source.read_json("config.json")
+            source.check_extraction()
+        data = source.buffer
+    elif source.kind is not None and (is_archive or record.path.endswith(".weights.h5")):
+        if is_archive and WEIGHTS_MEMBER not in source.archive().namelist():
+            raise CliError(f"{record.path} holds no {WEIGHTS_MEMBER} to export.")
+        with source.hdf5() as hdf5:
+            data = hdf5.image
+    else:
+        raise CliError(f"Checkpoint {record.name} ({record.path}) is not a Keras weights file.")
+    with atomic_local_file(out) as dest:
+        dest.write(memoryview(data))  # type: ignore[arg-type]
     loader = "keras.saving.load_model" if target == "model" else "model.load_weights"
     metrics = " ".join(f"{k}={format_metric(v)}" for k, v in record.metrics.items())
     print(

@@ -2,7 +2,7 @@
 
 A `.keras` file is a zip of `metadata.json`, `config.json` (architecture and compile settings) and
 `model.weights.h5`; a `.weights.h5` file is HDF5 with `layers/.../vars/N` and `optimizer/vars/N`
-datasets. Reading those directly is fast, needs no Keras, and works for custom layers too.
+datasets. Reading those directly is fast, builds no model, and works for custom layers too.
 """
 
 from __future__ import annotations
@@ -11,53 +11,71 @@ import argparse
 import json
 import sys
 import time
-import zipfile
 from typing import Any
 
 from keras_ckpt.cli._commands import Printer, record_json
 from keras_ckpt.cli._common import format_metric, human_age, human_size, open_manager, resolve
+from keras_ckpt.errors import CorruptCheckpointError
+from keras_ckpt.format.h5read import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
 from keras_ckpt.records import Record
+from keras_ckpt.store.local import SealedFile
 
 _OPTIMIZER_GROUPS = ("optimizer", "optimizer_weights")  # Keras 3, legacy .h5
 BACKUP_FORMAT = "BackupAndRestore backup (weights + training state)"
 
 
-def inspect_file(path: str) -> dict[str, Any]:
-    """The parts of a Keras file, their sizes, and what they say about the model."""
-    if zipfile.is_zipfile(path):
-        return _inspect_archive(path)
-    import h5py
+def inspect_file(
+    path: str, expected: SealedFile | None = None, *, name: str | None = None
+) -> dict[str, Any]:
+    """The parts of a Keras file, their sizes, and what they say about the model.
 
-    if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            info = {"format": "HDF5 weights file", "parts": {}, **_weights(f)}
-            if "model_config" in f.attrs:  # a legacy full-model .h5
+    The file is read once and checked as loading would check it (`h5read.VerifiedFile`): against
+    `expected`, and every guard of the loader.
+
+    Raises:
+        CorruptCheckpointError: the file differs from `expected` or holds something not allowed.
+    """
+    source = VerifiedFile(path, expected, name=name)
+    if source.kind == "zip":
+        return _inspect_archive(source)
+    if source.kind == "hdf5":
+        with source.hdf5() as hdf5:
+            info = {"format": "HDF5 weights file", "parts": {}, **_weights(hdf5)}
+            if "model_config" in hdf5.file.attrs:  # a legacy full-model .h5
                 info["format"] = "legacy .h5 model"
-                info["architecture"] = _architecture(json.loads(f.attrs["model_config"]))
+                config = _json(source, hdf5.file.attrs["model_config"])
+                info["architecture"] = _architecture(config if isinstance(config, dict) else {})
             return info
     return {"format": "unknown", "parts": {}}
 
 
-def _inspect_archive(path: str) -> dict[str, Any]:
-    import h5py
+def _json(source: VerifiedFile, text: Any) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CorruptCheckpointError(f"{source.name}: its model config is not JSON ({e})") from None
 
-    with zipfile.ZipFile(path) as archive:
-        info: dict[str, Any] = {
-            "format": ".keras zip archive",
-            "parts": {i.filename: i.file_size for i in archive.infolist()},
-        }
-        names = archive.namelist()
-        if "metadata.json" in names:
-            info["metadata"] = json.loads(archive.read("metadata.json"))
-        if "config.json" in names:
-            config = json.loads(archive.read("config.json"))
-            info["architecture"] = _architecture(config)
-            compile_config = config.get("compile_config")
-            if compile_config:
-                info["compile"] = _compile(compile_config)
-        if "model.weights.h5" in names:
-            with archive.open("model.weights.h5") as raw, h5py.File(raw, "r") as f:
-                info.update(_weights(f))
+
+def _inspect_archive(source: VerifiedFile) -> dict[str, Any]:
+    archive = source.archive()
+    info: dict[str, Any] = {
+        "format": ".keras zip archive",
+        "parts": {i.filename: i.file_size for i in archive.infolist()},
+    }
+    names = archive.namelist()
+    if "metadata.json" in names:
+        info["metadata"] = source.read_json("metadata.json")
+    if "config.json" in names:
+        config = source.read_json("config.json")
+        if not isinstance(config, dict):
+            raise CorruptCheckpointError(f"{source.name}: its config.json is not a JSON object")
+        info["architecture"] = _architecture(config)
+        compile_config = config.get("compile_config")
+        if isinstance(compile_config, dict):
+            info["compile"] = _compile(compile_config)
+    if WEIGHTS_MEMBER in names:
+        with source.hdf5() as hdf5:
+            info.update(_weights(hdf5))
     return info
 
 
@@ -86,32 +104,27 @@ def _compile(compile_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _weights(f: Any) -> dict[str, Any]:
-    """Counts of the layer weights and optimizer variables in an open Keras HDF5 file."""
-    import h5py
-
+def _weights(hdf5: CheckedHDF5) -> dict[str, Any]:
+    """Counts of the layer weights and optimizer variables in a checked Keras HDF5 file."""
     layers: set[str] = set()
     weights = {"arrays": 0, "parameters": 0, "bytes": 0}
     optimizer: dict[str, Any] = {"variables": 0, "bytes": 0, "iterations": None, "name": None}
-
-    def visit(name: str, obj: Any) -> None:
-        if not isinstance(obj, h5py.Dataset) or name.startswith("__"):
-            return  # Keras never writes `__` names; a backup's own state lives there
+    for name, obj in hdf5.datasets.items():
+        if name.startswith("__"):
+            continue  # Keras never writes `__` names; a backup's own state lives there
         if name.split("/")[0] in _OPTIMIZER_GROUPS:
             if optimizer["variables"] == 0 and obj.shape == () and obj.dtype.kind in "iu":
-                optimizer["iterations"] = int(obj[()])  # Keras puts `iterations` first
+                optimizer["iterations"] = int(hdf5.array(name))  # Keras puts `iterations` first
             optimizer["variables"] += 1
             optimizer["bytes"] += obj.nbytes
-            return
+            continue
         layers.add(name.rsplit("/vars/", 1)[0] if "/vars/" in name else name.rsplit("/", 1)[0])
         weights["arrays"] += 1
         weights["parameters"] += obj.size
         weights["bytes"] += obj.nbytes
-
-    f.visititems(visit)
     for group in _OPTIMIZER_GROUPS:
-        if f"{group}/vars" in f:
-            optimizer["name"] = f[f"{group}/vars"].attrs.get("name")
+        if f"{group}/vars" in hdf5.groups:
+            optimizer["name"] = hdf5.file[f"{group}/vars"].attrs.get("name")
     weights["layers_with_weights"] = len(layers)
     return {"weights": weights, "optimizer": optimizer if optimizer["variables"] else None}
 
@@ -119,8 +132,9 @@ def _weights(f: Any) -> dict[str, Any]:
 def cmd_show(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
     record = resolve(manager, args.which, args.monitor, args.mode)
+    entry = record.files[0]
     with manager.storage.local_path(record.path) as path:
-        info = inspect_file(path)
+        info = inspect_file(path, SealedFile(entry.size, entry.checksum), name=entry.path)
     if record.kind == "training_state":  # its main file is a weights file, but it is not one
         info["format"] = BACKUP_FORMAT
     if args.json:

@@ -15,9 +15,10 @@ Keras's walk never writes a name starting with `__` (`saving_lib._walk_saveable`
 attributes), so no layer can collide with the group, and `load_weights` ignores it silently
 (`tests/test_backup_file.py`). Which variables the Keras part holds, and in which dataset, is learnt
 by identity while the snapshot is taken (`BackupFile.capture`), so nothing is stored twice; the
-JSON layout names each variable's dataset, and a restore reads them directly (views of a memory map
-of the file), without Keras's loading walk. Which variables and callbacks a backup holds is the
-training side's decision (`keras_ckpt.training.backup`): it hands them over as `BackupInputs`.
+JSON layout names each variable's dataset, and a restore reads them directly (views of the file's
+checked bytes in memory), without Keras's loading walk. Which variables and callbacks a backup
+holds is the training side's decision (`keras_ckpt.training.backup`): it hands them over as
+`BackupInputs`.
 
 `write` produces every byte in one pass (`h5write.write_snapshot`: h5py lays the file out, the
 arrays go in with `os.pwrite` from host buffers reused across backups, crc32c is computed from
@@ -27,13 +28,11 @@ memory), so the store never reads a backup back; `read` is the only reader.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import h5py
 import numpy as np
 
 from keras_ckpt.errors import CorruptCheckpointError
@@ -209,9 +208,7 @@ class BackupFile(Format):
             CorruptCheckpointError: the bytes differ from `expected`.
             BackupFileError: the file is not a readable backup of this format.
         """
-        if expected is not None:
-            h5read.VerifiedFile(path, expected, name=name or None)
-        return read(path)
+        return read(path, expected, name=name or None)
 
     def load_weights(self, model: Any, path: str, expected: SealedFile, *, name: str) -> None:
         h5read.load_weights(model, path, expected, name=name)  # a backup is a plain weights file
@@ -249,58 +246,53 @@ def write(snapshot: BackupSnapshot, path: str | os.PathLike[str]) -> SealedFile:
     )
 
 
-def read(path: str | os.PathLike[str]) -> BackupContents:
+def read(
+    path: str | os.PathLike[str], expected: SealedFile | None = None, *, name: str | None = None
+) -> BackupContents:
     """Reads a backup file: its state and every variable, Keras's part included.
 
-    Arrays of contiguous datasets are views of a private memory map of the file (no copy until
-    they are assigned); others are read by h5py.
+    The file is read once into memory, checked against `expected` on the way, and every link and
+    dataset is checked before anything is read from it (`h5read.VerifiedFile`): what is restored
+    is exactly what was checked. Arrays of plainly stored datasets are views of that memory.
+
+    Args:
+        path: The local backup file.
+        expected: Its recorded size and checksum (None: not checked).
+        name: How error messages name the file (default: `path`).
 
     Raises:
-        BackupFileError: the file is not a readable backup of this format.
+        BackupFileError: the file is not a readable backup of this format, differs from
+            `expected`, or holds something a Keras weights file may not.
     """
     path = os.fspath(path)
+    shown = name or path
     try:
-        with h5py.File(path, "r") as f, open(path, "rb") as raw:
-            group = f.get(GROUP)
-            if not isinstance(group, h5py.Group) or _STATE not in group:
-                raise BackupFileError(f"{path} holds no keras-ckpt backup state ({GROUP}/)")
-            state = json.loads(bytes(group[_STATE][()]).decode())
+        with h5read.VerifiedFile(path, expected, name=name).hdf5() as hdf5:
+            state_path = f"{GROUP}/{_STATE}"
+            if state_path not in hdf5.datasets:
+                raise BackupFileError(f"{shown} holds no keras-ckpt backup state ({GROUP}/)")
+            state = json.loads(bytes(hdf5.array(state_path)).decode())
             if not isinstance(state, dict) or state.get("format") != FORMAT:
                 found = state.get("format") if isinstance(state, dict) else None
-                raise BackupFileError(f"{path}: unknown backup format {found!r}")
-            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_COPY)
+                raise BackupFileError(f"{shown}: unknown backup format {found!r}")
             layout, variables = [], {}
-            for i, (name, shape, dataset) in enumerate(state["layout"]):
-                layout.append((str(name), tuple(int(n) for n in shape)))
-                variables[i] = _array(f[dataset], mapped)
+            for i, (variable, shape, dataset) in enumerate(state["layout"]):
+                layout.append((str(variable), tuple(int(n) for n in shape)))
+                variables[i] = hdf5.array(dataset)
                 if variables[i].shape != layout[-1][1]:
                     raise BackupFileError(
-                        f"{path}: {dataset} has shape {variables[i].shape}, the backup's layout "
-                        f"says {layout[-1][1]} for {name}"
+                        f"{shown}: {dataset} has shape {variables[i].shape}, the backup's layout "
+                        f"says {layout[-1][1]} for {variable}"
                     )
             callback_arrays = [
-                [group[f"callbacks/{k}/{j}"][()] for j in range(int(entry["arrays"]))]
+                [hdf5.array(f"{GROUP}/callbacks/{k}/{j}") for j in range(int(entry["arrays"]))]
                 for k, entry in enumerate(state["callbacks"])
             ]
     except BackupFileError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        raise BackupFileError(f"Cannot read backup file {path}: {error}") from error
+    except CorruptCheckpointError as error:
+        reason = str(error).removeprefix(f"{shown}: ")
+        raise BackupFileError(f"Cannot read backup file {shown}: {reason}") from error
+    except (KeyError, ValueError, TypeError, RecursionError) as error:
+        raise BackupFileError(f"Cannot read backup file {shown}: {error}") from error
     return BackupContents(path, state, layout, variables, callback_arrays)
-
-
-def _array(dataset: h5py.Dataset, mapped: mmap.mmap) -> np.ndarray:
-    if dataset.attrs.get("dtype") == "bfloat16":  # as Keras's `H5IOStore.__getitem__` reads it
-        import ml_dtypes
-
-        return np.array(dataset, dtype=ml_dtypes.bfloat16)
-    offset = dataset.id.get_offset()
-    if (
-        offset is None
-        or dataset.chunks is not None
-        or dataset.dtype.kind not in "biuf"
-        or offset + dataset.nbytes > len(mapped)
-    ):
-        return np.asarray(dataset[()])
-    array = np.frombuffer(mapped, dtype=dataset.dtype, count=dataset.size, offset=offset)
-    return array.reshape(dataset.shape)

@@ -1,20 +1,33 @@
-"""Loads Keras's `.weights.h5` and `.keras` files in place, checking their crc32c on the way.
+"""Loads Keras's `.weights.h5` and `.keras` files from the bytes whose crc32c it checked.
 
-The file is mapped into memory (the page cache's pages, not a copy) and its crc32c computed over
-it before anything is assigned; the arrays are then views of the map at their datasets' offsets,
-which h5py reports (it reads only the small metadata). Keras's own loading walk
-(`saving_lib._load_state`) assigns them, through a store of ours. A `.keras` file written by
-`h5write` holds its HDF5 member at offset 4096, where h5py finds it inside the zip; for a
-`.keras` model the model is rebuilt from its config as `keras.saving.load_model` does (compile
-config, custom objects, `safe_mode`, assets).
+The file is read once, from one descriptor, into a private buffer, its crc32c computed on the way:
+every byte loaded is a byte that was checked, whatever happens to the file meanwhile (replaced,
+rewritten in place, truncated). What the buffer holds is told by its first bytes (HDF5's signature
+at offset 0, or a zip local header), never by searching the file. h5py then opens the HDF5 bytes in
+that buffer (for a `.keras` file, its `model.weights.h5` member) and every link and dataset is
+checked before anything is read:
 
-Files this reader cannot take in place (a `.keras` Keras wrote, whose HDF5 member lies at an
-arbitrary offset; chunked or compressed datasets; Keras 2 layouts) are loaded by Keras after the
-same checksum pass.
+- Keras's own refusals (`saving_lib`, 3.15): soft and external links, datasets with external
+  storage, virtual datasets, datasets declaring far more bytes than they store (shape and
+  decompression bombs), zip members declaring far more than they store (zip bombs);
+- ours: a dataset whose data lies outside the file or whose stored size is not its declared size,
+  chunks far larger than their dataset, and HDF5 filters that are not built in (HDF5 would load
+  them as plugins from disk).
+
+Plainly stored datasets are then views of the buffer at their offsets; others are read by h5py from
+the same buffer. Keras's own loading walk (`saving_lib._load_state`) assigns them, through a store
+of ours; for a `.keras` model the model is rebuilt from its config as `keras.saving.load_model`
+does (compile config, custom objects, `safe_mode`, assets). A legacy `.h5` file is loaded by
+Keras's legacy loader, from the same checked buffer. Any read error, and any refusal, raises
+`CorruptCheckpointError`, so a manager loading `"latest"` falls back to the previous checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import math
 import mmap
 import os
 import zipfile
@@ -27,63 +40,272 @@ import numpy as np
 
 from keras_ckpt.errors import CorruptCheckpointError
 from keras_ckpt.format._keras_private import saving_lib
-from keras_ckpt.store.local import SealedFile
+from keras_ckpt.format._zip import crc32
+from keras_ckpt.store.local import SealedFile, open_regular
 
-__all__ = ["VerifiedFile", "load_weights", "load_weights_and_extras", "load_model"]
+__all__ = [
+    "CheckedHDF5",
+    "VerifiedFile",
+    "load_weights",
+    "load_weights_and_extras",
+    "load_model",
+]
 
-_CHUNK = 8 * 1024 * 1024
+_CHUNK = 2 * 1024 * 1024  # read and checksummed while it is still in the CPU's cache
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+WEIGHTS_MEMBER = "model.weights.h5"
+
+# Keras's limits (`keras.src.saving.saving_lib`, 3.15): above the floor, a dataset may declare at
+# most 1000x the bytes it stores, a zip member read into memory 100x; a member extracted to disk
+# (assets) has a lower floor.
+_BOMB_FLOOR = 1 << 32
+_H5_MAX_EXPANSION = 1000
+_ZIP_MAX_EXPANSION = 100
+_ZIP_EXTRACT_FLOOR = 1 << 28
+# A chunk may exceed its dataset (an extendible dataset's chunks do), but not by more than this.
+_CHUNK_SLACK = 1 << 20
+# Filters HDF5 and h5py have built in: deflate, shuffle, fletcher32, szip, nbit, scaleoffset, lzf.
+_BUILTIN_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})
+_LINK_KINDS = {h5py.h5l.TYPE_SOFT: "SoftLink", h5py.h5l.TYPE_EXTERNAL: "ExternalLink"}
 
 
-class _NotInPlace(Exception):
-    """The file is valid but not laid out for in-place reading; Keras's loader takes it."""
+def _readable(size: int) -> str:
+    """`5.00 GB`, as Keras's messages print sizes (`summary_utils.readable_memory_size`)."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024:
+            return f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{value:.2f} PB"
 
 
-def _map_or_read(f: Any) -> np.ndarray:
-    """The open file's bytes: a private map (copy-on-write: the arrays Keras receives are
-    writable, as read ones would be); read into memory if mapping fails.
-
-    Not `MAP_POPULATE`: on a writable private map it copies every page up front (measured: 300 MB
-    mapped and checksummed in 200 ms with it, 28 ms without; read into memory, 190 ms).
-    """
-    size = os.fstat(f.fileno()).st_size
+def _allocate(size: int) -> np.ndarray:
+    """A writable, page-aligned buffer of `size` bytes, in huge pages where the kernel has them
+    (measured, CPU time to read and checksum 200 MB: 45 ms into one, 57 ms into `np.empty`; the
+    memory map this read replaced took 22 ms, but a file truncated under it killed the process)."""
     if size:
         try:
-            mapped = mmap.mmap(
-                f.fileno(),
-                size,
-                flags=mmap.MAP_PRIVATE,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE,
-            )
-        except (OSError, ValueError):  # a file system that cannot map: read it
+            memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except (OSError, ValueError, AttributeError):  # no anonymous maps here: plain memory
             pass
         else:
-            return np.frombuffer(mapped, np.uint8)
-    buffer = np.empty(size, np.uint8)
-    view = memoryview(buffer)  # type: ignore[arg-type]
-    position = 0
-    while position < size:
-        count = f.readinto(view[position:])
-        if not count:
-            break
-        position += count
-    return buffer[:position]
+            with contextlib.suppress(AttributeError, OSError):
+                memory.madvise(mmap.MADV_HUGEPAGE)
+            return np.frombuffer(memory, np.uint8)
+    return np.empty(size, np.uint8)
+
+
+class _Reader(io.RawIOBase):
+    """A read-only file object over a buffer: what h5py and zipfile read the checked bytes from."""
+
+    def __init__(self, buffer: np.ndarray):
+        super().__init__()
+        self._view = memoryview(buffer)  # type: ignore[arg-type]
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}
+        position = base[whence] + offset
+        if position < 0:
+            raise OSError(22, f"negative seek position {position}")
+        self._position = position
+        return position
+
+    def readinto(self, target: Any) -> int:
+        count = max(0, min(len(target), len(self._view) - self._position))
+        target[:count] = self._view[self._position : self._position + count]
+        self._position += count
+        return count
+
+
+class CheckedHDF5:
+    """HDF5 bytes in memory, opened by h5py, with every link and dataset checked.
+
+    Only hard links are allowed, and every dataset must be stored in the bytes themselves, plainly
+    (contiguous, inside the bytes, its stored size its declared size), in chunks with built-in
+    filters, or in its header (compact), and declare no more than Keras allows for what it stores.
+
+    Args:
+        image: The HDF5 file's bytes.
+        name: How error messages name the file.
+
+    Attributes:
+        file: The open `h5py.File` (read its attributes and groups; read data with `array`).
+        datasets: Every dataset, by its path in the file, in name order.
+        groups: The path of every group ("" for the root).
+
+    Raises:
+        CorruptCheckpointError: the bytes are not HDF5, or a link or dataset is not allowed.
+    """
+
+    def __init__(self, image: np.ndarray, name: str):
+        self.image = image
+        self.name = name
+        self.datasets: dict[str, h5py.Dataset] = {}
+        self.groups: set[str] = {""}
+        try:
+            self.file = h5py.File(_Reader(image), "r")
+        except Exception as e:  # h5py says OSError, but a crafted file may make it say anything
+            raise CorruptCheckpointError(f"{name}: not a readable HDF5 file ({e})") from None
+        try:
+            self._scan()
+        except BaseException as e:
+            self.file.close()
+            if isinstance(e, CorruptCheckpointError) or not isinstance(e, Exception):
+                raise
+            raise CorruptCheckpointError(f"{name}: cannot read its HDF5 structure ({e})") from e
+
+    def _refuse(self, reason: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"{self.name}: Not allowed: {reason}")
+
+    def _scan(self) -> None:
+        links: list[tuple[bytes, int]] = []
+        self.file.id.links.visit(lambda name, info: links.append((name, info.type)), info=True)
+        for raw, kind in links:
+            path = raw.decode("utf-8", "surrogateescape")
+            if kind != h5py.h5l.TYPE_HARD:
+                link = _LINK_KINDS.get(kind, "user-defined link")
+                raise self._refuse(f"H5 file with {link} ({path})")
+            found = self.file[path]
+            if isinstance(found, h5py.Group):
+                self.groups.add(path)
+            elif isinstance(found, h5py.Dataset):
+                self._check(found, path)
+                self.datasets[path] = found
+
+    def _check(self, ds: h5py.Dataset, path: str) -> None:
+        dcpl = ds.id.get_create_plist()
+        layout = dcpl.get_layout()
+        if layout == h5py.h5d.VIRTUAL:
+            raise self._refuse(f"H5 file with virtual Dataset ({path})")
+        if dcpl.get_external_count():
+            count = dcpl.get_external_count()
+            files = [dcpl.get_external(i)[0].decode(errors="replace") for i in range(count)]
+            raise self._refuse(f"H5 file with external Dataset: {path} stores its data in {files}")
+        filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+        plugins = [f for f in filters if f not in _BUILTIN_FILTERS]
+        if plugins:
+            raise self._refuse(
+                f"H5 dataset {path} needs HDF5 filter {plugins[0]}, which HDF5 would load from "
+                "a plugin library on disk"
+            )
+        declared = _declared_bytes(ds)
+        stored = ds.id.get_storage_size()
+        if declared > _BOMB_FLOOR and declared > _H5_MAX_EXPANSION * stored:
+            raise self._refuse(
+                f"H5 dataset '{path}' declares {_readable(declared)} but only "
+                f"{_readable(stored)} are stored on disk; refusing to load a potential "
+                "decompression/shape bomb."
+            )
+        if layout == h5py.h5d.CHUNKED:
+            chunk = math.prod(dcpl.get_chunk()) * ds.dtype.itemsize
+            if chunk > max(declared, _CHUNK_SLACK):
+                raise self._refuse(
+                    f"H5 dataset '{path}' declares chunks of {_readable(chunk)} for "
+                    f"{_readable(declared)} of data"
+                )
+        elif layout == h5py.h5d.CONTIGUOUS:
+            offset = ds.id.get_offset()
+            if offset is not None and (
+                stored != declared or offset < 0 or offset + stored > self.image.size
+            ):
+                raise self._refuse(
+                    f"H5 dataset '{path}' declares {declared} bytes at offset {offset} and stores "
+                    f"{stored}, in a file of {self.image.size} bytes"
+                )
+        elif layout != h5py.h5d.COMPACT:
+            raise self._refuse(f"H5 dataset '{path}' has an unknown storage layout ({layout})")
+
+    def array(self, path: str) -> np.ndarray:
+        """The value of dataset `path`: a view of the bytes when it is stored plainly, else read
+        by h5py from them; `bfloat16` datasets (marked so by Keras) as `ml_dtypes.bfloat16`.
+
+        Raises:
+            KeyError: no dataset `path`.
+            CorruptCheckpointError: its data cannot be read.
+        """
+        ds = self.datasets[path]
+        try:
+            value = self._read(ds)
+            marked = ds.attrs.get("dtype") if "dtype" in ds.attrs else None
+        except Exception as e:
+            raise CorruptCheckpointError(f"{self.name}: cannot read dataset {path} ({e})") from e
+        if isinstance(marked, (str, bytes)) and marked in ("bfloat16", b"bfloat16"):
+            import ml_dtypes
+
+            if value.dtype.itemsize == 2 and value.dtype.kind == "V":
+                value = value.view(ml_dtypes.bfloat16)
+            else:
+                value = np.array(value, dtype=ml_dtypes.bfloat16)
+        return value
+
+    def _read(self, ds: h5py.Dataset) -> np.ndarray:
+        dtype = ds.dtype
+        offset = ds.id.get_offset()
+        nbytes = _declared_bytes(ds)
+        plain = (
+            ds.shape is not None
+            and offset is not None
+            and nbytes > 0
+            and ds.id.get_create_plist().get_layout() == h5py.h5d.CONTIGUOUS
+            and dtype.isnative
+            and dtype.kind in "biufcV"
+            and dtype.fields is None
+            and dtype.subdtype is None
+        )
+        if plain:  # `_check` made sure the data lies inside the bytes
+            return self.image[offset : offset + nbytes].view(dtype).reshape(ds.shape)
+        return np.asarray(ds[()])
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> CheckedHDF5:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _declared_bytes(ds: h5py.Dataset) -> int:
+    shape = ds.shape
+    if shape is None:  # a null dataspace holds nothing
+        return 0
+    return math.prod(shape) * ds.dtype.itemsize
 
 
 class VerifiedFile:
-    """A local file mapped into memory, its size and crc32c checked before anything is loaded.
+    """A local file read into memory from one descriptor, its size and crc32c checked on the way.
 
-    The map shares the page cache's pages (nothing is copied; a checkpoint file is never changed
-    in place, and one deleted meanwhile stays readable until the map goes); where mapping fails,
-    the file is read into memory instead.
+    Everything loaded from it comes from that memory, so it is exactly the bytes that were
+    checked, whatever happens to the file afterwards. A FIFO, device or folder in the file's
+    place is refused without being opened for a blocking read.
 
     Args:
         path: The local file.
         expected: Its recorded size and checksum; None to only compute them (`.sealed`).
         name: How error messages name the file (default: `path`).
 
+    Attributes:
+        buffer: The file's bytes (writable: the arrays Keras receives are, as read ones would be).
+        sealed: Their size and crc32c.
+        kind: `"hdf5"` (HDF5's signature at offset 0), `"zip"` (a zip local header at offset 0)
+            or None.
+
     Raises:
-        CorruptCheckpointError: the size or checksum differs from `expected` (the message names
-            the file and both values).
+        CorruptCheckpointError: the file cannot be read (missing, not a regular file, an I/O
+            error), changed while it was read, or its size or checksum differs from `expected`
+            (the message names the file and both values).
 
     Example:
 
@@ -98,121 +320,212 @@ class VerifiedFile:
         self, path: str | os.PathLike[str], expected: SealedFile | None, *, name: str | None = None
     ):
         self.path = os.fspath(path)
-        shown = name or self.path
-        with open(self.path, "rb", buffering=0) as f:
-            self.buffer = _map_or_read(f)
+        self.name = name or self.path
+        self._archive: zipfile.ZipFile | None = None
         crc = google_crc32c.Checksum()
-        for position in range(0, self.buffer.size, _CHUNK):
-            crc.update(self.buffer[position : position + _CHUNK])
+        try:
+            with open_regular(self.path) as f:
+                size = os.fstat(f.fileno()).st_size
+                if expected is not None and size != expected.size:
+                    raise CorruptCheckpointError(
+                        f"{self.name}: size {size} bytes, record says {expected.size}"
+                    )
+                self.buffer = _read(f, size, crc)
+                if f.read(1):
+                    raise CorruptCheckpointError(
+                        f"{self.name}: changed while it was read (it grew past {size} bytes)"
+                    )
+        except OSError as e:
+            raise CorruptCheckpointError(f"{self.name}: cannot read it ({e.strerror or e})") from e
         self.sealed = SealedFile(self.buffer.size, f"crc32c:{crc.digest().hex()}")
         if expected is not None:
             if self.sealed.size != expected.size:
                 raise CorruptCheckpointError(
-                    f"{shown}: size {self.sealed.size} bytes, record says {expected.size}"
+                    f"{self.name}: size {self.sealed.size} bytes, record says {expected.size} "
+                    "(it changed while it was read)"
                 )
             if self.sealed.checksum != expected.checksum:
                 raise CorruptCheckpointError(
-                    f"{shown}: checksum mismatch ({self.sealed.checksum}, record says "
+                    f"{self.name}: checksum mismatch ({self.sealed.checksum}, record says "
                     f"{expected.checksum})"
                 )
-
-    def _array(self, ds: Any) -> np.ndarray:
-        """The dataset's value: a view of the buffer when it is stored plainly, else h5py's read."""
-        dtype = ds.dtype
-        offset = ds.id.get_offset()
-        nbytes = int(np.prod(ds.shape, dtype=np.int64)) * dtype.itemsize if ds.shape else 0
-        dcpl = ds.id.get_create_plist()
-        plain = (
-            ds.shape is not None
-            and offset is not None
-            and dcpl.get_layout() == h5py.h5d.CONTIGUOUS
-            and dcpl.get_nfilters() == 0
-            and dcpl.get_external_count() == 0
-            and dtype.isnative
-            and dtype.kind in "biufcV"
-            and dtype.fields is None
-            and nbytes > 0
-            and ds.id.get_storage_size() == nbytes
-            and offset + nbytes <= self.buffer.size
+        head = self.buffer[:8].tobytes()
+        self.kind = (
+            "hdf5" if head == HDF5_SIGNATURE else "zip" if head[:4] == ZIP_SIGNATURE else None
         )
-        if plain:
-            value = self.buffer[offset : offset + nbytes].view(dtype).reshape(ds.shape)
-        else:
-            value = np.asarray(ds[()])
-        if ds.attrs.get("dtype") == "bfloat16":
-            import ml_dtypes
 
-            if value.dtype.itemsize == 2 and value.dtype.kind == "V":
-                value = value.view(ml_dtypes.bfloat16)
-            else:
-                value = np.array(value, dtype=ml_dtypes.bfloat16)
-        return value
-
-    def open_hdf5(self) -> h5py.File:
-        """The HDF5 file (for `.keras`: its member, opened in place inside the zip).
+    def archive(self) -> zipfile.ZipFile:
+        """The zip archive the bytes hold (read with `member`, `read_member`).
 
         Raises:
-            _NotInPlace: a `.keras` whose HDF5 member h5py cannot open in place.
+            CorruptCheckpointError: the bytes do not start with a zip local header, or their
+                central directory cannot be read.
         """
-        hdf5_offset = 0
-        if zipfile.is_zipfile(self.path):
-            with zipfile.ZipFile(self.path) as archive:
-                try:
-                    info = archive.getinfo(saving_lib._VARS_FNAME_H5)
-                except KeyError:
-                    raise _NotInPlace("no HDF5 member") from None
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise _NotInPlace("compressed HDF5 member")
-            start = info.header_offset
-            local = self.buffer[start : start + 30].tobytes()
-            name_length = int.from_bytes(local[26:28], "little")
-            extra_length = int.from_bytes(local[28:30], "little")
-            hdf5_offset = start + 30 + name_length + extra_length
-            if hdf5_offset < 512 or hdf5_offset & (hdf5_offset - 1):
-                raise _NotInPlace("HDF5 member not at a power-of-two offset")
+        if self._archive is None:
+            if self.kind != "zip":
+                raise CorruptCheckpointError(f"{self.name}: not a zip archive (a .keras file is)")
+            try:
+                self._archive = zipfile.ZipFile(_Reader(self.buffer))
+            except Exception as e:
+                raise CorruptCheckpointError(f"{self.name}: not a readable zip ({e})") from None
+        return self._archive
+
+    def _info(self, member: str) -> zipfile.ZipInfo:
+        archive = self.archive()
         try:
-            file = h5py.File(self.path, "r")
-        except OSError as e:
-            raise _NotInPlace(str(e)) from None
-        if file.userblock_size != hdf5_offset:
-            file.close()
-            raise _NotInPlace("h5py found another HDF5 file than the member")
-        return file
+            info = archive.getinfo(member)
+        except KeyError:
+            raise CorruptCheckpointError(f"{self.name}: the archive holds no {member}") from None
+        if (
+            info.file_size > _BOMB_FLOOR
+            and info.file_size > _ZIP_MAX_EXPANSION * info.compress_size
+        ):
+            raise CorruptCheckpointError(
+                f"{self.name}: Not allowed: ZIP member '{member}' declares "
+                f"{_readable(info.file_size)} but only {_readable(info.compress_size)} are stored "
+                "on disk; refusing to load a potential decompression bomb."
+            )
+        return info
 
-    def store(self, file: h5py.File) -> _InPlaceStore:
-        """A Keras weights store reading `file`'s datasets from this buffer."""
-        if "_layer_checkpoint_dependencies" in file:
-            raise _NotInPlace("Keras 2 layout")
-        entries: dict[str, dict[str, Any]] = {}
-        paths: set[str] = set()
+    def member(self, member: str) -> np.ndarray:
+        """The bytes of a zip member: a view of the buffer when it is stored uncompressed (as
+        Keras and keras-ckpt store them), else inflated into memory.
 
-        def visit(name: str, obj: Any) -> None:
-            paths.add(name)
-            if isinstance(obj, h5py.Dataset):
-                parent, _, key = name.rpartition("/")
-                entries.setdefault(parent, {})[key] = obj
-            elif isinstance(obj, h5py.Group):
-                entries.setdefault(name, {})
+        Raises:
+            CorruptCheckpointError: no such member, a zip bomb, a member outside the file, a
+                CRC-32 mismatch, or any other read error.
+        """
+        info = self._info(member)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return np.frombuffer(self._inflate(info), np.uint8)
+        start = info.header_offset
+        local = self.buffer[start : start + 30].tobytes()
+        name_length = int.from_bytes(local[26:28], "little")
+        data = start + 30 + name_length + int.from_bytes(local[28:30], "little")
+        end = data + info.compress_size
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if (
+            local[:4] != ZIP_SIGNATURE
+            or self.buffer[start + 30 : start + 30 + name_length].tobytes()
+            != info.orig_filename.encode(encoding)
+            or info.file_size != info.compress_size
+            or end > self.buffer.size
+        ):
+            raise CorruptCheckpointError(
+                f"{self.name}: the zip member {member} does not lie where the archive says "
+                f"({info.compress_size} bytes at offset {start}, in a file of {self.buffer.size})"
+            )
+        value = self.buffer[data:end]
+        if crc32(value) != info.CRC:
+            raise CorruptCheckpointError(f"{self.name}: bad CRC-32 for zip member {member}")
+        return value
 
-        file.visititems(visit)
-        return _InPlaceStore(self, entries, paths)
+    def _inflate(self, info: zipfile.ZipInfo) -> bytearray:
+        """The member inflated, read as it arrives (a declared size is never allocated up front:
+        it may be a lie), one byte past its declared size to catch a longer one."""
+        try:
+            with self.archive().open(info) as f:
+                data = f.read(info.file_size + 1)
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"{self.name}: cannot read zip member {info.filename} ({e})"
+            ) from None
+        if len(data) != info.file_size:
+            raise CorruptCheckpointError(
+                f"{self.name}: zip member {info.filename} does not hold the {info.file_size} "
+                "bytes it declares"
+            )
+        return bytearray(data)  # writable, as the arrays of a stored member are
+
+    def read_member(self, member: str) -> bytes:
+        """A zip member's bytes (Keras's zip bomb check first)."""
+        return self.member(member).tobytes()
+
+    def read_json(self, member: str) -> Any:
+        """A zip member parsed as JSON (`config.json`, `metadata.json`).
+
+        Raises:
+            CorruptCheckpointError: as `member`, or not JSON (invalid, or nested too deeply).
+        """
+        try:
+            return json.loads(self.read_member(member))
+        except (ValueError, RecursionError) as e:
+            raise CorruptCheckpointError(f"{self.name}: {member} is not JSON ({e})") from None
+
+    def check_extraction(self) -> None:
+        """Keras's check before it extracts a `.keras` archive to disk (for its assets)."""
+        for info in self.archive().infolist():
+            if (
+                info.file_size > _ZIP_EXTRACT_FLOOR
+                and info.file_size > _ZIP_MAX_EXPANSION * info.compress_size
+            ):
+                raise CorruptCheckpointError(
+                    f"{self.name}: Not allowed: archive member '{info.filename}' declares "
+                    f"{_readable(info.file_size)} but only {_readable(info.compress_size)} are "
+                    "stored on disk; refusing to extract a potential decompression bomb."
+                )
+
+    def hdf5(self) -> CheckedHDF5:
+        """The HDF5 file (for `.keras`: its `model.weights.h5` member), checked.
+
+        Raises:
+            CorruptCheckpointError: the bytes are neither HDF5 nor a zip with an HDF5 member, or
+                something in them is not allowed (see `CheckedHDF5`).
+        """
+        if self.kind == "hdf5":
+            return CheckedHDF5(self.buffer, self.name)
+        if self.kind == "zip":
+            image = self.member(WEIGHTS_MEMBER)
+            if image[:8].tobytes() != HDF5_SIGNATURE:
+                raise CorruptCheckpointError(f"{self.name}: its {WEIGHTS_MEMBER} is not HDF5")
+            return CheckedHDF5(image, f"{self.name}/{WEIGHTS_MEMBER}")
+        raise CorruptCheckpointError(
+            f"{self.name}: neither an HDF5 file nor a zip archive (it starts with "
+            f"{self.buffer[:8].tobytes()!r})"
+        )
+
+
+def _read(f: Any, size: int, crc: Any) -> np.ndarray:
+    """Up to `size` bytes of `f` into a fresh buffer, each chunk checksummed while it is hot."""
+    buffer = _allocate(size)
+    view = memoryview(buffer)  # type: ignore[arg-type]
+    position = 0
+    while position < size:
+        count = f.readinto(view[position : position + _CHUNK])
+        if not count:
+            break
+        crc.update(buffer[position : position + count])
+        position += count
+    return buffer[:position]
 
 
 class _InPlaceStore(saving_lib.H5IOStore):
-    """What Keras's loading walk needs of a weights store, over a `VerifiedFile`."""
+    """What Keras's loading walk needs of a weights store, over a `CheckedHDF5`.
 
-    def __init__(self, source: VerifiedFile, entries: dict[str, dict[str, Any]], paths: set[str]):
+    A read error inside the walk is kept in `error`: Keras's walk turns exceptions of
+    `load_own_variables` into a loading failure (or, with `skip_mismatch`, a warning).
+    """
+
+    def __init__(self, hdf5: CheckedHDF5):
         self.mode = "r"  # no file of its own: the parent's __init__ would open one
-        self._source = source
-        self._entries = entries
-        self._paths = paths
-        self._entry: dict[str, Any] = {}
+        self._hdf5 = hdf5
+        self._entries: dict[str, dict[str, str]] = {group: {} for group in hdf5.groups}
+        for path in hdf5.datasets:
+            parent, _, key = path.rpartition("/")
+            self._entries.setdefault(parent, {})[key] = path
+        self._paths = hdf5.groups | set(hdf5.datasets)
+        self._keras2 = "_layer_checkpoint_dependencies" in hdf5.groups
+        self._entry: dict[str, str] = {}
+        self.error: CorruptCheckpointError | None = None
 
     def __bool__(self) -> bool:
         return True
 
     def get(self, path: str) -> _InPlaceStore:
-        self._entry = self._entries.get(f"{path}/vars" if path else "vars", {})
+        group = f"{path}/vars" if path else "vars"
+        if group not in self._entries and path and self._keras2:  # as Keras's store: Keras 2.13
+            group = f"{path.replace('layers', '_layer_checkpoint_dependencies')}/vars"
+        self._entry = self._entries.get(group, {})
         return self
 
     def has_path(self, path: str) -> bool:
@@ -233,15 +546,20 @@ class _InPlaceStore(saving_lib.H5IOStore):
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._entry:
             raise KeyError(key)
-        return self._source._array(self._entry[key])
+        try:
+            return self._hdf5.array(self._entry[key])
+        except CorruptCheckpointError as e:
+            self.error = self.error or e
+            raise
 
     def close(self) -> None:
         pass
 
 
-def _load_state(model: Any, store: Any, assets: Any, *, skip_mismatch: bool = False) -> None:
+def _load_state(model: Any, hdf5: CheckedHDF5, assets: Any, *, skip_mismatch: bool = False) -> None:
     failed: set[int] = set()
     errors: dict[int, Any] = {}
+    store = _InPlaceStore(hdf5)
     saving_lib._load_state(
         model,
         weights_store=store,
@@ -252,8 +570,14 @@ def _load_state(model: Any, store: Any, assets: Any, *, skip_mismatch: bool = Fa
         failed_saveables=failed,
         error_msgs=errors,
     )
+    if store.error is not None:
+        raise store.error
     if failed:
         saving_lib._raise_loading_failure(errors, warn_only=skip_mismatch)
+
+
+def _is_legacy(name: str) -> bool:
+    return name.endswith((".h5", ".hdf5")) and not name.endswith(".weights.h5")
 
 
 def load_weights(
@@ -264,13 +588,17 @@ def load_weights(
     name: str | None = None,
     skip_mismatch: bool = False,
 ) -> bool:
-    """`model.load_weights(path)` with the file's checksum checked in the same read.
+    """`model.load_weights(path)` from the bytes whose checksum was checked, with every check of
+    Keras's loader and ours (see the module docstring).
 
-    Returns True when the file was read in place, False when Keras's loader read it (after the
-    checksum pass).
+    What the bytes hold decides how they load (HDF5, or a zip with an HDF5 member); only a legacy
+    `.h5` file is told by its name (`name`, else `path`), as Keras tells it. Returns True when
+    keras-ckpt's store fed Keras's loading walk, False for a legacy `.h5` file (Keras's legacy
+    loader read it, from the same checked bytes).
 
     Raises:
-        CorruptCheckpointError: the file differs from `expected`.
+        CorruptCheckpointError: the file cannot be read, differs from `expected`, or holds
+            something not allowed.
         ValueError: the model is not built.
 
     Example:
@@ -287,29 +615,41 @@ def load_weights(
             "You are loading weights into a model that has not yet been built. Try building "
             "the model first by calling it on some data or by using `build()`."
         )
+    shown = name or os.fspath(path)
     source = VerifiedFile(path, expected, name=name)
+    with source.hdf5() as hdf5:
+        if _is_legacy(shown) and source.kind == "hdf5":
+            from keras.src.legacy.saving import legacy_h5_format
+
+            group: Any = hdf5.file
+            if "layer_names" not in group.attrs and "model_weights" in hdf5.groups:
+                group = group["model_weights"]
+            _legacy(
+                lambda: legacy_h5_format.load_weights_from_hdf5_group(group, model, skip_mismatch),
+                source.name,
+            )
+            return False
+        _load_state(model, hdf5, None, skip_mismatch=skip_mismatch)
+    return True
+
+
+def _legacy(load: Any, name: str) -> Any:
+    """Runs Keras's legacy loader on checked bytes: its read errors are damage, like ours."""
     try:
-        if not (name or os.fspath(path)).endswith((".weights.h5", ".keras")):
-            raise _NotInPlace("legacy `.h5` file")  # Keras's legacy loader reads those
-        with source.open_hdf5() as file:
-            _load_state(model, source.store(file), None, skip_mismatch=skip_mismatch)
-        return True
-    except _NotInPlace:
-        del source
-        model.load_weights(os.fspath(path), skip_mismatch=skip_mismatch)
-        return False
+        return load()
+    except (OSError, RuntimeError, KeyError) as e:  # h5py's errors on a file h5py opened
+        raise CorruptCheckpointError(f"{name}: cannot read it ({e})") from e
 
 
-def _read_group(source: VerifiedFile | None, file: h5py.File, group: str) -> tuple[dict, dict]:
-    if group not in file:
-        raise KeyError(f"{file.filename} has no group {group!r}")
-    node = file[group]
+def _read_group(hdf5: CheckedHDF5, group: str) -> tuple[dict, dict]:
+    if group not in hdf5.groups:
+        raise KeyError(f"{hdf5.name} has no group {group!r}")
     arrays = {
-        key: np.array(source._array(ds) if source is not None else ds[()], copy=True)
-        for key, ds in node.items()
-        if isinstance(ds, h5py.Dataset)
+        path.rpartition("/")[2]: np.array(hdf5.array(path), copy=True)
+        for path in hdf5.datasets
+        if path.rpartition("/")[0] == group
     }
-    return arrays, dict(node.attrs.items())
+    return arrays, dict(hdf5.file[group].attrs.items())
 
 
 def load_weights_and_extras(
@@ -324,7 +664,7 @@ def load_weights_and_extras(
     same checked read of a `.weights.h5` file.
 
     Raises:
-        CorruptCheckpointError: the file differs from `expected`.
+        CorruptCheckpointError: the file differs from `expected` or holds something not allowed.
         KeyError: the file has no group `extra_group`.
 
     Example:
@@ -342,17 +682,10 @@ def load_weights_and_extras(
     """
     if not model.built:
         raise ValueError("You are loading weights into a model that has not yet been built.")
-    source = VerifiedFile(path, expected, name=name)
-    try:
-        with source.open_hdf5() as file:
-            extras = _read_group(source, file, extra_group)
-            _load_state(model, source.store(file), None)
-        return extras
-    except _NotInPlace:
-        del source
-        model.load_weights(os.fspath(path))
-        with h5py.File(path, "r") as file:
-            return _read_group(None, file, extra_group)
+    with VerifiedFile(path, expected, name=name).hdf5() as hdf5:
+        extras = _read_group(hdf5, extra_group)
+        _load_state(model, hdf5, None)
+    return extras
 
 
 def load_model(
@@ -364,40 +697,60 @@ def load_model(
     compile: bool = True,
     safe_mode: bool = True,
 ) -> Any:
-    """`keras.saving.load_model(path)` of a `.keras` file, checked and read in one pass.
+    """`keras.saving.load_model(path)` of a `.keras` (or legacy `.h5`) file, from the bytes whose
+    checksum was checked, with every check of Keras's loader and ours (see the module docstring).
+
+    `safe_mode` and `custom_objects` mean what they mean to Keras: deserializing the config is
+    Keras's own code.
 
     Raises:
-        CorruptCheckpointError: the file differs from `expected`.
+        CorruptCheckpointError: the file cannot be read, differs from `expected`, is not a
+            `.keras` zip (nor, by its name, a legacy `.h5` model), or holds something not allowed.
 
     Example:
 
     >>> import keras, os, tempfile
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
-    >>> model.save(path)  # Keras's own file: read by Keras after the checksum pass
+    >>> model.save(path)  # Keras's own file, read from the checked bytes as ours are
     >>> load_model(path).count_params()
     3
     """
+    shown = name or os.fspath(path)
     source = VerifiedFile(path, expected, name=name)
-    try:
-        if not (name or os.fspath(path)).endswith(".keras"):
-            raise _NotInPlace("legacy `.h5` file")  # Keras's legacy loader reads those
-        file = source.open_hdf5()
-    except _NotInPlace:
-        del source
-        import keras
+    if _is_legacy(shown) and source.kind == "hdf5":
+        from keras.src.legacy.saving import legacy_h5_format
 
-        return keras.saving.load_model(
-            os.fspath(path), custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-        )
-    with file, zipfile.ZipFile(source.path) as archive:
-        config_json = archive.read(saving_lib._CONFIG_FILENAME).decode()
-        model = saving_lib._model_from_config(config_json, custom_objects, compile, safe_mode)
+        with source.hdf5() as hdf5:
+            return _legacy(
+                lambda: legacy_h5_format.load_model_from_hdf5(
+                    hdf5.file, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+                ),
+                source.name,
+            )
+    with source.hdf5() as hdf5:  # every check before the (slower) model building
+        config_json = source.read_member(saving_lib._CONFIG_FILENAME)
+        archive = source.archive()
+        if len(archive.namelist()) > 3:
+            source.check_extraction()
+        try:
+            model = saving_lib._model_from_config(
+                config_json.decode(), custom_objects, compile, safe_mode
+            )
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise CorruptCheckpointError(
+                f"{source.name}: {saving_lib._CONFIG_FILENAME} is not JSON ({e})"
+            ) from None
         assets = None
         if len(archive.namelist()) > 3:
-            assets = saving_lib.DiskIOStore(saving_lib._ASSETS_DIRNAME, archive=archive, mode="r")
+            try:  # extracts the archive, from the checked bytes
+                assets = saving_lib.DiskIOStore(
+                    saving_lib._ASSETS_DIRNAME, archive=archive, mode="r"
+                )
+            except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as e:
+                raise CorruptCheckpointError(f"{source.name}: cannot extract it ({e})") from e
         try:
-            _load_state(model, source.store(file), assets)
+            _load_state(model, hdf5, assets)
         finally:
             if assets is not None:
                 assets.close()

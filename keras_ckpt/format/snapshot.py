@@ -6,8 +6,9 @@ attributes, datasets, `bfloat16` markers) and copies each variable once into a h
 the snapshotter owns and reuses at the next save (allocated and pre-faulted once; re-allocated only
 when a shape or dtype changes). At most one save is in flight (`writer.Writer`), so at most one
 extra copy of the state exists. A save written inline, before training's next step, needs no copy
-at all: `Snapshotter(copy=False)` keeps the backend's own memory. `keras_ckpt.format.h5write` turns
-a snapshot into the file.
+of the variables: `Snapshotter(copy=False)` keeps the backend's own memory where it cannot change
+before the write (only what a layer hands over as a NumPy array of its own is copied).
+`keras_ckpt.format.h5write` turns a snapshot into the file.
 
 The copy never keeps a view of backend memory across a training step: on JAX, Keras donates the
 state buffers to the next step, so a zero-copy view could change under the writer.
@@ -24,8 +25,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import keras
 import numpy as np
-from keras.src import backend
 
 from keras_ckpt.format._keras_private import saving_lib
 
@@ -56,7 +57,7 @@ _PLAIN_DTYPES = frozenset(
 
 
 def _is_bfloat16(dtype: np.dtype) -> bool:
-    return backend.standardize_dtype(dtype) == "bfloat16"
+    return keras.backend.standardize_dtype(dtype) == "bfloat16"
 
 
 def _host_view(value: Any) -> np.ndarray:
@@ -66,27 +67,34 @@ def _host_view(value: Any) -> np.ndarray:
     """
     if isinstance(value, np.ndarray):
         return value
-    if backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow":
         try:
             variable = getattr(value, "value", value)  # a Keras variable holds a tf.Variable
             read = getattr(variable, "read_value", None)
             tensor = read() if callable(read) else variable
-            array = tensor._numpy()  # EagerTensor: a view, where `.numpy()` would copy
+            # EagerTensor's private `_numpy()`: a view, where `.numpy()` would copy.
+            array = tensor._numpy()
         except Exception:  # not an eager tensor (or TF changed): Keras's way below
             array = None
         if isinstance(array, np.ndarray):
             return array
-    return np.asarray(backend.convert_to_numpy(value))
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def _is_stable(value: Any) -> bool:
+    """True when nothing but a training step can change `value`'s memory: a Keras variable, or an
+    immutable backend tensor (TensorFlow, JAX). A NumPy array handed over by a layer's own
+    `save_own_variables` may be a buffer it refills for the next key, and a PyTorch tensor can be
+    changed in place, so neither is."""
+    if isinstance(value, keras.Variable):
+        return True
+    return keras.backend.backend() in ("tensorflow", "jax") and keras.ops.is_tensor(value)
 
 
 def _saves_own_variables_by_index(owner: Any) -> bool:
     """True for an optimizer whose saving is Keras's `BaseOptimizer.save_own_variables`."""
-    from keras.src.optimizers.base_optimizer import BaseOptimizer
-
-    return (
-        isinstance(owner, BaseOptimizer)
-        and type(owner).save_own_variables is BaseOptimizer.save_own_variables
-    )
+    base = keras.optimizers.Optimizer
+    return isinstance(owner, base) and type(owner).save_own_variables is base.save_own_variables
 
 
 class _RecordingStore(saving_lib.H5IOStore):
@@ -116,14 +124,16 @@ class _RecordingStore(saving_lib.H5IOStore):
         dataset = f"{self._group}/{key}"
         self.saved[id(value)] = dataset
         owner: Any = sys._getframe(1).f_locals.get("self")
-        if _saves_own_variables_by_index(owner) and key.isdigit():
+        made_for_key = _saves_own_variables_by_index(owner) and key.isdigit()
+        if made_for_key:
             self.saved[id(owner.variables[int(key)])] = dataset
         source = _host_view(value)
         if source.dtype not in _PLAIN_DTYPES and not _is_bfloat16(source.dtype):
             self.plain = False
             self.ops.append(("set", key, np.array(source, copy=True)))
             return
-        self.ops.append(("set", key, self._snapshotter._copy(len(self.ops), source)))
+        stable = made_for_key or _is_stable(value)
+        self.ops.append(("set", key, self._snapshotter._copy(len(self.ops), source, stable)))
 
     def close(self) -> None:
         pass
@@ -138,10 +148,11 @@ class Snapshotter:
 
     Args:
         copy: False for saves written inline, before the model changes: the snapshot's arrays
-            are then the backend's memory (or the arrays Keras's walk made, e.g. the
-            optimizer's `variable.numpy()`), not copies, and no buffers are kept between saves.
-            A custom `save_own_variables` that hands over one NumPy buffer it refills between
-            keys needs `copy=True`.
+            are then the backend's memory wherever that memory is stable until the next
+            training step (a variable, an immutable backend tensor, or the arrays Keras's
+            optimizer makes for exactly one key, its `variable.numpy()`), and no buffers are
+            kept between saves. Anything else a `save_own_variables` hands over (a NumPy buffer
+            it may refill for the next key, say) is still copied, once.
 
     Example:
 
@@ -159,9 +170,9 @@ class Snapshotter:
         self.generation = 0
         self.copy = copy
 
-    def _copy(self, slot: int, source: np.ndarray) -> np.ndarray:
+    def _copy(self, slot: int, source: np.ndarray, stable: bool = False) -> np.ndarray:
         if not self.copy:
-            return source
+            return source if stable else np.array(source, copy=True)
         if source.nbytes < _SMALL:
             return np.array(source, copy=True)
         buffer = self._buffers.get(slot)

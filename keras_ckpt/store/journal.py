@@ -402,10 +402,25 @@ class Journal:
             self.begin(record)
             self.storage.remove(record_path(name))
             session.drop(name)
-            self._remove_unnamed(session, record.files)
+            try:
+                self._remove_unnamed(session, record.files)
+            except OSError:
+                self._undelete(record)
+                raise
             self.storage.remove(pending_path(name))
             self.deleted(record, reason)
             return record
+
+    def _undelete(self, record: Record) -> None:
+        """Commits `record` again after its files could not all be removed (a file made
+        immutable, a read-only mount): the checkpoint stays listed, so the next prune retries,
+        and a file removed already is reported missing meanwhile. Best effort: if even this
+        fails, the pending copy left behind restores it at the next writer's recovery."""
+        session = self.open()
+        with contextlib.suppress(OSError):
+            self.storage.write_atomic(record_path(record.name), record.to_json().encode())
+            session.put(record)
+            self.storage.remove(pending_path(record.name))
 
     def deleted(self, record: Record, reason: str | None) -> None:
         """Logs a final delete, and why, in the run history."""
@@ -454,7 +469,11 @@ class Journal:
         found = set()
         for entry in entries:
             if session.owner_of(entry.path) is None and only_if(entry):
-                link = self.storage.remove(entry.path)
+                try:
+                    link = self.storage.remove(entry.path)
+                except OSError as e:  # say which file of which directory (the error names the leaf)
+                    path = f"{self.label}/{entry.path}"
+                    raise type(e)(e.errno, e.strerror or str(e), path) from e
                 if link is not None:
                     found.add(link)
         for link in sorted(found) if links else ():

@@ -37,6 +37,8 @@ __all__ = [
     "SealedFile",
     "Storage",
     "atomic_local_file",
+    "file_in_the_way",
+    "open_regular",
     "seal_file",
 ]
 
@@ -74,7 +76,7 @@ def atomic_local_file(path: str) -> Iterator[IO[bytes]]:
     fsync_dir(folder)
 
 
-def _open_regular(path: str) -> IO[bytes]:
+def open_regular(path: str) -> IO[bytes]:
     """Opens a file for reading, refusing anything but a regular file: a FIFO or a device put in
     place of a checkpoint file (or of a record) would block a reader or never end."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -86,6 +88,41 @@ def _open_regular(path: str) -> IO[bytes]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def file_in_the_way(path: str | os.PathLike[str]) -> str | None:
+    """The nearest existing one of local `path` and its parents, if it is not a folder (then no
+    directory can be created at `path`); None otherwise.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> file = os.path.join(tempfile.mkdtemp(), "notes.txt")
+    >>> _ = open(file, "w").write("x")
+    >>> file_in_the_way(os.path.join(file, "runs")) == file
+    True
+    """
+    existing = os.path.abspath(os.fspath(path))
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    return None if os.path.isdir(existing) else existing
+
+
+def _make_root(root: str) -> None:
+    """Creates the checkpoint directory `root` if needed; a file in the way is named."""
+    try:
+        os.makedirs(root, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = file_in_the_way(root) or root
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"Cannot create the checkpoint directory {root}: a file is in the way (move it away "
+            "or choose another path)",
+            blocker,
+        ) from None
+    except OSError as e:
+        reason = f"Cannot create the checkpoint directory: {e.strerror or e}"
+        raise type(e)(e.errno, reason, e.filename or root) from None
 
 
 def fsync_dir(path: str) -> None:
@@ -109,7 +146,7 @@ class _Folders:
 
     def __init__(self, root: str, parts: list[str], *, create: bool):
         if create:
-            os.makedirs(root, exist_ok=True)  # writers check first that their lock still exists
+            _make_root(root)  # writers check first that their lock still exists
         self.root = root
         self.fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
         try:
@@ -120,6 +157,20 @@ class _Folders:
             raise
 
     def _open(self, part: str, relpath: str, create: bool) -> int:
+        try:
+            return self._open_once(part, relpath, create)
+        except (_LinkInPath, NotADirectoryError):
+            raise
+        except OSError as e:  # the bare error names only `part`, or nothing (`dir_fd`)
+            if isinstance(e, FileNotFoundError) and not create:
+                raise  # callers that only read take a missing folder for an empty one
+            full = os.path.join(self.root, *relpath.split("/"))
+            reason = e.strerror or str(e)
+            if create:
+                reason += ": keras-ckpt cannot create or open its folder"
+            raise type(e)(e.errno, reason, full) from None
+
+    def _open_once(self, part: str, relpath: str, create: bool) -> int:
         parent = self.fds[-1]
         for _ in range(3):
             try:
@@ -195,11 +246,11 @@ class LocalStorage(Storage):
             return []
 
     def read_bytes(self, relpath: str) -> bytes:
-        with _open_regular(self._abs(relpath)) as f:
+        with open_regular(self._abs(relpath)) as f:
             return f.read()
 
     def seal(self, relpath: str) -> SealedFile:
-        with _open_regular(self._abs(relpath)) as f:
+        with open_regular(self._abs(relpath)) as f:
             size, checksum = checksum_stream(f.read)
         return SealedFile(size=size, checksum=checksum)
 
@@ -397,7 +448,7 @@ class LocalStorage(Storage):
                     self.remove(f"{reldir}/{name}")
 
     def lock(self) -> HeldLock:
-        os.makedirs(self.root, exist_ok=True)
+        _make_root(self.root)
         try:
             folders = _Folders(self.root, [META_DIR], create=True)
         except _LinkInPath as e:
@@ -410,8 +461,12 @@ class LocalStorage(Storage):
             except OSError as e:
                 if e.errno == errno.ELOOP:
                     raise self._unsafe(f"{META_DIR}/lock") from None
-                if e.errno != errno.EISDIR:
-                    raise
+                if e.errno != errno.EISDIR:  # a read-only mount, say: name the file, not 'lock'
+                    raise type(e)(
+                        e.errno,
+                        f"{e.strerror or e}: keras-ckpt cannot take the writer lock of {self.root}",
+                        path,
+                    ) from None
                 fd = None
         if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
             if fd is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "capture_host_rng",
     "drop_epoch_from_history",
     "clear_initial_epoch",
+    "compiled_direction",
     "find_fit_context",
     "input_state_holder",
     "restore_host_rng",
@@ -37,6 +38,7 @@ __all__ = [
     "start_replay",
     "stop_replay",
     "training_variables",
+    "unsynced_model",
 ]
 
 _REAL_TRAIN_FUNCTION = "_keras_ckpt_real_train_function"
@@ -52,6 +54,8 @@ _PRIVATE: tuple[tuple[str, str, str], ...] = (
     ("keras.src.trainers.epoch_iterator", "EpochIterator", "data_adapter"),
     ("keras.src.trainers.data_adapters.py_dataset_adapter", "PyDatasetAdapter", "py_dataset"),
     ("keras.src.callbacks.callback_list", "CallbackList", "callbacks"),
+    ("keras.src.callbacks.callback", "Callback", "_model"),
+    ("keras.src.metrics.accuracy_metrics", "Accuracy", "_direction"),
 )
 # `fit` of the backend's trainer reads `self._initial_epoch` and keeps `epoch_iterator` local.
 _FIT_NAMES = ("self._initial_epoch", "epoch_iterator")
@@ -172,6 +176,33 @@ def build_metrics(model: Any, epoch_iterator: Any) -> None:
 def optimizer_iterations(model: Any) -> int:
     optimizer = getattr(model, "optimizer", None)
     return 0 if optimizer is None else int(np.asarray(optimizer.iterations))
+
+
+def compiled_direction(model: Any, name: str) -> str | None:
+    """`"up"`/`"down"` as declared by the compiled Keras metric called `name`, if any.
+
+    Keras keeps the direction in the private `Metric._direction` (None where a Keras release
+    drops it: the metric's name decides then).
+    """
+    pending = list(getattr(model, "metrics", []) or [])
+    while pending:
+        metric = pending.pop()
+        pending.extend(getattr(metric, "metrics", []) or [])
+        if getattr(metric, "name", None) == name:
+            direction = getattr(metric, "_direction", None)
+            if direction in ("up", "down"):
+                return direction
+    return None
+
+
+def unsynced_model(callback: Any) -> Any:
+    """The callback's model without `Callback.model`'s sync (private `Callback._model`).
+
+    On JAX, `Callback.model` copies the trainer's state into every variable at each read, which
+    costs time in per-batch hooks and, from a signal handler between steps, could make a backup
+    hold an older state than its label. Flags and identity checks need no sync.
+    """
+    return callback._model
 
 
 # ------------------------------------------------------------------ initial epoch
