@@ -251,8 +251,13 @@ def test_rejected_filepaths(tmp_path, filepath, kwargs, match):
         keras_ckpt.ModelCheckpoint(path, **kwargs)
 
 
-def test_the_longest_file_name_a_template_may_format_to_is_accepted(tmp_path):
-    keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch:>240}.weights.h5"), save_weights_only=True)
+def test_the_longest_file_name_a_template_may_format_to_is_accepted(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch:>240}.weights.h5"), save_weights_only=True
+    )
+    fit(build_model(), data, [cb], epochs=1)
+    name = f"m-{1:>240}.weights.h5"
+    assert len(name) == 253 and names(tmp_path) == [name]  # saved under its 253-byte name
 
 
 def test_a_failed_retention_delete_never_stops_training(tmp_path, data, mocker):
