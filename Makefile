@@ -16,7 +16,8 @@ export KERAS_BACKEND ?= tensorflow
 # TensorFlow). Same venv: tensorflow-cpu, jax and the torch CPU build install side by side.
 BACKEND_STAMP := $(VENV)/.installed-backends
 BACKEND_TESTS := tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backends.py \
-	tests/test_backup_file.py tests/test_h5write.py
+	tests/test_backup_file.py tests/test_backup.py tests/test_signals.py tests/test_h5write.py \
+	tests/test_h5read.py tests/test_keras_file.py
 
 # `make bench` adds the `bench` extra (orbax-checkpoint for Keras's OrbaxCheckpoint); the JAX it
 # brings is pinned like the backends' (unpinned, it may not match the jaxlib already installed).
@@ -25,8 +26,10 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # The oldest Keras pyproject admits, in a venv of its own: format, callback and resume tests.
 OLDEST_VENV := .venv-keras-oldest
 OLDEST_STAMP := $(OLDEST_VENV)/.installed
-OLDEST_TESTS := tests/test_snapshot.py tests/test_h5write.py tests/test_state.py \
-	tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backup_file.py
+OLDEST_TESTS := tests/test_snapshot.py tests/test_h5write.py tests/test_h5read.py \
+	tests/test_keras_file.py tests/test_keras_private.py tests/test_fit_state.py \
+	tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backup_file.py \
+	tests/test_backup.py tests/test_signals.py
 
 .PHONY: test test-backends test-keras-oldest demo quickstart lint bench docs clean
 
@@ -88,6 +91,7 @@ quickstart: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check keras_ckpt tests benchmarks examples docs/tools
+	$(VENV)/bin/ruff format --check keras_ckpt tests benchmarks examples docs/tools
 	$(VENV)/bin/mypy keras_ckpt
 
 $(BENCH_STAMP): $(STAMP) constraints/backends.txt

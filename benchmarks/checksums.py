@@ -1,7 +1,7 @@
 """Throughput of checksum candidates on this machine (GB/s), for the record format.
 
-The last row is what a commit really pays per byte: `keras_ckpt.store.local.seal_file` reading a file
-from the page cache in 8 MB chunks and computing its crc32c (without the fsync).
+The last row is what a commit really pays per byte: `keras_ckpt.store.local.seal_file` reading a
+file from the page cache in 8 MB chunks and computing its crc32c (without the fsync).
 
 Run: .venv/bin/python benchmarks/checksums.py
 """

@@ -70,7 +70,8 @@ def main(url: str) -> None:
     print(f"models in {url}: {[r.name for r in manager.checkpoints()]}")
     print(f"all verify: {all(r.ok for r in manager.verify())}")
     restored = manager.load_model("latest")  # downloaded to a temp file, loaded by plain Keras
-    same = all(np.array_equal(a, b) for a, b in zip(restored.get_weights(), model.get_weights(), strict=False))
+    pairs = zip(restored.get_weights(), model.get_weights(), strict=False)
+    same = all(np.array_equal(a, b) for a, b in pairs)
     print(f"latest model reloaded from S3 equals the trained one: {same}")
     backups = keras_ckpt.CheckpointManager(f"{url}/backup").checkpoints()
     print(f"backups in {url}/backup: {[r.name for r in backups]}")

@@ -37,7 +37,8 @@ class CheckpointNotFoundError(KerasCkptError, LookupError):
     >>> import tempfile, keras_ckpt
     >>> keras_ckpt.CheckpointManager(tempfile.mkdtemp()).get("model-001.keras")
     Traceback (most recent call last):
-    keras_ckpt.errors.CheckpointNotFoundError: No checkpoint named 'model-001.keras' in ... Checkpoints there: none
+    keras_ckpt.errors.CheckpointNotFoundError: No checkpoint named 'model-001.keras' in ...
+    Checkpoints there: none
     """
 
 
@@ -57,7 +58,8 @@ class CorruptCheckpointError(KerasCkptError):
     >>> _ = open(os.path.join(manager.directory, "w.bin"), "wb").write(b"WEIGHTS")  # damage
     >>> manager.resolve("w.bin")
     Traceback (most recent call last):
-    keras_ckpt.errors.CorruptCheckpointError: Checkpoint w.bin in ... is damaged: w.bin: checksum mismatch ...
+    keras_ckpt.errors.CorruptCheckpointError: Checkpoint w.bin in ... is damaged:
+    w.bin: checksum mismatch ...
     >>> manager.close()
     """
 
@@ -70,7 +72,8 @@ class RecordFormatError(CorruptCheckpointError):
     >>> from keras_ckpt.records import Record
     >>> Record.from_json("{}", source="runs/.keras_ckpt/x.json")
     Traceback (most recent call last):
-    keras_ckpt.errors.RecordFormatError: Checkpoint record runs/.keras_ckpt/x.json has format_version=None; ...
+    keras_ckpt.errors.RecordFormatError: Checkpoint record runs/.keras_ckpt/x.json has
+    format_version=None; ...
     """
 
 
@@ -141,7 +144,8 @@ class ForeignFileError(KerasCkptError):
     ...     _ = open(path, "w").write("ours")
     ...     manager.commit({"best.keras": path}, name="best.keras", kind="model")
     Traceback (most recent call last):
-    keras_ckpt.errors.ForeignFileError: Refusing to overwrite .../best.keras: keras-ckpt did not write it ...
+    keras_ckpt.errors.ForeignFileError: Refusing to overwrite .../best.keras: keras-ckpt did not
+    write it ...
     >>> manager.close()
     """
 

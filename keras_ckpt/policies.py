@@ -1,9 +1,9 @@
 """Retention policies: which checkpoints to keep, and why.
 
 A policy is a small frozen dataclass with one method over plain records, `reasons(records)`, that
-returns for each record the reasons it is kept (an empty tuple: the policy does not keep it). Records
-come oldest first. Policies touch no files and import no Keras; `CheckpointManager.prune` applies them
-and always keeps the newest checkpoint, whatever the policy says.
+returns for each record the reasons it is kept (an empty tuple: the policy does not keep it).
+Records come oldest first. Policies touch no files and import no Keras; `CheckpointManager.prune`
+applies them and always keeps the newest checkpoint, whatever the policy says.
 
 Combine policies with `|`: the result keeps what any of them keeps.
 
@@ -239,7 +239,8 @@ class KeepEvery(Policy):
     KeepEvery(epochs=5, steps=None, seconds=None)
     >>> KeepEvery(epochs=5, steps=100)
     Traceback (most recent call last):
-    ValueError: KeepEvery takes exactly one of `epochs`, `steps` or `seconds`. Received: {'epochs': 5, 'steps': 100}
+    ValueError: KeepEvery takes exactly one of `epochs`, `steps` or `seconds`.
+    Received: {'epochs': 5, 'steps': 100}
     """
 
     epochs: int | None = None
@@ -428,7 +429,8 @@ def to_json(policy: Policy) -> dict[str, object] | None:
     Example:
 
     >>> to_json(KeepLast(2) | KeepEvery(epochs=5))
-    {'type': 'AnyOf', 'policies': [{'type': 'KeepLast', 'n': 2}, {'type': 'KeepEvery', 'epochs': 5}]}
+    {'type': 'AnyOf',
+     'policies': [{'type': 'KeepLast', 'n': 2}, {'type': 'KeepEvery', 'epochs': 5}]}
     """
     if type(policy) not in _TYPES.values():
         return None

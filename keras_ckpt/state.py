@@ -59,7 +59,8 @@ class CheckpointStateful(Protocol):
 
 
 def mark_preempted(model: Any, preempted: bool) -> None:
-    """Records that a signal stopped this `fit` mid-epoch (the epoch end that follows is not real)."""
+    """Records that a signal stopped this `fit` mid-epoch (the epoch end that follows is not
+    real)."""
     setattr(model, _PREEMPTED_FLAG, preempted)
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from conftest import build_model, h5_datasets
 
-import keras_ckpt
 from keras_ckpt import CheckpointManager, ModelCheckpoint
 from keras_ckpt.errors import CorruptCheckpointError
 
@@ -175,35 +174,6 @@ def test_bfloat16_variables_are_averaged(tmp_path):
         assert dataset.attrs["dtype"] == "bfloat16" and dataset.dtype.itemsize == 2
         got = dataset[()].view(ml_dtypes.bfloat16).astype(np.float32)
     np.testing.assert_array_equal(got, [2.0, 2.0])
-    manager.close()
-
-
-def test_best_n_and_best_name_the_same_checkpoint_whatever_the_monitor(tmp_path):
-    """The callback's `monitor` is val_loss, its `retention=KeepBest(1, "val_accuracy")`: "best"
-    is what it ranked by, for `best()` and `average("best:1")` alike (they used to read the
-    records in opposite orders and pick different files)."""
-    owner_state = {  # as ModelCheckpoint records it
-        "callback": "ModelCheckpoint",
-        "monitor": "val_loss",
-        "mode": "min",
-        "retention": {"type": "KeepBest", "n": 1, "monitor": "val_accuracy", "mode": "max"},
-    }
-    manager = CheckpointManager(tmp_path / "run")
-    for epoch, (loss, accuracy) in enumerate([(0.1, 0.5), (0.9, 0.9), (0.5, 0.6)], start=1):
-        with manager.stage() as folder:
-            path = os.path.join(folder, "w")
-            with h5py.File(path, "w") as f:
-                f["layers/d/vars/0"] = np.full((2,), float(epoch))
-            manager.commit(
-                {f"w-{epoch}.weights.h5": path},
-                name=f"w-{epoch}",
-                kind="weights",
-                epoch=epoch,
-                metrics={"val_loss": loss, "val_accuracy": accuracy},
-                owner_state=owner_state,
-            )
-    averaged = manager.average("best:1", tmp_path / "best.weights.h5")
-    assert manager.best().name == averaged[0].name == "w-2"  # the best val_accuracy
     manager.close()
 
 

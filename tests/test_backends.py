@@ -69,11 +69,15 @@ def test_a_step_save_holds_that_steps_weights(tmp_path, data, async_save):
     after_two = build_model()
     after_two.fit(x[:32], y[:32], batch_size=16, epochs=1, shuffle=False, verbose=0)
     saved = build_model()
+    saved.optimizer.build(saved.trainable_variables)  # else load_weights skips the optimizer's
     saved.load_weights(tmp_path / "s-2.weights.h5")
     initial = build_model()
     for got, want, before in zip(saved.weights, after_two.weights, initial.weights, strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
         assert not np.array_equal(np.asarray(got), np.asarray(before))
+    assert int(saved.optimizer.iterations) == 2  # and Adam's moments of step 2:
+    for got, want in zip(saved.optimizer.variables, after_two.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
 
 
 def test_backups_record_the_backend(tmp_path, data):

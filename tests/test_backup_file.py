@@ -9,26 +9,12 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import build_model, h5_datasets
+from conftest import Crash, build_model, fit, h5_datasets
 
 import keras_ckpt
 from keras_ckpt.callbacks.backup_and_restore import OWNER
 from keras_ckpt.format import backup_file
-from keras_ckpt.state import is_replaying
 from keras_ckpt.training import fit_state as st
-
-
-class Crash(keras.callbacks.Callback):
-    def __init__(self, at_step):
-        super().__init__()
-        self.at_step, self.steps = at_step, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        if is_replaying(self.model):
-            return
-        self.steps += 1
-        if self.steps == self.at_step:
-            raise RuntimeError("crash")
 
 
 class Remembers(keras.callbacks.Callback):
@@ -48,11 +34,6 @@ class Remembers(keras.callbacks.Callback):
     def set_checkpoint_state(self, state):
         self.received = state
         self.state = dict(state)
-
-
-def fit(model, data, callbacks, epochs=3, **kwargs):
-    x, y = data
-    return model.fit(x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs)
 
 
 def crash_and_keep(tmp_path, data, *callbacks, at_step=6, **kwargs):
@@ -251,18 +232,3 @@ def test_a_backup_that_verifies_but_cannot_be_read_falls_back_to_the_previous(tm
     with pytest.warns(UserWarning, match=r"backup-000000006 .* is damaged .*backup-000000004"):
         fit(model, data, [keras_ckpt.BackupAndRestore(tmp_path), on_begin])
     assert probe[0] == 4
-
-
-def test_a_round1_backup_folder_fails_with_a_clear_error(tmp_path, data):
-    manager = keras_ckpt.CheckpointManager(tmp_path)
-    with manager.stage() as folder:
-        files = {}
-        for part in ("model.weights.h5", "state.npz", "state.json"):
-            (tmp_path / folder / part).write_bytes(b"round 1")
-            files[f"backup-000000002/{part}"] = f"{folder}/{part}"
-        manager.commit(files, name="backup-000000002", kind="training_state", owner=OWNER)
-    manager.close()
-    model = build_model()
-    with pytest.raises(keras_ckpt.errors.ResumeError, match="earlier keras-ckpt.*another"):
-        fit(model, data, [keras_ckpt.BackupAndRestore(tmp_path)])
-    assert int(model.optimizer.iterations) == 0  # never silently started over

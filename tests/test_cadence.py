@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-import time
+import threading
 
+import keras
 import numpy as np
 import pytest
 from conftest import build_model
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 
 from keras_ckpt import BackupAndRestore, CheckpointManager
 from keras_ckpt.cadence import Cadence, check_max_overhead, interval_for
+from keras_ckpt.callbacks import backup_and_restore
+from keras_ckpt.format.backup_file import BackupFile
 from keras_ckpt.store.local import LocalStorage
 
 seconds = st.floats(1e-5, 10.0, allow_nan=False, allow_infinity=False)
@@ -193,12 +196,84 @@ def test_auto_defaults_to_two_percent(tmp_path):
 # --------------------------------------------------------------------------- in a real fit
 
 
-def fit(tmp_path, name, *, samples=96, epochs=2, **kwargs):
+_CAPTURE, _PUBLISH = BackupFile.capture, LocalStorage.publish  # the real ones, under any clock
+
+
+class FakeTime(keras.callbacks.Callback):
+    """The auto cadence's clock (`backup_and_restore._clock`), moved by the test, never by the
+    machine: a training step takes `step` seconds, and a backup's write costs training `write`.
+
+    Written inline (`background=False`), a write's publish moves the clock itself: training waits
+    for it. Written in the background, the write is held (at its publish) until the next step has
+    ended, and that step waits for the write to finish: the write overlaps that one step, which
+    takes `write` seconds longer. Goes before `backup` in the callbacks.
+    """
+
+    def __init__(self, *, background: bool, step: float = 10.0, write: float = 0.0):
+        super().__init__()
+        self.now, self.step, self.write, self.background = 0.0, step, write, background
+        self._ended = threading.Condition()
+        self._steps = 0  # steps (and epochs) ended
+        self._saved_at = 0  # steps ended when the last backup was captured
+        self._charge = False  # the next step is slowed by a background write
+        self.backup: BackupAndRestore | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def install(self, monkeypatch) -> FakeTime:
+        monkeypatch.setattr(backup_and_restore, "_clock", self)
+
+        def noted_capture(fmt, model, extra=None):  # on the training thread, at the backup
+            with self._ended:
+                self._saved_at, self._charge = self._steps, self.background
+            return _CAPTURE(fmt, model, extra)
+
+        def slowed_publish(storage, staged):
+            if not self.background:
+                self.now += self.write
+            else:
+                with self._ended:
+                    held = self._ended.wait_for(lambda: self._steps > self._saved_at, 120)
+                if not held:
+                    raise RuntimeError("no training step ended while a background write waited")
+            return _PUBLISH(storage, staged)
+
+        monkeypatch.setattr(BackupFile, "capture", noted_capture)
+        monkeypatch.setattr(LocalStorage, "publish", slowed_publish)
+        return self
+
+    def _end(self, seconds: float) -> None:
+        with self._ended:
+            self.now += seconds
+            self._steps += 1
+            self._charge = False
+            self._ended.notify_all()
+
+    def on_train_batch_end(self, batch, logs=None):
+        charge = self._charge
+        self._end(self.step + (self.write if charge else 0.0))
+        if charge:  # the write overlaps this step, and only this one
+            assert self.backup is not None
+            self.backup.wait_until_finished()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._end(0.0)  # no step: a write still under way costs no timed step
+
+    def on_train_end(self, logs=None):
+        self._end(0.0)
+
+
+def fit(tmp_path, name, *, samples=96, epochs=2, clock=None, **kwargs):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(samples, 8)).astype("float32")
     y = rng.integers(0, 3, size=samples).astype("int32")
     backup = BackupAndRestore(tmp_path / name, save_freq="auto", delete_checkpoint=False, **kwargs)
-    build_model().fit(x, y, batch_size=2, epochs=epochs, callbacks=[backup], verbose=0)
+    callbacks = [backup]
+    if clock is not None:
+        clock.backup = backup
+        callbacks.insert(0, clock)
+    build_model().fit(x, y, batch_size=2, epochs=epochs, callbacks=callbacks, verbose=0)
     return backup
 
 
@@ -206,11 +281,15 @@ def intervals(output):
     return [int(n) for n in re.findall(r"backs up every (\d+) steps", output)]
 
 
-def test_a_fit_with_auto_writes_backups_and_says_and_records_its_interval(tmp_path, capsys):
-    fit(tmp_path, "auto", max_overhead=0.5)
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_fit_with_auto_writes_backups_and_says_and_records_its_interval(
+    tmp_path, capsys, monkeypatch, async_save
+):
+    clock = FakeTime(background=async_save, write=20.0).install(monkeypatch)
+    fit(tmp_path, "auto", max_overhead=0.5, clock=clock, async_save=async_save)
     out = capsys.readouterr().out
     chosen = intervals(out)
-    assert chosen, out
+    assert chosen == [4], out  # a 20 s backup every 4 steps of 10 s costs 50%
     assert out.count('BackupAndRestore(save_freq="auto"): ') == len(chosen)
     records = CheckpointManager(tmp_path / "auto").checkpoints()
     assert records and records[-1].global_step > 1  # more than the probe after step 1
@@ -220,11 +299,22 @@ def test_a_fit_with_auto_writes_backups_and_says_and_records_its_interval(tmp_pa
 
 
 @pytest.mark.parametrize("async_save", [False, True])
-def test_steps_are_timed_one_by_one_never_across_an_epoch_start(tmp_path, mocker, async_save):
+def test_steps_are_timed_one_by_one_never_across_an_epoch_start(
+    tmp_path, mocker, monkeypatch, async_save
+):
     """Keras builds an epoch's iterator after `on_epoch_begin` (seconds on TensorFlow): the first
     step of an epoch is not timed; the steps a background write overlapped are marked."""
+    clock = FakeTime(background=async_save, write=400.0).install(monkeypatch)
     spy = mocker.spy(Cadence, "record_steps")
-    fit(tmp_path, "timed", samples=400, epochs=2, max_overhead=0.5, async_save=async_save)
+    fit(
+        tmp_path,
+        "timed",
+        samples=400,
+        epochs=2,
+        max_overhead=0.5,
+        async_save=async_save,
+        clock=clock,
+    )
     calls = [c.args[1:] + (c.kwargs["writing"],) for c in spy.call_args_list]
     assert len(calls) == 2 * (200 - 1)  # 200 steps an epoch, all but the first timed
     assert all(steps == 1 for steps, _, _ in calls)
@@ -249,19 +339,12 @@ def test_auto_is_refused_in_a_multi_worker_job(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("async_save", [False, True])
-def test_slower_saves_make_the_interval_grow(tmp_path, capsys, mocker, async_save):
-    fit(tmp_path, "warm-up", epochs=1, max_overhead=0.5, async_save=async_save)  # first-use costs
-    fit(tmp_path, "fast", max_overhead=0.5, async_save=async_save)
-    fast = intervals(capsys.readouterr().out)
-    real_publish = LocalStorage.publish
-
-    def slow_publish(self, staged):
-        time.sleep(0.3)
-        return real_publish(self, staged)
-
-    mocker.patch.object(LocalStorage, "publish", slow_publish)
-    # long enough for the slow first backup to be written in the background, and then some
-    fit(tmp_path, "slow", samples=960, epochs=1, max_overhead=0.5, async_save=async_save)
-    slow = intervals(capsys.readouterr().out)
-    assert fast and slow
-    assert slow[-1] > fast[-1], (fast, slow)
+def test_slower_saves_make_the_interval_grow(tmp_path, capsys, monkeypatch, async_save):
+    fast = FakeTime(background=async_save, write=20.0).install(monkeypatch)
+    fit(tmp_path, "fast", epochs=1, max_overhead=0.5, async_save=async_save, clock=fast)
+    fast_intervals = intervals(capsys.readouterr().out)
+    slow = FakeTime(background=async_save, write=400.0).install(monkeypatch)
+    fit(tmp_path, "slow", epochs=1, max_overhead=0.5, async_save=async_save, clock=slow)
+    slow_intervals = intervals(capsys.readouterr().out)
+    assert fast_intervals and slow_intervals
+    assert slow_intervals[-1] > fast_intervals[-1], (fast_intervals, slow_intervals)

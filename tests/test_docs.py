@@ -16,11 +16,13 @@ from keras_ckpt import (
     policies,
     records,
     results,
+    selection,
     state,
 )
-from keras_ckpt.callbacks import backup_and_restore, model_checkpoint
-from keras_ckpt.format import averaging, h5read, h5write, snapshot
+from keras_ckpt.callbacks import _adopt, _runs, backup_and_restore, model_checkpoint
+from keras_ckpt.format import averaging, backup_file, h5read, h5write, keras_file, snapshot
 from keras_ckpt.store import history
+from keras_ckpt.training import pipeline, signals
 
 PUBLIC = [
     *(getattr(keras_ckpt, name) for name in keras_ckpt.__all__ if name[0].isupper()),
@@ -50,6 +52,15 @@ MODULES = [
     snapshot,
     h5write,
     h5read,
+    selection,
+    keras_ckpt.store,
+    keras_ckpt.format,
+    keras_file,
+    backup_file,
+    pipeline,
+    signals,
+    _runs,
+    _adopt,
 ]
 
 

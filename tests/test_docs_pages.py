@@ -151,7 +151,26 @@ def test_every_marker_is_known_and_blocks_not_run_stay_rare():
     assert len(not_run) <= MAX_NOT_RUN, f"too many blocks that do not run: {not_run}"
 
 
+@pytest.fixture
+def op_determinism_restored():
+    """A page may turn on TensorFlow's op determinism (docs/resume.md does, as a reader should);
+    it stays on for the rest of the process, where `tf.random.get_global_generator()` then refuses
+    to create the global generator. Put it back as it was for the tests that run next."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    from tensorflow.python.framework import config  # the only switch back (no public one)
+
+    was_on = config.is_op_determinism_enabled()
+    yield
+    if not was_on:
+        config.disable_op_determinism()
+
+
 @pytest.mark.parametrize("page", RUN_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.usefixtures("op_determinism_restored")
 def test_page_python_blocks_run(page, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)  # blocks write relative paths such as runs/exp1
     namespace: dict = {"__name__": f"docs_{page.stem}"}

@@ -1,7 +1,5 @@
-"""keras_ckpt.format.h5read: what is loaded is exactly what was checked, and read errors are damage.
-
-The reading of Keras's formats themselves (ours and Keras's files, bfloat16, a flipped byte) is
-tested with the writer in `test_h5write.py`; crafted files in `test_crafted_files.py`.
+"""keras_ckpt.format.h5read: ours and Keras's files read in place, what is loaded is exactly what
+was checked, and read errors are damage. Crafted files are in `test_crafted_files.py`.
 """
 
 from __future__ import annotations
@@ -16,10 +14,12 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import assert_same_state, fresh_like, state_of, trained
 
 from keras_ckpt import CheckpointManager
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format import h5read
+from keras_ckpt.format import h5read, h5write, snapshot
+from keras_ckpt.store.local import seal_file
 
 
 def model_of(seed: int) -> keras.Model:
@@ -49,6 +49,47 @@ def committed(directory, model: keras.Model, name: str, *, gzip: bool = False) -
                     f.create_dataset(path, data=value, chunks=True, compression="gzip")
         manager.commit({name: staged}, name=name, kind="weights")
     manager.close()
+
+
+@pytest.mark.parametrize("writer", ["ours", "keras"])
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_fast_reader_loads_ours_and_keras_files_in_place(tmp_path, data, writer, suffix):
+    model = trained(data, bfloat16=True)
+    path = tmp_path / f"m{suffix}"
+    weights_only = suffix == ".weights.h5"
+    if writer == "ours":
+        h5write.write_snapshot(snapshot.take(model, weights_only=weights_only), str(path))
+    else:
+        (model.save_weights if weights_only else model.save)(path)
+    expected = seal_file(path, sync=False)
+    target = fresh_like(model)
+    # Keras's `.keras` holds its HDF5 member at an arbitrary offset: read in place all the same.
+    assert h5read.load_weights(target, path, expected)
+    assert_same_state(state_of(target), state_of(model))
+    if not weights_only:
+        assert_same_state(state_of(h5read.load_model(path, expected)), state_of(model))
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_a_flipped_byte_is_found_by_the_reader(tmp_path, data, suffix):
+    model = trained(data)
+    path = tmp_path / f"m{suffix}"
+    sealed = h5write.write_snapshot(
+        snapshot.take(model, weights_only=suffix == ".weights.h5"), str(path)
+    )
+    with open(path, "r+b") as f:
+        f.seek(sealed.size // 2)
+        byte = f.read(1)
+        f.seek(sealed.size // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    target = fresh_like(model)
+    before = state_of(target)
+    with pytest.raises(CorruptCheckpointError, match=r"checksum mismatch"):
+        h5read.load_weights(target, path, sealed, name="m")
+    assert_same_state(state_of(target), before)  # nothing was assigned
+    if suffix == ".keras":
+        with pytest.raises(CorruptCheckpointError, match=r"checksum mismatch"):
+            h5read.load_model(path, sealed)
 
 
 def test_a_file_rewritten_in_place_after_its_check_loads_what_was_checked(tmp_path, monkeypatch):

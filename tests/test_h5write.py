@@ -1,4 +1,4 @@
-"""keras_ckpt.format.h5write / h5read: Keras's own formats written in one pass and read back in place."""
+"""keras_ckpt.format.h5write: Keras's own formats, written in one pass from a host snapshot."""
 
 from __future__ import annotations
 
@@ -12,76 +12,20 @@ import keras
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import build_model
+from conftest import (
+    Capture,
+    Counter,
+    assert_same_state,
+    awkward_model,
+    fresh_like,
+    state_of,
+    trained,
+)
 
 import keras_ckpt
-from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format import _keras_private, _zip, h5read, h5write, snapshot
+from keras_ckpt.format import _zip, h5read, h5write, snapshot
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.store.local import seal_file
-
-
-@keras.saving.register_keras_serializable(package="keras_ckpt_tests")
-class Counter(keras.layers.Layer):
-    """A registered custom layer with int and bool variables besides a float one."""
-
-    def build(self, input_shape):
-        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="scale")
-        self.count = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False, name="count"
-        )
-        self.flags = self.add_weight(
-            shape=(4,), dtype="bool", initializer="zeros", trainable=False, name="flags"
-        )
-
-    def call(self, x, training=False):
-        if training:
-            self.count.assign_add(1)
-            self.flags.assign(keras.ops.ones((4,), dtype="bool"))
-        return x * self.scale
-
-
-def awkward_model(*, bfloat16: bool = False) -> keras.Model:
-    """Nested functional + BatchNormalization, custom layer, bfloat16 layer, Adam with EMA."""
-    keras.utils.set_random_seed(0)
-    if bfloat16:
-        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    try:
-        inner_in = keras.Input((8,))
-        h = keras.layers.Dense(1200, activation="relu")(inner_in)  # large: the pwrite path
-        h = keras.layers.BatchNormalization()(h)
-        inner = keras.Model(inner_in, h, name="inner")
-        x_in = keras.Input((8,))
-        h = inner(x_in)
-        h = Counter()(h)
-        h = keras.layers.Dense(16, dtype="bfloat16")(h)
-        out = keras.layers.Dense(3, activation="softmax", dtype="float32")(h)
-        model = keras.Model(x_in, out)
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
-    model.compile(
-        optimizer=keras.optimizers.Adam(use_ema=True),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def trained(data, **kwargs):
-    model = awkward_model(**kwargs)
-    model.fit(*data, epochs=1, batch_size=16, verbose=0)
-    return model
-
-
-def state_of(model) -> list[np.ndarray]:
-    return [np.asarray(v.numpy()) for v in model.weights + model.optimizer.variables]
-
-
-def assert_same_state(a: list[np.ndarray], b: list[np.ndarray]) -> None:
-    assert len(a) == len(b) > 0
-    for left, right in zip(a, b, strict=True):
-        assert left.dtype == right.dtype
-        np.testing.assert_array_equal(left, right)
 
 
 def h5_tree(path) -> dict:
@@ -102,13 +46,6 @@ def h5_tree(path) -> dict:
 
         f.visititems(visit)
     return out
-
-
-def fresh_like(model) -> keras.Model:
-    clone = awkward_model()
-    clone.optimizer.build(clone.trainable_variables)
-    assert [v.shape for v in clone.weights] == [v.shape for v in model.weights]
-    return clone
 
 
 @pytest.fixture(params=[False, True], ids=["float32", "mixed_bfloat16"])
@@ -182,18 +119,6 @@ def test_snapshotter_reuses_its_buffers_and_reallocates_on_a_new_shape(data):
     slot, buffer = next(iter(snapshotter._buffers.items()))
     renewed = snapshotter._copy(slot, np.zeros(buffer.size + 1, buffer.dtype))
     assert renewed is not buffer and snapshotter._buffers[slot] is renewed
-
-
-class Capture(keras.callbacks.Callback):
-    """The model's state at each epoch end, as a checkpoint saved then holds it (Keras swaps the
-    EMA weights in when `fit` ends, after the last save)."""
-
-    def __init__(self):
-        super().__init__()
-        self.states = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.states.append(state_of(self.model))
 
 
 @pytest.mark.parametrize("async_save", [True, False], ids=["background", "inline"])
@@ -293,96 +218,7 @@ def test_layout_probe_matches_the_installed_keras():
     assert matches
 
 
-def test_missing_private_keras_function_fails_clearly_at_import(monkeypatch):
-    monkeypatch.delattr(_keras_private.saving_lib, "_save_state")
-    with pytest.raises(ImportError, match=r"private saving API changed.*_save_state` is missing"):
-        _keras_private._check()
-
-
-def test_changed_private_keras_signature_fails_clearly(monkeypatch):
-    monkeypatch.setattr(_keras_private.saving_lib, "_load_state", lambda model, store: None)
-    with pytest.raises(ImportError, match=r"_load_state.* changed"):
-        _keras_private._check()
-
-
-def test_legacy_h5_full_model_is_written_by_keras_and_sealed(tmp_path, data):
-    model = build_model()
-    callback = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.h5"))
-    model.fit(*data, epochs=1, batch_size=16, verbose=0, callbacks=[callback])
-    record = CheckpointManager(tmp_path).get("m-1.h5")
-    assert record.files[0].checksum == seal_file(tmp_path / "m-1.h5").checksum
-    loaded = CheckpointManager(tmp_path).load_model("m-1.h5")
-    for a, b in zip(loaded.weights, model.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-
-
-# ------------------------------------------------------------------ reading
-
-
-@pytest.mark.parametrize("writer", ["ours", "keras"])
-@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
-def test_fast_reader_loads_ours_and_keras_files_in_place(tmp_path, data, writer, suffix):
-    model = trained(data, bfloat16=True)
-    path = tmp_path / f"m{suffix}"
-    weights_only = suffix == ".weights.h5"
-    if writer == "ours":
-        h5write.write_snapshot(snapshot.take(model, weights_only=weights_only), str(path))
-    else:
-        (model.save_weights if weights_only else model.save)(path)
-    expected = seal_file(path, sync=False)
-    target = fresh_like(model)
-    # Keras's `.keras` holds its HDF5 member at an arbitrary offset: read in place all the same.
-    assert h5read.load_weights(target, path, expected)
-    assert_same_state(state_of(target), state_of(model))
-    if not weights_only:
-        assert_same_state(state_of(h5read.load_model(path, expected)), state_of(model))
-
-
-@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
-def test_a_flipped_byte_is_found_by_the_reader(tmp_path, data, suffix):
-    model = trained(data)
-    path = tmp_path / f"m{suffix}"
-    sealed = h5write.write_snapshot(
-        snapshot.take(model, weights_only=suffix == ".weights.h5"), str(path)
-    )
-    with open(path, "r+b") as f:
-        f.seek(sealed.size // 2)
-        byte = f.read(1)
-        f.seek(sealed.size // 2)
-        f.write(bytes([byte[0] ^ 1]))
-    target = fresh_like(model)
-    before = state_of(target)
-    with pytest.raises(CorruptCheckpointError, match=r"checksum mismatch"):
-        h5read.load_weights(target, path, sealed, name="m")
-    assert_same_state(state_of(target), before)  # nothing was assigned
-    if suffix == ".keras":
-        with pytest.raises(CorruptCheckpointError, match=r"checksum mismatch"):
-            h5read.load_model(path, sealed)
-
-
-@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
-def test_manager_load_latest_skips_a_damaged_newest_for_the_previous(tmp_path, data, suffix):
-    model = awkward_model()
-    callback = keras_ckpt.ModelCheckpoint(
-        str(tmp_path / f"m-{{epoch}}{suffix}"), save_weights_only=suffix == ".weights.h5"
-    )
-    capture = Capture()
-    model.fit(*data, epochs=2, batch_size=16, verbose=0, callbacks=[callback, capture])
-    first = capture.states[0]
-    newest = tmp_path / f"m-2{suffix}"
-    with open(newest, "r+b") as f:
-        f.seek(os.path.getsize(newest) - 100)
-        f.write(b"\xff")
-    manager = CheckpointManager(tmp_path)
-    with pytest.warns(UserWarning, match=rf"m-2{suffix} in .* is damaged \(m-2{suffix}: checksum"):
-        if suffix == ".keras":
-            loaded = manager.load_model("latest")
-        else:
-            loaded = fresh_like(model)
-            assert manager.load_weights(loaded, "latest").name == f"m-1{suffix}"
-    assert_same_state(state_of(loaded), first)
-    with pytest.raises(CorruptCheckpointError, match=rf"m-2{suffix}: checksum mismatch"):
-        manager.load_weights(fresh_like(model), f"m-2{suffix}")
+# ------------------------------------------------------------------ the zip tail, the writeback
 
 
 def test_zip64_tail_for_a_member_past_4_gib_is_read_by_zipfile(tmp_path):

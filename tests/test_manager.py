@@ -16,8 +16,18 @@ from dataclasses import dataclass, replace
 import google_crc32c
 import numpy as np
 import pytest
-from conftest import build_model, commit, fail_removing
+from conftest import (
+    Capture,
+    assert_same_state,
+    awkward_model,
+    build_model,
+    commit,
+    fail_removing,
+    fresh_like,
+    state_of,
+)
 
+import keras_ckpt
 from keras_ckpt.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -29,12 +39,6 @@ from keras_ckpt.records import FileEntry, Record
 from keras_ckpt.store.local import META_DIR, LocalStorage
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_commit_child.py")
-
-
-@pytest.fixture
-def manager(tmp_path):
-    with CheckpointManager(tmp_path) as manager:
-        yield manager
 
 
 def reader(directory) -> CheckpointManager:
@@ -111,87 +115,6 @@ def test_latest_is_the_last_committed(manager):
     commit(manager, "b")
     commit(manager, "a")
     assert manager.latest().name == "a"
-
-
-@pytest.mark.parametrize(
-    ("monitor", "values", "expected"),
-    [
-        pytest.param("val_loss", (0.5, 0.2, 0.3), "ckpt-1", id="loss-is-minimised"),
-        pytest.param("val_accuracy", (0.5, 0.9, 0.7), "ckpt-1", id="accuracy-is-maximised"),
-        pytest.param("val_loss", (0.2, 0.5, 0.2), "ckpt-2", id="tie-goes-to-newer"),
-    ],
-)
-def test_best_infers_the_mode_from_the_name(manager, monitor, values, expected):
-    for i, value in enumerate(values):
-        commit(manager, f"ckpt-{i}", metrics={monitor: value})
-    assert manager.best(monitor).name == expected
-
-
-def test_best_with_an_explicit_mode(manager):
-    commit(manager, "low", metrics={"score": 1.0})
-    commit(manager, "high", metrics={"score": 2.0})
-    assert manager.best("score", mode="max").name == "high"
-    assert manager.best("score", mode="min").name == "low"
-
-
-def test_best_skips_checkpoints_without_the_metric(manager):
-    commit(manager, "a", metrics={"val_loss": 0.9})
-    commit(manager, "b", metrics={"loss": 0.1})
-    assert manager.best("val_loss").name == "a"
-    assert manager.best("val_auc") is None
-
-
-def test_best_rejects_an_unknown_mode(manager):
-    with pytest.raises(ValueError, match=r'Expected "auto" or "min" or "max"\. Received: mode='):
-        manager.best("val_loss", mode="bogus")
-
-
-def mae_run(manager, owner_state=None):
-    """Three checkpoints of a callback that monitored `val_mae` (a name that tells no mode)."""
-    state = {"monitor": "val_mae", "mode": "min"} if owner_state is None else owner_state
-    for name, value in (("a", 0.5), ("b", 0.2), ("c", 0.9)):
-        commit(manager, name, metrics={"val_mae": value}, owner="mc", owner_state=state)
-
-
-def test_best_uses_the_mode_the_callback_recorded(manager):
-    mae_run(manager)
-    assert manager.best("val_mae").name == "b"
-    assert manager.best("val_mae", mode="max").name == "c"  # an explicit mode still wins
-
-
-def test_resolve_best_uses_the_mode_the_callback_recorded(manager):
-    mae_run(manager)
-    assert manager.resolve("best").name == "b"
-    assert manager.resolve("best", monitor="val_mae").name == "b"
-
-
-def test_the_recorded_mode_is_found_in_the_recorded_retention_too(manager):
-    retention = {"type": "KeepBest", "n": 1, "monitor": "val_mae", "mode": "max"}
-    mae_run(manager, {"monitor": "val_mae", "mode": "auto", "retention": retention})
-    assert manager.best("val_mae").name == "c"
-
-
-def test_best_without_a_monitor_uses_the_recorded_one_as_load_model_does(manager):
-    mae_run(manager)
-    assert manager.best().name == manager.best(None).name == "b"
-
-
-def test_best_without_a_monitor_or_a_recorded_one_says_to_pass_it(manager):
-    commit(manager, "a", metrics={"val_loss": 0.5})
-    with pytest.raises(ValueError, match=r"needs `monitor=`.*no checkpoint in .* records"):
-        manager.best()
-
-
-def test_best_of_a_metric_without_a_recorded_mode_still_needs_one(manager):
-    mae_run(manager, owner_state={})
-    with pytest.raises(ValueError, match=r'Cannot tell whether `val_mae`.*Pass mode="min"'):
-        manager.best("val_mae")
-
-
-@pytest.mark.parametrize("monitor", [5, "", b"val_loss"])
-def test_best_rejects_a_monitor_that_is_not_a_name(manager, monitor):
-    with pytest.raises(ValueError, match=r"argument `monitor`\. Expected a metric name"):
-        manager.best(monitor)
 
 
 def test_checkpoints_rejects_an_owner_that_is_not_a_string(manager):
@@ -785,6 +708,8 @@ def test_load_model_latest_skips_weights_only_checkpoints_of_another_callback(tm
     with manager.stage() as folder:
         model.save(os.path.join(folder, "m.keras"))
         manager.commit({"m.keras": os.path.join(folder, "m.keras")}, name="m.keras", kind="model")
+    saved = model.get_weights()
+    model.fit(x, y, epochs=1, verbose=0)  # the weights-only checkpoint holds other weights
     with manager.stage() as folder:
         model.save_weights(os.path.join(folder, "w.weights.h5"))
         manager.commit(
@@ -795,6 +720,9 @@ def test_load_model_latest_skips_weights_only_checkpoints_of_another_callback(tm
     manager.close()
     loaded = reader(tmp_path).load_model("latest")  # the newest is weights-only
     assert isinstance(loaded, keras.Model)
+    assert len(saved) == 4
+    for a, b in zip(loaded.get_weights(), saved, strict=True):  # m.keras's, untouched by w's
+        np.testing.assert_array_equal(a, b)
 
 
 def test_commit_without_keras_loaded_records_no_version(tmp_path):
@@ -831,3 +759,28 @@ def test_a_checkpoint_that_fails_twice_while_replaced_falls_back_to_the_previous
     assert (record.name, value) == ("a", "a")
     assert attempts.count("b") >= 2
     manager.close()
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_manager_load_latest_skips_a_damaged_newest_for_the_previous(tmp_path, data, suffix):
+    model = awkward_model()
+    callback = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / f"m-{{epoch}}{suffix}"), save_weights_only=suffix == ".weights.h5"
+    )
+    capture = Capture()
+    model.fit(*data, epochs=2, batch_size=16, verbose=0, callbacks=[callback, capture])
+    first = capture.states[0]
+    newest = tmp_path / f"m-2{suffix}"
+    with open(newest, "r+b") as f:
+        f.seek(os.path.getsize(newest) - 100)
+        f.write(b"\xff")
+    manager = CheckpointManager(tmp_path)
+    with pytest.warns(UserWarning, match=rf"m-2{suffix} in .* is damaged \(m-2{suffix}: checksum"):
+        if suffix == ".keras":
+            loaded = manager.load_model("latest")
+        else:
+            loaded = fresh_like(model)
+            assert manager.load_weights(loaded, "latest").name == f"m-1{suffix}"
+    assert_same_state(state_of(loaded), first)
+    with pytest.raises(CorruptCheckpointError, match=rf"m-2{suffix}: checksum mismatch"):
+        manager.load_weights(fresh_like(model), f"m-2{suffix}")

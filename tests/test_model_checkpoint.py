@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -251,8 +251,13 @@ def test_rejected_filepaths(tmp_path, filepath, kwargs, match):
         keras_ckpt.ModelCheckpoint(path, **kwargs)
 
 
-def test_the_longest_file_name_a_template_may_format_to_is_accepted(tmp_path):
-    keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch:>240}.weights.h5"), save_weights_only=True)
+def test_the_longest_file_name_a_template_may_format_to_is_accepted(tmp_path, data):
+    cb = keras_ckpt.ModelCheckpoint(
+        str(tmp_path / "m-{epoch:>240}.weights.h5"), save_weights_only=True
+    )
+    fit(build_model(), data, [cb], epochs=1)
+    name = f"m-{1:>240}.weights.h5"
+    assert len(name) == 253 and names(tmp_path) == [name]  # saved under its 253-byte name
 
 
 def test_a_failed_retention_delete_never_stops_training(tmp_path, data, mocker):
@@ -545,39 +550,58 @@ def test_wait_until_finished_commits_what_is_in_flight(tmp_path, data):
 
 
 def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path):
-    """Kill a training process at random moments while it saves every step, many times.
+    """Kill training processes at chosen moments while they save every step, again and again.
 
-    Half the runs save inline, half in the background: both must leave only loadable files.
+    Two directories, each written by three processes in turn, inline and in the background
+    alternately, each killed a chosen time after its first saves; the two directories' processes
+    run side by side. Every restart recovers what the killed one left, and every committed file
+    verifies and loads.
     """
     child = os.path.join(os.path.dirname(__file__), "mc_crash_child.py")
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    rng = random.Random(1234)
-    kills = 0
+    directories = [tmp_path / "a", tmp_path / "b"]
+    # (mode, seconds from the first saves to the kill) for each directory, round after round:
+    # 0 to 0.6 s apart, so that the kills fall in different phases of a save.
+    rounds = [
+        [("sync", 0.0), ("async", 0.1)],
+        [("async", 0.3), ("sync", 0.45)],
+        [("sync", 0.6), ("async", 0.2)],
+    ]
     seen_steps = set()
-    while kills < 10:
-        mode = ("sync", "async")[kills % 2]
+
+    def run_and_kill(directory, mode, seconds):
         proc = subprocess.Popen(
-            [sys.executable, child, str(tmp_path), mode],
+            [sys.executable, child, str(directory), mode],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        # A restart prints a line about the earlier run's checkpoints first.
-        assert any(line.strip() == b"ready" for line in iter(proc.stdout.readline, b""))
-        time.sleep(rng.uniform(0.0, 0.6))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        manager = keras_ckpt.CheckpointManager(tmp_path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no unreadable record either
-            records = manager.checkpoints()
-        for result in manager.verify():
-            assert result.ok, result.problems
-        for record in records:
-            keras.saving.load_model(tmp_path / record.path)  # plain Keras loads each one
-        seen_steps.update(r.global_step for r in records)
-    assert (tmp_path / "last.keras").exists()
+        try:
+            # A restart prints a line about the earlier run's checkpoints first.
+            ready = any(line.strip() == b"ready" for line in iter(proc.stdout.readline, b""))
+            time.sleep(seconds)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+        return ready
+
+    with ThreadPoolExecutor(len(directories)) as pool:
+        for kills in rounds:
+            modes, seconds = zip(*kills, strict=True)
+            assert all(pool.map(run_and_kill, directories, modes, seconds))
+            for directory in directories:
+                manager = keras_ckpt.CheckpointManager(directory)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # no unreadable record either
+                    records = manager.checkpoints()
+                for result in manager.verify():
+                    assert result.ok, result.problems
+                for record in records:
+                    keras.saving.load_model(directory / record.path)  # plain Keras loads each
+                seen_steps.update(r.global_step for r in records)
+    for directory in directories:
+        assert (directory / "last.keras").exists()
     assert len(seen_steps) > 3  # the kills really fell among saves
 
 
@@ -618,15 +642,6 @@ def test_a_numpy_initial_value_threshold_is_accepted_as_in_keras(tmp_path):
         str(tmp_path / "b.keras"), initial_value_threshold=np.float32(0.5)
     )
     assert cb.best == 0.5
-
-
-def test_a_legacy_h5_full_model_is_written_by_keras_even_with_async_save(tmp_path, data):
-    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.h5"), async_save=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format
-        fit(build_model(), data, [cb], epochs=1)
-        loaded = keras.saving.load_model(tmp_path / "m-1.h5")
-    assert loaded.count_params() == build_model().count_params()
 
 
 def test_keep_best_with_a_misspelled_metric_raises_naming_the_keys(tmp_path, data):

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -18,7 +19,7 @@ import pytest
 from keras_ckpt import CheckpointManager
 from keras_ckpt.errors import CorruptCheckpointError, DirectoryLockedError, LockLostError
 from keras_ckpt.policies import KeepLast
-from keras_ckpt.store import storage_for
+from keras_ckpt.store import remote, storage_for
 from keras_ckpt.store.local import META_DIR, LocalStorage, seal_file
 from keras_ckpt.store.remote import FsspecStorage, _machine, _staleness
 
@@ -54,8 +55,40 @@ def write_lock(url: str, **holder) -> None:
     fs.pipe_file(f"{root}/{META_DIR}/lock", json.dumps(holder).encode())
 
 
+def read_lock(url: str) -> dict:
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return json.loads(fs.cat_file(f"{root}/{META_DIR}/lock"))
+
+
 def fast_storage(url: str) -> FsspecStorage:
     return FsspecStorage(url, lock_timeout=1.0, heartbeat_interval=0.1)
+
+
+class FakeClock:
+    """The object-store lock's wall clock (`remote._clock`): it moves when the test moves it."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock(time.time())
+    monkeypatch.setattr(remote, "_clock", fake)
+    return fake
+
+
+def wait_for(read, done, seconds: float = 60.0):
+    """`read()` once `done(read())` (what a background thread writes shows up), else fails."""
+    deadline = time.monotonic() + seconds
+    while not done(value := read()):
+        assert time.monotonic() < deadline, f"still {value!r} after {seconds} s"
+        time.sleep(0.01)
+    return value
 
 
 def dead_pid() -> int:
@@ -284,31 +317,40 @@ def test_live_lock_from_another_machine_with_the_same_hostname_is_refused(url, m
         CheckpointManager(url).open_for_writing()
 
 
-def test_silent_lock_is_taken_over_after_the_timeout(url):
-    old = time.time() - 5
+def test_silent_lock_is_taken_over_after_the_timeout(url, clock):
+    old = clock.now - 5
     write_lock(url, pid=4242, host="trainer-7", since=old, heartbeat=old, token="t")
     with pytest.warns(UserWarning, match="no heartbeat for 5 s"):
         with CheckpointManager(url, storage=fast_storage(url)) as manager:
             commit_bytes(manager, "a")
 
 
-def test_heartbeat_keeps_a_held_lock_from_going_stale(url):
+def test_heartbeat_keeps_a_held_lock_from_going_stale(url, clock):
     with CheckpointManager(url, storage=fast_storage(url)) as manager:
         manager.open_for_writing()
-        time.sleep(1.5)  # longer than lock_timeout: only the heartbeat keeps it live
-        fs, root = fsspec.core.url_to_fs(url)
-        holder = json.loads(fs.cat_file(f"{root}/{META_DIR}/lock"))
-        assert time.time() - holder["heartbeat"] < 1.0
+        taken = read_lock(url)["heartbeat"]
+        clock.now += 100  # far past lock_timeout: only the heartbeat keeps it live
+        holder = wait_for(lambda: read_lock(url), lambda h: h["heartbeat"] == clock.now)
         holder["host"] = "trainer-7"  # judged as from another host: still alive
         assert _staleness(holder, timeout=1.0) is None
+        assert _staleness({**holder, "heartbeat": taken}, timeout=1.0) is not None
 
 
-def test_writer_whose_lock_was_taken_over_stops_writing(url):
+def test_writer_whose_lock_was_taken_over_stops_writing(url, monkeypatch):
+    noticed = threading.Event()
+    mark_lost = remote._ObjectLock._mark_lost
+
+    def mark_and_tell(lock, error):
+        mark_lost(lock, error)
+        noticed.set()
+
+    monkeypatch.setattr(remote._ObjectLock, "_mark_lost", mark_and_tell)
     with CheckpointManager(url, storage=fast_storage(url)) as manager:
         commit_bytes(manager, "a")
         now = time.time()
         write_lock(url, pid=4242, host="trainer-7", since=now, heartbeat=now + 60, token="t")
-        time.sleep(0.5)  # a few heartbeats: the writer notices the lock is no longer its own
+        # the writer's next heartbeat finds the lock is no longer its own
+        assert noticed.wait(timeout=60), "no heartbeat noticed the takeover"
         with pytest.raises(DirectoryLockedError, match="taken over by process 4242"):
             commit_bytes(manager, "b")
     assert [r.name for r in CheckpointManager(url).checkpoints()] == ["a"]
@@ -335,6 +377,7 @@ def test_invalid_arguments_are_rejected(kwargs, match):
 def test_nearest_valid_arguments_are_accepted():
     storage = FsspecStorage("memory://r/", lock_timeout=5, heartbeat_interval=4.9)
     assert storage.url == "memory://r"
+    assert (storage.lock_timeout, storage.heartbeat_interval) == (5.0, 4.9)
 
 
 # ------------------------------------------------------------------ the lock is a lease

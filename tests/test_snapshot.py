@@ -1,4 +1,4 @@
-"""keras_ckpt.format.snapshot: host copies written later in Keras's own formats (private Keras APIs)."""
+"""keras_ckpt.format.snapshot: host copies, written later in Keras's own formats (private APIs)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def trained(data, dropout=0.0):
 def test_weights_snapshot_writes_the_same_datasets_as_save_weights(tmp_path, data):
     model = trained(data)
     model.save_weights(tmp_path / "keras.weights.h5")
-    h5write.write_snapshot(snapshot.take(model, weights_only=True), str(tmp_path / "ours.weights.h5"))
+    h5write.write_snapshot(
+        snapshot.take(model, weights_only=True), str(tmp_path / "ours.weights.h5")
+    )
     theirs, ours = (
         h5_datasets(tmp_path / "keras.weights.h5"),
         h5_datasets(tmp_path / "ours.weights.h5"),
@@ -54,8 +56,12 @@ def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
     model.compile(optimizer="adam", loss="mse")
     model.optimizer.build(model.trainable_variables)  # its variables are >= 4 KiB too
     copying, inline = snapshot.Snapshotter(), snapshot.Snapshotter(copy=False)
-    h5write.write_snapshot(copying.take(model, weights_only=True), str(tmp_path / "copied.weights.h5"))
-    h5write.write_snapshot(inline.take(model, weights_only=True), str(tmp_path / "inline.weights.h5"))
+    h5write.write_snapshot(
+        copying.take(model, weights_only=True), str(tmp_path / "copied.weights.h5")
+    )
+    h5write.write_snapshot(
+        inline.take(model, weights_only=True), str(tmp_path / "inline.weights.h5")
+    )
     assert copying._buffers and not inline._buffers
     kernel = model.layers[0].kernel
     taken = [a for kind, _, a in inline.take(model, weights_only=True).ops if kind == "set"]

@@ -70,5 +70,9 @@ def test_background_error_surfaces_at_the_next_save():
 
 def test_wait_with_nothing_in_flight_returns():
     writer = Writer(background=True)
+    writer.wait()  # nothing ever started
+    writer.run(lambda: None, lambda _: None)
     writer.wait()
-    assert writer.stats.saves == 0 and not writer.busy
+    waits = writer.stats.waits
+    writer.wait()  # the save is committed: nothing in flight, no wait counted
+    assert writer.stats.waits == waits and writer.stats.saves == 1 and not writer.busy

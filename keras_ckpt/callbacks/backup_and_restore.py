@@ -235,7 +235,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self.save_on_interrupt:
             self._signals.install()
         if StepAgreement.needed(
-            fit_state.unsynced_model(self), active=self.save_on_interrupt or self.every_seconds is not None
+            fit_state.unsynced_model(self),
+            active=self.save_on_interrupt or self.every_seconds is not None,
         ):
             self._agreement = StepAgreement(fit_state.unsynced_model(self), chief=self._chief)
 

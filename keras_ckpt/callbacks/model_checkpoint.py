@@ -219,7 +219,9 @@ class ModelCheckpoint(keras.callbacks.Callback):
         # and take each save's host copy with it, then drop it.
         self._chief = distribute.is_chief(self.model)
         self._agreement = None
-        if StepAgreement.needed(fit_state.unsynced_model(self), active=self._schedule.every_seconds is not None):
+        if StepAgreement.needed(
+            fit_state.unsynced_model(self), active=self._schedule.every_seconds is not None
+        ):
             # Time-based saves happen when the chief's clock says so, at the same step on every
             # worker (a save that gathers state from every worker needs all of them).
             self._agreement = StepAgreement(fit_state.unsynced_model(self), chief=self._chief)

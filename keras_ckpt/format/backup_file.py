@@ -16,8 +16,9 @@ attributes), so no layer can collide with the group, and `load_weights` ignores 
 (`tests/test_backup_file.py`). Which variables the Keras part holds, and in which dataset, is learnt
 by identity while the snapshot is taken (`BackupFile.capture`), so nothing is stored twice; the
 JSON layout names each variable's dataset, and a restore reads them directly (views of the file's
-checked bytes in memory), without Keras's loading walk. Which variables and callbacks a backup holds is the
-training side's decision (`keras_ckpt.training.backup`): it hands them over as `BackupInputs`.
+checked bytes in memory), without Keras's loading walk. Which variables and callbacks a backup
+holds is the training side's decision (`keras_ckpt.training.backup`): it hands them over as
+`BackupInputs`.
 
 `write` produces every byte in one pass (`h5write.write_snapshot`: h5py lays the file out, the
 arrays go in with `os.pwrite` from host buffers reused across backups, crc32c is computed from
@@ -295,5 +296,3 @@ def read(
     except (KeyError, ValueError, TypeError, RecursionError) as error:
         raise BackupFileError(f"Cannot read backup file {shown}: {error}") from error
     return BackupContents(path, state, layout, variables, callback_arrays)
-
-

@@ -58,6 +58,12 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
 __all__ = ["FsspecStorage"]
 
 _LOCK = f"{META_DIR}/lock"
+# The lock's clock: wall time, compared across processes and hosts (tests replace it).
+_clock = time.time
+
+
+def _now() -> float:
+    return _clock()
 
 
 class FsspecStorage(Storage):
@@ -88,7 +94,7 @@ class FsspecStorage(Storage):
         *,
         lock_timeout: float = 600.0,
         heartbeat_interval: float = 60.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         **storage_options: Any,
     ):
         if not isinstance(url, str) or "://" not in url:
@@ -104,7 +110,7 @@ class FsspecStorage(Storage):
             # holder's lock would block the directory forever, and a paused one never stop.
             if value is None or check_seconds(arg, value) is None:
                 raise invalid(arg, "a positive number of seconds", value)
-        if not callable(clock):
+        if clock is not None and not callable(clock):
             raise invalid("clock", "a function returning seconds since the epoch", clock)
         if heartbeat_interval >= lock_timeout:
             raise ValueError(
@@ -117,7 +123,7 @@ class FsspecStorage(Storage):
         self.url = url.rstrip("/")
         self.lock_timeout = float(lock_timeout)
         self.heartbeat_interval = float(heartbeat_interval)
-        self.clock = clock
+        self.clock = clock if clock is not None else _now
         self._lock_key = self.fs.unstrip_protocol(self._full(_LOCK))
         self._last_append = 0
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +13,9 @@ from pathlib import Path
 
 import google_crc32c
 import pytest
+from conftest import commit
 
-from keras_ckpt.errors import DirectoryLockedError
+from keras_ckpt.errors import DirectoryLockedError, LockLostError, UnsafeDirectoryError
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.store.local import META_DIR, LocalStorage, seal_file
 
@@ -80,6 +83,22 @@ def test_publish_replaces_an_existing_file(tmp_path):
     assert (tmp_path / "model.keras").read_bytes() == b"new"
 
 
+def test_publish_fsyncs_the_parent_of_each_folder_it_creates(tmp_path, mocker):
+    run = tmp_path / "run"
+    run.mkdir()
+    staged = tmp_path / "w"
+    staged.write_bytes(b"w")
+    synced = []
+    real_fsync = os.fsync
+    mocker.patch(
+        "keras_ckpt.store.local.os.fsync",
+        side_effect=lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)),
+    )
+    LocalStorage(run).publish({"backup-1/deep/w.h5": str(staged)})
+    for folder in (run, run / "backup-1", run / "backup-1" / "deep"):
+        assert os.stat(folder).st_ino in synced, folder
+
+
 def test_remove_deletes_the_file_and_the_folders_it_leaves_empty(tmp_path):
     (tmp_path / "a" / "b" / "c").mkdir(parents=True)
     (tmp_path / "a" / "b" / "c" / "f").write_bytes(b"x")
@@ -99,8 +118,9 @@ def test_remove_never_deletes_the_root(tmp_path):
 
 
 def test_remove_of_a_missing_file_is_fine(tmp_path):
-    LocalStorage(tmp_path).remove("not/there")
-    assert tmp_path.is_dir()
+    (tmp_path / "other.bin").write_bytes(b"x")
+    assert LocalStorage(tmp_path).remove("not/there") is None  # no error, no link met
+    assert os.listdir(tmp_path) == ["other.bin"]
 
 
 def test_list_files_lists_files_only_and_nothing_for_a_missing_folder(tmp_path):
@@ -159,10 +179,13 @@ def test_a_second_process_cannot_open_for_writing(tmp_path, lock_holder):
 
 
 def test_the_lock_of_a_killed_process_is_released(tmp_path, lock_holder):
+    lock = tmp_path / "run" / META_DIR / "lock"
+    assert json.loads(lock.read_text())["pid"] == lock_holder.pid
     lock_holder.send_signal(signal.SIGKILL)
     lock_holder.wait()
     manager = CheckpointManager(tmp_path / "run")
-    manager.open_for_writing()
+    manager.open_for_writing()  # the kernel dropped the dead holder's flock: no waiting, no error
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
     manager.close()
 
 
@@ -171,26 +194,6 @@ def test_a_failed_open_for_writing_leaves_reading_possible(tmp_path, lock_holder
     with pytest.raises(DirectoryLockedError):
         manager.open_for_writing()
     assert manager.checkpoints() == []
-
-
-def test_two_managers_in_one_process_share_the_lock(tmp_path):
-    first, second = CheckpointManager(tmp_path), CheckpointManager(str(tmp_path) + "/")
-    first.open_for_writing()
-    second.open_for_writing()
-    first.close()
-    commit(second, "after", "after.bin")
-    second.close()
-    assert [r.name for r in CheckpointManager(tmp_path).checkpoints()] == ["after"]
-
-
-def test_managers_reaching_one_directory_by_two_paths_share_the_writer_state(tmp_path):
-    (tmp_path / "real").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "real")
-    with CheckpointManager(tmp_path / "real") as one, CheckpointManager(tmp_path / "link") as two:
-        commit(one, "first", "first.bin")
-        commit(two, "second", "second.bin")
-    records = CheckpointManager(tmp_path / "real").checkpoints()
-    assert [(r.name, r.sequence) for r in records] == [("first", 1), ("second", 2)]
 
 
 def test_close_gives_the_lock_back_to_other_processes(tmp_path):
@@ -208,23 +211,129 @@ def test_close_gives_the_lock_back_to_other_processes(tmp_path):
         child.stdout.close()
 
 
+def test_a_symlinked_lock_file_is_refused_and_its_target_left_whole(tmp_path, outside):
+    run = tmp_path / "run"
+    (run / META_DIR).mkdir(parents=True)
+    (run / META_DIR / "lock").symlink_to(outside / "victim.txt")
+    with pytest.raises(UnsafeDirectoryError, match=r"\.keras_ckpt/lock is a symbolic link"):
+        CheckpointManager(run).open_for_writing()
+    assert (outside / "victim.txt").read_text() == "precious"
+
+
+def test_a_folder_in_place_of_the_lock_file_is_refused_clearly(tmp_path):
+    (tmp_path / META_DIR / "lock").mkdir(parents=True)
+    with pytest.raises(UnsafeDirectoryError, match=r"lock is not a regular file"):
+        CheckpointManager(tmp_path).open_for_writing()
+
+
+def test_a_writer_whose_directory_was_deleted_fails_loudly_and_recreates_nothing(tmp_path):
+    run = tmp_path / "run"
+    with CheckpointManager(run) as manager:
+        commit(manager, "a")
+        shutil.rmtree(run)
+        with pytest.raises(LockLostError, match="deleted or replaced"):
+            commit(manager, "b")
+        with pytest.raises(LockLostError):
+            manager.delete("a")
+        assert not run.exists()
+    with CheckpointManager(run) as fresh:  # asked for explicitly: a new manager starts anew
+        commit(fresh, "c")
+        assert [r.name for r in fresh.checkpoints()] == ["c"]
+
+
+def test_a_writer_whose_lock_was_replaced_stops_before_the_next_commit(tmp_path):
+    run = tmp_path / "run"
+    with CheckpointManager(run) as manager:
+        commit(manager, "a")
+        os.remove(run / META_DIR / "lock")
+        holder = subprocess.Popen(
+            [sys.executable, CHILD, "hold-lock", str(run)], stdout=subprocess.PIPE
+        )
+        try:
+            assert holder.stdout.readline() == b"ready\n"  # a second process now holds it
+            with pytest.raises(LockLostError, match="Lost the writer lock"):
+                commit(manager, "b")
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdout.close()
+    assert [r.name for r in CheckpointManager(run).checkpoints()] == ["a"]
+
+
+@pytest.mark.parametrize("moved", [META_DIR, ""], ids=["keras_ckpt", "directory"])
+def test_a_directory_moved_away_during_a_commit_raises_lock_lost(tmp_path, mocker, moved):
+    run = tmp_path / "run"
+    with CheckpointManager(run) as manager:
+        commit(manager, "a")
+        real_publish = LocalStorage.publish
+
+        def publish_after_move(self, staged):
+            os.rename(run / moved if moved else run, tmp_path / "moved")  # by another process
+            return real_publish(self, staged)
+
+        mocker.patch.object(LocalStorage, "publish", publish_after_move)
+        with pytest.raises(LockLostError, match="deleted or replaced"):
+            commit(manager, "b")  # before: a bare FileNotFoundError naming a staged file
+    assert not (run / META_DIR).exists()  # nothing re-created
+    assert [r.name for r in CheckpointManager(tmp_path / "moved").checkpoints()] == (
+        [] if moved else ["a"]
+    )
+
+
+# ------------------------------------------------------------------- links and odd entries
+
+
+def test_a_symlinked_library_folder_is_refused_and_nothing_is_written_there(tmp_path, outside):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / META_DIR).symlink_to(outside)
+    with pytest.raises(UnsafeDirectoryError, match=r"\.keras_ckpt is a symbolic link"):
+        CheckpointManager(run).open_for_writing()
+    assert sorted(os.listdir(outside)) == ["victim.txt"]
+    assert CheckpointManager(run).checkpoints() == []  # readers do not follow it either
+
+
+@pytest.mark.parametrize("own", ["pending", "staging"])
+def test_a_symlinked_own_folder_never_touches_outside_and_never_wedges(tmp_path, outside, own):
+    run = tmp_path / "run"
+    (run / META_DIR).mkdir(parents=True)
+    (outside / "x.json").write_text("{ not a record")
+    (outside / ".tmp-1").write_text("not ours either")
+    (run / META_DIR / own).symlink_to(outside)
+    before = sorted(os.listdir(outside))
+    with pytest.warns(UserWarning, match=f"Removed the symbolic link .*{own}"):
+        with CheckpointManager(run) as manager:
+            commit(manager, "a")
+    assert sorted(os.listdir(outside)) == before
+    assert (outside / "victim.txt").read_text() == "precious"
+    with CheckpointManager(run) as manager:  # later writers still open it
+        commit(manager, "b")
+    assert [r.ok for r in CheckpointManager(run).verify()] == [True, True]
+
+
+@pytest.mark.parametrize("own", [META_DIR, f"{META_DIR}/pending", f"{META_DIR}/staging"])
+def test_a_file_in_place_of_a_library_folder_is_refused_naming_its_path(tmp_path, own):
+    with CheckpointManager(tmp_path) as manager:
+        commit(manager, "a")
+    shutil.rmtree(tmp_path / own, ignore_errors=True)
+    (tmp_path / own).write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=f"Not a folder.*{tmp_path / own}"):
+        with CheckpointManager(tmp_path) as manager:
+            commit(manager, "b")
+    assert (tmp_path / own).read_text() == "not a folder"  # left for the user to look at
+    expected = [] if own == META_DIR else ["a"]
+    assert [r.name for r in CheckpointManager(tmp_path).checkpoints()] == expected
+
+
 # ----------------------------------------------------------------------------- disk faults
-
-
-def commit(manager: CheckpointManager, name: str, relpath: str, data: bytes = b"payload"):
-    with manager.stage() as folder:
-        local = os.path.join(folder, "staged")
-        with open(local, "wb") as f:
-            f.write(data)
-        return manager.commit({relpath: local}, name=name, kind="weights")
 
 
 @pytest.fixture
 def run(tmp_path):
     """A directory with two good checkpoints, `a` and `b`, open for writing."""
     manager = CheckpointManager(tmp_path)
-    commit(manager, "a", "a.bin", b"A")
-    commit(manager, "b", "b.bin", b"B")
+    commit(manager, "a", {"a.bin": b"A"})
+    commit(manager, "b", {"b.bin": b"B"})
     yield manager
     manager.close()
 
@@ -248,7 +357,7 @@ FAULTS = pytest.mark.parametrize("error", [ENOSPC, EACCES], ids=["ENOSPC", "EACC
 def test_a_publish_failure_surfaces_from_commit_and_commits_nothing(tmp_path, run, mocker, error):
     mocker.patch.object(LocalStorage, "publish", side_effect=error)
     with pytest.raises(OSError, match=error.strerror):
-        commit(run, "c", "c.bin")
+        commit(run, "c")
     assert [r.name for r in run.checkpoints()] == ["a", "b"]
     assert not (tmp_path / META_DIR / "c.json").exists()
     assert pending(tmp_path) == []
@@ -259,7 +368,7 @@ def test_a_publish_failure_surfaces_from_commit_and_commits_nothing(tmp_path, ru
 def test_a_rename_failure_surfaces_from_commit_and_commits_nothing(tmp_path, run, mocker, error):
     mocker.patch("keras_ckpt.store.local.os.replace", side_effect=error)
     with pytest.raises(OSError, match=error.strerror):
-        commit(run, "c", "c.bin")
+        commit(run, "c")
     mocker.stopall()
     assert [r.name for r in run.checkpoints()] == ["a", "b"]
     assert not (tmp_path / "c.bin").exists()
@@ -284,7 +393,7 @@ def test_a_record_write_failure_commits_nothing_and_removes_the_published_file(
 ):
     fail_on_record_write(mocker, error)
     with pytest.raises(OSError, match=error.strerror):
-        commit(run, "c", "c.bin")
+        commit(run, "c")
     mocker.stopall()
     assert [r.name for r in run.checkpoints()] == ["a", "b"]
     assert not (tmp_path / "c.bin").exists()
@@ -295,16 +404,16 @@ def test_a_record_write_failure_commits_nothing_and_removes_the_published_file(
 def test_a_commit_can_be_retried_after_a_disk_fault(tmp_path, run, mocker):
     fail_on_record_write(mocker, ENOSPC)
     with pytest.raises(OSError, match="No space left"):
-        commit(run, "c", "c.bin")
+        commit(run, "c")
     mocker.stopall()
-    commit(run, "c", "c.bin")
+    commit(run, "c")
     assert [r.name for r in run.checkpoints()] == ["a", "b", "c"]
 
 
 def test_a_failed_replacement_is_settled_by_the_next_writer(tmp_path, run, mocker):
     fail_on_record_write(mocker, ENOSPC)
     with pytest.raises(OSError, match="No space left"):
-        commit(run, "b", "b.bin", b"new B")
+        commit(run, "b", {"b.bin": b"new B"})
     mocker.stopall()
     run.close()
     with CheckpointManager(tmp_path) as next_writer:
