@@ -15,7 +15,6 @@ from keras_ckpt import CheckpointManager, ModelCheckpoint
 from keras_ckpt.errors import CorruptCheckpointError
 
 
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Five full-model checkpoints of one real fit, every one kept, val_loss monitored."""
