@@ -135,7 +135,9 @@ class CheckpointManager:
         first that verifies: one ranking, so "best" names the same checkpoint everywhere.
 
         Args:
-            monitor, mode, owner: As for `best`.
+            monitor: As for `best`.
+            mode: As for `best`.
+            owner: As for `best`.
 
         Raises:
             ValueError: as for `best`.
@@ -289,7 +291,8 @@ class CheckpointManager:
             select: `"last:N"`, `"best:N"` or a list of checkpoint names (see `select`).
             path: Local file to write: `.keras` (every selected checkpoint must be a full model)
                 or `.weights.h5` (any checkpoints; load it with `model.load_weights`).
-            monitor, mode: For `"best:N"` (see `select`).
+            monitor: For `"best:N"` (see `select`).
+            mode: For `"best:N"` (see `select`).
             overwrite: Replace an existing `path`. Defaults to `False`.
 
         Returns:
@@ -403,7 +406,10 @@ class CheckpointManager:
         Args:
             which: A checkpoint name, `"latest"` or `"best"`.
             reader: Reads one checkpoint.
-            monitor, mode, owner, kind: As for `resolve`.
+            monitor: As for `resolve`.
+            mode: As for `resolve`.
+            owner: As for `resolve`.
+            kind: As for `resolve`.
 
         Raises:
             CheckpointNotFoundError: nothing matches.
