@@ -35,9 +35,13 @@ def settle_run(
     template: str,
     save_best_only: bool,
     directory: str,
+    fit_run: str | None = None,
 ) -> tuple[str | None, str]:
     """(run id, where the best value came from if an earlier run set it) for a `fit` starting
     at epoch index `first_epoch`, given the callback's own records (oldest first).
+
+    A fresh run takes `fit_run`, the run another keras-ckpt callback of this `fit` settled, so
+    that one `fit` is one run of the directory.
 
     A fixed name with `save_best_only` keeps its best, and says so: replacing a better model there
     with a worse one would lose it (keras#17012); any other fixed name is simply replaced, as in
@@ -45,11 +49,11 @@ def settle_run(
     """
     newest = own[-1] if own else None
     if newest is None:
-        return new_run(), ""
+        return fit_run or new_run(), ""
     if resumed or 0 < first_epoch and newest.epoch <= first_epoch:
         remember(monitor, newest)
         return newest.memory.run, ""
-    run = new_run()
+    run = fit_run or new_run()
     if not template_fields(template):
         origin = f"{template} of an earlier run (epoch {newest.epoch})"
         if save_best_only and remember(monitor, newest):
@@ -87,6 +91,15 @@ def remember(monitor: Monitor, newest: Record) -> bool:
     before = monitor.best
     monitor.best = monitor.better_of(monitor.best, memory.best)
     return monitor.best != before
+
+
+def fit_run(callback: Any, callbacks: Sequence[Any]) -> str | None:
+    """The run another ModelCheckpoint of this `fit` settled already, if any."""
+    for other in callbacks:
+        if other is not callback and isinstance(other, type(callback)):
+            if getattr(other, "_run_settled", False) and getattr(other, "_run", None):
+                return str(other._run)
+    return None
 
 
 def check_same_monitor(

@@ -310,7 +310,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._epoch_save_logs = None
             self._pipeline.wait()
             if self.delete_checkpoint and completed and self._chief:
-                for record in self.manager.checkpoints(OWNER):
+                for record in self.manager.checkpoints(OWNER, run="all"):
                     self.manager.delete(
                         record.name, reason="fit completed (delete_checkpoint=True)"
                     )
@@ -391,7 +391,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         """`backup-<global step>`, made unique: an epoch-end backup can follow a step backup at
         the same global step, and replacing a multi-file backup in place is never safe."""
         name = f"backup-{progress.global_step:09d}"
-        taken = {r.name for r in self.manager.checkpoints(OWNER)}
+        taken = {r.name for r in self.manager.checkpoints(OWNER, run="all")}
         if name in taken:
             name = f"{name}-epoch-{progress.epoch:05d}-step-{progress.step:06d}"
         return name
@@ -431,7 +431,7 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _announce(self, signum: int) -> None:
         """One line: which signal, where training stood, where the backup is, how to resume."""
-        latest = self.manager.latest(OWNER) if self._chief else None
+        latest = self.manager.latest(OWNER, run="all") if self._chief else None
         where = self._display(latest.name) if latest is not None else self.backup_dir
         print(
             announcement(signum, self._progress, where, mid_epoch=self._stopped_by_signal),

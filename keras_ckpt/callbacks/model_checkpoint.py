@@ -214,7 +214,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
         mark_preempted(fit_state.unsynced_model(self), False)
         self._run_settled = False
         model = fit_state.unsynced_model(self)
-        _runs.check_same_template(self, fit_state.find_fit_context(model).callbacks or [])
+        self._siblings = fit_state.find_fit_context(model).callbacks or []
+        _runs.check_same_template(self, self._siblings)
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
         # and take each save's host copy with it, then drop it.
         self._chief = distribute.is_chief(self.model)
@@ -227,7 +228,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             self._agreement = StepAgreement(fit_state.unsynced_model(self), chief=self._chief)
         if self._chief:
             self.manager.open_for_writing()
-        own = self.manager.checkpoints(owner=self._owner)
+        own = self.manager.checkpoints(owner=self._owner, run="all")
         if own:
             _runs.check_same_monitor(
                 own[-1],
@@ -245,13 +246,14 @@ class ModelCheckpoint(keras.callbacks.Callback):
         if not self._run_settled:
             self._run_settled = True
             self._run, self._monitor.origin = _runs.settle_run(
-                self.manager.checkpoints(owner=self._owner),
+                self.manager.checkpoints(owner=self._owner, run="all"),
                 monitor=self._monitor,
                 resumed=resumed_from(fit_state.unsynced_model(self)) is not None,
                 first_epoch=epoch,
                 template=self.template,
                 save_best_only=self.save_best_only,
                 directory=self.directory,
+                fit_run=_runs.fit_run(self, getattr(self, "_siblings", [])),
             )
         self._progress.begin_epoch(epoch)
 
