@@ -213,7 +213,7 @@ class CheckpointManager:
             print(
                 f"CheckpointManager: best of the newest run ({run_ids.run_of(chosen)}) in "
                 f"{self.directory} is {chosen.name}; {other.name} of run "
-                f"{run_ids.run_of(other)} ranks better (run=\"all\" to rank every run).",
+                f'{run_ids.run_of(other)} ranks better (run="all" to rank every run).',
                 flush=True,
             )
 
@@ -465,6 +465,107 @@ class CheckpointManager:
             averaging.average(sources, out)  # each read once, checked against its record
         return records
 
+    def describe(
+        self,
+        which: str = "latest",
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        run: str | None = None,
+    ) -> tuple[Record, dict[str, Any]]:
+        """(record, contents) of a checkpoint: what its main file holds, read without building
+        the model and without Keras (`keras-ckpt show`).
+
+        `contents` has `format`, `parts` (zip members and sizes), and when the file holds them
+        `architecture` (class, name, layer count), `compile` (optimizer, learning rate, loss,
+        metrics), `weights` (arrays, parameters, bytes) and `optimizer` (variables, bytes,
+        iterations). The file is read once and checked against its record as loading checks it.
+
+        Args:
+            which, monitor, mode, run: As for `resolve`.
+
+        Raises:
+            CheckpointNotFoundError: nothing matches.
+            CorruptCheckpointError: the file differs from its record or fails a loading check.
+        """
+        from keras_ckpt.format import inspect
+
+        def read(record: Record, path: str) -> dict[str, Any]:
+            entry = record.files[0]
+            expected = SealedFile(entry.size, entry.checksum)
+            info = inspect.inspect_file(path, expected, name=entry.path)
+            if record.kind == "training_state":  # its main file is a weights file, but not one
+                info["format"] = inspect.BACKUP_FORMAT
+            return info
+
+        return self.load(which, read, monitor=monitor, mode=mode, run=run)
+
+    def export(
+        self,
+        which: str,
+        path: str | os.PathLike[str],
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        run: str | None = None,
+        overwrite: bool = False,
+    ) -> Record:
+        """Writes one checkpoint to a standalone local file that plain Keras loads.
+
+        The checkpoint is read once and checked against its record as loading checks it; the
+        bytes written are exactly those. The file is written beside `path` and renamed into place.
+
+        Args:
+            which, monitor, mode, run: As for `resolve`.
+            path: `.keras` (a full model: `keras.saving.load_model`) or `.weights.h5` (any
+                checkpoint: `model.load_weights`).
+            overwrite: Replace an existing `path`. Defaults to `False`.
+
+        Returns:
+            The exported checkpoint's record.
+
+        Raises:
+            ValueError: `path` exists (without `overwrite`), is a folder, has the wrong suffix or
+                lies in a missing folder, or the checkpoint holds weights only and `path` is a
+                `.keras` file.
+        """
+        from keras_ckpt.format import inspect
+        from keras_ckpt.store.local import atomic_local_file
+
+        check_bool("overwrite", overwrite)
+        if not isinstance(path, (str, os.PathLike)) or "://" in os.fspath(path):
+            raise invalid("path", "a local .keras or .weights.h5 file path", path)
+        out = os.fspath(path)
+        if out.endswith(".keras"):
+            target = "model"
+        elif out.endswith(".weights.h5"):
+            target = "weights"
+        else:
+            raise invalid(
+                "path",
+                "a file name ending in .keras (a full model for keras.saving.load_model) or "
+                ".weights.h5 (weights for model.load_weights)",
+                path,
+            )
+        if os.path.isdir(out):
+            raise invalid("path", "a file name, not a folder (e.g. folder/model.keras)", path)
+        if os.path.lexists(out) and not overwrite:
+            raise invalid("path", "a path that does not exist yet (or `overwrite=True`)", path)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise invalid("path", "a file in an existing folder", path)
+
+        def read(record: Record, local: str) -> Any:
+            entry = record.files[0]
+            expected = SealedFile(entry.size, entry.checksum)
+            return inspect.exportable(
+                local, expected, name=entry.path, kind=record.kind, target=target
+            )
+
+        record, data = self.load(which, read, monitor=monitor, mode=mode, run=run)
+        with atomic_local_file(out) as dest:
+            dest.write(memoryview(data))
+        return record
+
     def resolve(
         self,
         which: str = "latest",
@@ -494,9 +595,9 @@ class CheckpointManager:
             CheckpointNotFoundError: nothing matches.
             CorruptCheckpointError: the named checkpoint, or every candidate, is damaged.
         """
-        return self._pick(
-            which, None, monitor=monitor, mode=mode, owner=owner, kind=kind, run=run
-        )[0]
+        return self._pick(which, None, monitor=monitor, mode=mode, owner=owner, kind=kind, run=run)[
+            0
+        ]
 
     def _candidates(
         self,
@@ -708,9 +809,9 @@ class CheckpointManager:
             return format_for(record).load_model(path, expected, name=entry.path, **load_kwargs)
 
         kind = "model" if which in ("latest", "best") else None
-        return self.load(
-            which, load, monitor=monitor, mode=mode, owner=owner, kind=kind, run=run
-        )[1]
+        return self.load(which, load, monitor=monitor, mode=mode, owner=owner, kind=kind, run=run)[
+            1
+        ]
 
     def load_weights(
         self,
@@ -915,7 +1016,8 @@ class CheckpointManager:
                         f"records (metrics recorded: {', '.join(sorted(recorded)) or 'none'}). "
                         "Nothing was deleted; check the metric's name."
                     )
-            for i, (record, reasons) in enumerate(zip(records, judge(policy, records), strict=True)):
+            verdict_list = judge(policy, records)
+            for i, (record, reasons) in enumerate(zip(records, verdict_list, strict=True)):
                 verdicts[record.name] = ("newest",) * (i == len(records) - 1) + tuple(reasons)
                 because[record.name] = f"not kept by {policy!r}"
             scope = run if run is not None else run_ids.newest_run(records)
@@ -934,7 +1036,7 @@ class CheckpointManager:
                 metrics = {m for r in group for m in r.metrics}
                 active = applicable(recorded_policy, metrics) if recorded_policy else None
                 if active is None:
-                    held = "no recorded policy" if recorded_policy is None else "waits for its metric"
+                    held = "waits for its metric" if recorded_policy else "no recorded policy"
                     for record in group:
                         verdicts[record.name] = (held,)
                     continue

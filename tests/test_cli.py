@@ -146,20 +146,25 @@ def test_list_shows_every_checkpoint_with_its_metrics(runs):
     assert "model-01.keras" not in result.out  # pruned by its callback during fit
 
 
-def test_list_names_the_step_in_epoch_and_the_global_step_apart(copy_of):
+def test_list_names_the_step_of_the_epoch_and_the_global_step_apart_in_keras_epochs(copy_of):
     directory = copy_of("backup")  # backups are taken mid-epoch: step in epoch is not 0
     records = CheckpointManager(directory).checkpoints()
     assert any(r.step != r.global_step for r in records)
     lines = cli("list", directory).out.splitlines()
     header = lines[2]
-    assert "step in epoch" in header and "global step" in header
+    assert "step of epoch" in header and "global step" in header
     assert not re.search(
-        r"\bstep\b", header.replace("step in epoch", "").replace("global step", "")
+        r"\bstep\b", header.replace("step of epoch", "").replace("global step", "")
     )
     for record in records:
         [row] = [line for line in lines if record.name in line]
         cells = [c.strip() for c in row.strip("│ ").split("│")]
-        assert cells[2:5] == [str(record.epoch), str(record.step), str(record.global_step)]
+        # Keras's 1-based epochs: a backup 2 steps into the second epoch is step 2 of epoch 2.
+        expected = [str(record.epoch + 1), str(record.step)] if record.step else [
+            str(record.epoch),
+            "end",
+        ]
+        assert cells[2:5] == [*expected, str(record.global_step)]
     rows = json.loads(cli("list", directory, "--json").out)["checkpoints"]
     assert [(r["step"], r["global_step"]) for r in rows] == [
         (r.step, r.global_step) for r in records
@@ -359,7 +364,8 @@ def test_prune_dry_run_deletes_nothing(copy_of):
     result = cli("prune", directory, "--keep-last", "1", "--dry-run")
     assert result.code == 0, result.err
     assert "Would delete 3 of 4 checkpoints" in result.out and "nothing was deleted" in result.out
-    assert "keep    weights-04.weights.h5  epoch 4    newest, last 1" in result.out
+    assert "keep    weights-04.weights.h5  end of epoch 4, global step 12" in result.out
+    assert result.out.rstrip().endswith("newest, last 1")
     assert sorted(p.name for p in directory.rglob("*")) == before
 
 
