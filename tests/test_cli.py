@@ -581,6 +581,28 @@ def test_export_never_overwrites_without_force(runs, tmp_path):
     assert out.read_bytes() != b"mine"
 
 
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["export", "models", "latest"], "out.keras"),
+        (["average", "models", "last:2"], "out.keras"),
+        (["plot", "models", "-o"], "out.png"),
+    ],
+)
+def test_every_file_writing_command_refuses_to_overwrite_without_force(
+    runs, tmp_path, command, name
+):
+    out = tmp_path / name
+    out.write_bytes(b"my notes")
+    verb, directory, *rest = command
+    result = cli(verb, runs / directory, *rest, out)
+    assert result.code == 2 and "--force" in result.err
+    assert out.read_bytes() == b"my notes"
+    result = cli(verb, runs / directory, *rest, out, "--force")
+    assert result.code == 0, result.err
+    assert out.read_bytes() != b"my notes"
+
+
 @pytest.mark.parametrize("run", ["weights", "backup"])
 def test_export_without_architecture_to_keras_explains_what_is_missing(runs, tmp_path, run):
     out = tmp_path / "model.keras"

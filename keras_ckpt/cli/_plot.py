@@ -167,5 +167,5 @@ def cmd_plot(args: argparse.Namespace) -> int:
     fig.savefig(args.output)
     if note:
         print(note)
-    print(f"Wrote {args.output}: {', '.join(metrics)} over {kept_count} ({note_text}).")
+    print(f"Wrote {args.output}: {', '.join(metrics)} of {scope}, {note_text}.")
     return 0
