@@ -160,15 +160,31 @@ def test_list_names_the_step_of_the_epoch_and_the_global_step_apart_in_keras_epo
         [row] = [line for line in lines if record.name in line]
         cells = [c.strip() for c in row.strip("│ ").split("│")]
         # Keras's 1-based epochs: a backup 2 steps into the second epoch is step 2 of epoch 2.
-        expected = [str(record.epoch + 1), str(record.step)] if record.step else [
-            str(record.epoch),
-            "end",
-        ]
+        expected = (
+            [str(record.epoch + 1), str(record.step)]
+            if record.step
+            else [
+                str(record.epoch),
+                "end",
+            ]
+        )
         assert cells[2:5] == [*expected, str(record.global_step)]
     rows = json.loads(cli("list", directory, "--json").out)["checkpoints"]
     assert [(r["step"], r["global_step"]) for r in rows] == [
         (r.step, r.global_step) for r in records
     ]
+
+
+def test_list_marks_a_file_deleted_by_hand_as_missing(copy_of):
+    directory = copy_of("weights")
+    (directory / "weights-02.weights.h5").unlink()
+    result = cli("list", directory)
+    assert result.code == 0, result.err
+    [row] = [line for line in result.out.splitlines() if "weights-02" in line]
+    assert "(missing)" in row
+    assert sum("(missing)" in line for line in result.out.splitlines()) == 2  # row and legend
+    rows = json.loads(cli("list", directory, "--json").out)["checkpoints"]
+    assert [r["missing_files"] for r in rows] == [[], ["weights-02.weights.h5"], [], []]
 
 
 def test_list_json_matches_the_records(runs):
@@ -854,9 +870,18 @@ def entry_point(runs, tmp_path_factory):
         "print(sorted(new & {'keras', 'tensorflow', 'matplotlib', 'h5py'}))\n"
     )
     commands["imports"] = ["-c", imports]
+    # `show` and `export` read the files (h5py), but never need Keras or its backend.
+    commands["show_imports"] = [
+        "-c",
+        "import sys\n"
+        "from keras_ckpt.cli import main\n"
+        f"main(['show', {models!r}, 'best'])\n"
+        f"main(['export', {models!r}, 'best', {str(out / 'imports.weights.h5')!r}])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow'}))\n",
+    ]
     procs = {
         key: subprocess.Popen(
-            [sys.executable, *(argv if key == "imports" else ["-m", "keras_ckpt.cli", *argv])],
+            [sys.executable, *(argv if "imports" in key else ["-m", "keras_ckpt.cli", *argv])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -914,4 +939,11 @@ def test_entry_point_error_is_one_line(entry_point):
 def test_list_and_verify_import_neither_keras_nor_matplotlib(entry_point):
     result = entry_point[0]["imports"]
     assert result.code == 0, result.err
+    assert result.out.strip().splitlines()[-1] == "[]"
+
+
+def test_show_and_export_import_no_keras(entry_point):
+    result = entry_point[0]["show_imports"]
+    assert result.code == 0, result.err
+    assert "weights" in result.out  # show printed the checkpoint
     assert result.out.strip().splitlines()[-1] == "[]"

@@ -250,3 +250,14 @@ def test_two_model_checkpoints_of_one_fit_share_one_run(tmp_path):
     manager = CheckpointManager(tmp_path)
     assert len(manager.runs()) == 1
     assert {r.name for r in manager.checkpoints()} == {"a-1.keras", "a-2.keras", "best.keras"}
+
+
+def test_select_and_average_pick_from_the_newest_run_unless_told(folder, tmp_path):
+    directory, one, two = folder
+    manager = CheckpointManager(directory)
+    by_loss = sorted(two, key=lambda r: r.metrics["val_loss"])
+    assert names(manager.select("best:2")) == names(sorted(by_loss[:2], key=lambda r: r.sequence))
+    assert set(names(manager.select("best:2", run="all"))) <= set(names(one))
+    averaged = manager.average("best:2", tmp_path / "avg.keras")
+    assert names(averaged) == names(manager.select("best:2"))
+    assert names(manager.select([one[0].name])) == [one[0].name]  # a name is found in any run

@@ -227,8 +227,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             mark_resumed(self.model, record.name)
             p = self._progress
             print(
-                f"BackupAndRestore: resuming from {self._display(record.name)} at epoch "
-                f"{p.epoch + 1}, step {p.step} (global step {p.global_step}).",
+                f"BackupAndRestore: resuming from {self._display(record.name)} at "
+                + (f"step {p.step} of" if p.step else "the start of")
+                + f" epoch {p.epoch + 1} (global step {p.global_step}).",
                 flush=True,
             )
         self._schedule.start(self._progress.global_step)

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "list",
-        "Table of the checkpoints: name, epoch, step in epoch, global step, metrics, size, age "
+        "Table of the checkpoints: name, epoch, step of epoch, global step, metrics, size, age "
         "(a file deleted by hand is marked missing).",
         "  keras-ckpt list runs/exp1 --why --sort val_loss\n"
         "  keras-ckpt list runs/exp1 --json | jq '.checkpoints[].name'",

@@ -296,8 +296,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     freed = human_size(sum(r.size for r in result.deleted))
     total = len(result.deleted) + len(result.kept) + len(result.failed)
     verb = "Would delete" if result.dry_run else "Deleted"
-    source = "recorded by the callback that wrote them" if recorded else "from the options"
-    print(f"Policy ({source}): {described}")
+    if recorded and len(result.policies) > 1:
+        print("Policies (recorded by the callbacks, each judging its own run's checkpoints):")
+        owners_of: dict[str, int] = {}
+        for run_id, _, _ in result.policies:
+            owners_of[run_id] = owners_of.get(run_id, 0) + 1
+        for run_id, owner, each in result.policies:
+            whose = f" {owner}" if owners_of[run_id] > 1 and owner else ""
+            print(f"  run {run_id}{whose}: {each!r}" if each else f"  run {run_id}{whose}: none")
+    else:
+        source = "recorded by the callback that wrote them" if recorded else "from the options"
+        print(f"Policy ({source}): {described}")
     print(
         f"{verb} {len(result.deleted)} of {plural(total, 'checkpoint')} ({freed})"
         + (" - dry run, nothing was deleted:" if result.dry_run else ":")

@@ -107,8 +107,8 @@ def run_scope(manager: CheckpointManager, run: str | None) -> tuple[str | None, 
     if newest is None or len(runs) < 2:
         return newest, None
     return newest, (
-        f"Run {newest}, the newest of {len(runs)} runs in {manager.directory} (--run ID for "
-        "another, --run all for every run; `keras-ckpt history --run all` lists them)."
+        f"Run {newest}, the newest of {len(runs)} runs in {manager.directory} (--run all for "
+        f"every run; `keras-ckpt history {manager.directory} --run all` lists them)."
     )
 
 
