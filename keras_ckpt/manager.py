@@ -231,7 +231,10 @@ class CheckpointManager:
         first that verifies: one ranking, so "best" names the same checkpoint everywhere.
 
         Args:
-            monitor, mode, owner, run: As for `best`.
+            monitor: As for `best`.
+            mode: As for `best`.
+            owner: As for `best`.
+            run: As for `best`.
 
         Raises:
             ValueError: as for `best`.
@@ -413,7 +416,8 @@ class CheckpointManager:
             select: `"last:N"`, `"best:N"` or a list of checkpoint names (see `select`).
             path: Local file to write: `.keras` (every selected checkpoint must be a full model)
                 or `.weights.h5` (any checkpoints; load it with `model.load_weights`).
-            monitor, mode: For `"best:N"` (see `select`).
+            monitor: For `"best:N"` (see `select`).
+            mode: For `"best:N"` (see `select`).
             overwrite: Replace an existing `path`. Defaults to `False`.
             run: For `"last:N"`/`"best:N"`: a run id, `"all"`, or None: the newest run.
 
@@ -482,7 +486,10 @@ class CheckpointManager:
         iterations). The file is read once and checked against its record as loading checks it.
 
         Args:
-            which, monitor, mode, run: As for `resolve`.
+            which: As for `resolve`.
+            monitor: As for `resolve`.
+            mode: As for `resolve`.
+            run: As for `resolve`.
 
         Raises:
             CheckpointNotFoundError: nothing matches.
@@ -516,7 +523,10 @@ class CheckpointManager:
         bytes written are exactly those. The file is written beside `path` and renamed into place.
 
         Args:
-            which, monitor, mode, run: As for `resolve`.
+            which: As for `resolve`.
+            monitor: As for `resolve`.
+            mode: As for `resolve`.
+            run: As for `resolve`.
             path: `.keras` (a full model: `keras.saving.load_model`) or `.weights.h5` (any
                 checkpoint: `model.load_weights`).
             overwrite: Replace an existing `path`. Defaults to `False`.
@@ -645,7 +655,11 @@ class CheckpointManager:
         Args:
             which: A checkpoint name, `"latest"` or `"best"`.
             reader: Reads one checkpoint.
-            monitor, mode, owner, kind, run: As for `resolve`.
+            monitor: As for `resolve`.
+            mode: As for `resolve`.
+            owner: As for `resolve`.
+            kind: As for `resolve`.
+            run: As for `resolve`.
 
         Raises:
             CheckpointNotFoundError: nothing matches.

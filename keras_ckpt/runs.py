@@ -50,12 +50,14 @@ class Run:
 
     Attributes:
         id: The run id, as `run=` and `keras-ckpt --run` take it.
-        first_time, last_time: Unix time of its first and last save (pruned saves included, as
-            far as the run history reaches).
+        first_time: Unix time of its first save (pruned saves included, as far as the run
+            history reaches).
+        last_time: Unix time of its last save.
         checkpoints: How many of its checkpoints exist now.
         saves: How many saves it made (as far as the run history reaches).
         owners: The callbacks that wrote its checkpoints.
-        monitor, mode: What "best" means in this run (the metric its callback ranked by).
+        monitor: The metric "best" means in this run (the one its callback ranked by).
+        mode: `"min"` or `"max"` for `monitor`, when recorded.
         policies: The retention policy each owner recorded (None: none, or not rebuildable).
         newest: True for the newest run (the default of every `run=`).
 

@@ -9,12 +9,10 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import build_model, h5_datasets
+from conftest import LIGHT_ENV, build_model, h5_datasets
 
 from keras_ckpt import CheckpointManager, ModelCheckpoint
 from keras_ckpt.errors import CorruptCheckpointError
-
-LIGHT_ENV = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_model, fail_removing
+from conftest import LIGHT_ENV, build_model, fail_removing
 
 import keras_ckpt
 from keras_ckpt import CheckpointManager
@@ -30,9 +30,6 @@ from keras_ckpt.policies import KeepBest, KeepEvery, KeepLast, MaxTotalBytes
 from keras_ckpt.records import clean_metrics
 
 COMMANDS = ("list", "show", "verify", "prune", "export", "average", "plot")
-# The CLI never uses a Keras backend, but `import keras_ckpt` imports Keras (for the callbacks),
-# which imports TensorFlow unless told otherwise: subprocesses start faster on the numpy backend.
-LIGHT_ENV = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 pytest_plugins = ["s3_server"]  # `s3_url`: a fresh directory on a moto S3 server on loopback
 
