@@ -194,8 +194,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         if resumed is not None:
             self._progress = p = resumed.progress
             print(
-                f"BackupAndRestore: resuming from {self._backups.where(resumed.record.name)} at epoch "
-                f"{p.epoch + 1}, step {p.step} (global step {p.global_step}).",
+                f"BackupAndRestore: resuming from {self._backups.where(resumed.record.name)} at "
+                + (f"step {p.step} of" if p.step else "the start of")
+                + f" epoch {p.epoch + 1} (global step {p.global_step}).",
                 flush=True,
             )
         self._triggers.start(

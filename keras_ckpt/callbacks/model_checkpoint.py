@@ -203,7 +203,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
         mark_preempted(fit_state.unsynced_model(self), False)
         self._run_settled = False
         model = fit_state.unsynced_model(self)
-        _runs.check_same_template(self, fit_state.find_fit_context(model).callbacks or [])
+        self._siblings = fit_state.find_fit_context(model).callbacks or []
+        _runs.check_same_template(self, self._siblings)
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
         # and take each save's host copy with it, then drop it.
         self._chief = distribute.is_chief(self.model)

@@ -25,6 +25,7 @@ Keras's legacy loader, from the same checked buffer. Any read error, and any ref
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -39,7 +40,6 @@ import h5py
 import numpy as np
 
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format._keras_private import saving_lib
 from keras_ckpt.format._zip import crc32
 from keras_ckpt.store.local import SealedFile, open_regular
 
@@ -499,7 +499,21 @@ def _read(f: Any, size: int, crc: Any) -> np.ndarray:
     return buffer[:position]
 
 
-class _InPlaceStore(saving_lib.H5IOStore):
+def _saving_lib() -> Any:
+    """Keras's private saving API, imported on first load: checking and inspecting a file
+    (`VerifiedFile`, `keras-ckpt show`, `export`) needs no Keras."""
+    from keras_ckpt.format._keras_private import saving_lib
+
+    return saving_lib
+
+
+@functools.cache
+def _store_class() -> type:
+    """`_InPlaceStore` as a subclass of Keras's `H5IOStore` (what its loading walk expects)."""
+    return type("_InPlaceStore", (_InPlaceStore, _saving_lib().H5IOStore), {})
+
+
+class _InPlaceStore:
     """What Keras's loading walk needs of a weights store, over a `CheckedHDF5`.
 
     A read error inside the walk is kept in `error`: Keras's walk turns exceptions of
@@ -559,7 +573,8 @@ class _InPlaceStore(saving_lib.H5IOStore):
 def _load_state(model: Any, hdf5: CheckedHDF5, assets: Any, *, skip_mismatch: bool = False) -> None:
     failed: set[int] = set()
     errors: dict[int, Any] = {}
-    store = _InPlaceStore(hdf5)
+    saving_lib = _saving_lib()
+    store = _store_class()(hdf5)
     saving_lib._load_state(
         model,
         weights_store=store,
@@ -728,6 +743,7 @@ def load_model(
                 ),
                 source.name,
             )
+    saving_lib = _saving_lib()
     with source.hdf5() as hdf5:  # every check before the (slower) model building
         config_json = source.read_member(saving_lib._CONFIG_FILENAME)
         archive = source.archive()

@@ -311,13 +311,13 @@ class Backups:
 
     def delete_all(self) -> None:
         """Deletes this callback's backups (and nothing else): `fit` completed."""
-        for record in self.manager.checkpoints(self.owner):
+        for record in self.manager.checkpoints(self.owner, run="all"):
             self.manager.delete(record.name, reason="fit completed (delete_checkpoint=True)")
 
     def where(self, name: str | None = None, *, chief: bool = True) -> str:
         """Where backup `name` (default: the newest) is, for the user; the folder off the chief."""
         if name is None:
-            latest = self.manager.latest(self.owner) if chief else None
+            latest = self.manager.latest(self.owner, run="all") if chief else None
             if latest is None:
                 return self.manager.directory
             name = latest.name
@@ -327,6 +327,6 @@ class Backups:
         """`backup-<global step>`, made unique: an epoch-end backup can follow a step backup at
         the same global step, and replacing a multi-file backup in place is never safe."""
         name = f"backup-{progress.global_step:09d}"
-        if name in {r.name for r in self.manager.checkpoints(self.owner)}:
+        if name in {r.name for r in self.manager.checkpoints(self.owner, run="all")}:
             name = f"{name}-epoch-{progress.epoch:05d}-step-{progress.step:06d}"
         return name

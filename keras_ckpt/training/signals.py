@@ -105,13 +105,14 @@ def announcement(signum: int, progress: Any, where: str, *, mid_epoch: bool) -> 
     >>> from keras_ckpt.schedule import Progress
     >>> line = announcement(signal.SIGTERM, Progress(1, 3, 13), "runs/b/backup-13", mid_epoch=True)
     >>> line.split("; ")[0]
-    'BackupAndRestore: SIGTERM in epoch 2 after step 3 (global step 13)'
+    'BackupAndRestore: SIGTERM at step 3 of epoch 2 (global step 13)'
 
     """
+    # Keras's 1-based epochs, as its progress bar shows them.
     at = (
-        f"in epoch {progress.epoch + 1} after step {progress.step}"
+        f"at step {progress.step} of epoch {progress.epoch + 1}"
         if mid_epoch
-        else f"after epoch {progress.epoch}"
+        else f"at the end of epoch {progress.epoch}"
     )
     return (
         f"BackupAndRestore: {signal.Signals(signum).name} {at} (global step "
