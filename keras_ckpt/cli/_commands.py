@@ -291,7 +291,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise CliError(f"Cannot write {out}: no such directory {parent}")
-    from keras_ckpt.format.h5read import WEIGHTS_MEMBER, VerifiedFile
+    from keras_ckpt.format.checked import WEIGHTS_MEMBER, VerifiedFile
 
     manager = open_manager(args.directory)
     record = resolve(manager, args.which, args.monitor, args.mode)

@@ -16,7 +16,7 @@ from typing import Any
 from keras_ckpt.cli._commands import Printer, record_json
 from keras_ckpt.cli._common import format_metric, human_age, human_size, open_manager, resolve
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format.h5read import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
+from keras_ckpt.format.checked import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
 from keras_ckpt.records import Record
 from keras_ckpt.store.local import SealedFile
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format import h5read, h5write
+from keras_ckpt.format import checked, h5read, h5write
 from keras_ckpt.format import snapshot as snap
 from keras_ckpt.format.base import Format, Staged
 from keras_ckpt.store.local import SealedFile
@@ -252,7 +252,7 @@ def read(
     """Reads a backup file: its state and every variable, Keras's part included.
 
     The file is read once into memory, checked against `expected` on the way, and every link and
-    dataset is checked before anything is read from it (`h5read.VerifiedFile`): what is restored
+    dataset is checked before anything is read from it (`checked.VerifiedFile`): what is restored
     is exactly what was checked. Arrays of plainly stored datasets are views of that memory.
 
     Args:
@@ -267,7 +267,7 @@ def read(
     path = os.fspath(path)
     shown = name or path
     try:
-        with h5read.VerifiedFile(path, expected, name=name).hdf5() as hdf5:
+        with checked.VerifiedFile(path, expected, name=name).hdf5() as hdf5:
             state_path = f"{GROUP}/{_STATE}"
             if state_path not in hdf5.datasets:
                 raise BackupFileError(f"{shown} holds no keras-ckpt backup state ({GROUP}/)")
