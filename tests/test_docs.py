@@ -20,7 +20,15 @@ from keras_ckpt import (
     state,
 )
 from keras_ckpt.callbacks import _adopt, _runs, backup_and_restore, model_checkpoint
-from keras_ckpt.format import averaging, backup_file, h5read, h5write, keras_file, snapshot
+from keras_ckpt.format import (
+    averaging,
+    backup_file,
+    checked,
+    h5read,
+    h5write,
+    keras_file,
+    snapshot,
+)
 from keras_ckpt.store import history
 from keras_ckpt.training import pipeline, signals, triggers
 
@@ -51,6 +59,7 @@ MODULES = [
     cadence,
     snapshot,
     h5write,
+    checked,
     h5read,
     selection,
     keras_ckpt.store,
