@@ -27,6 +27,7 @@ from keras_ckpt.training import fit_state
 from keras_ckpt.training.agreement import StepAgreement
 from keras_ckpt.training.backup import TrainingState
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
+from keras_ckpt.training.sharded import check_sharded, choose_format
 from keras_ckpt.training.signals import SignalCatcher, announcement, interrupt
 from keras_ckpt.training.writer import Writer
 
@@ -98,6 +99,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             the longest gap. Each backup records the interval and the measured costs in its
             record (`owner_state["cadence"]`). Defaults to `0.02`. Single-process training
             only: `fit` raises `ValueError` in a multi-worker job.
+        sharded: True: each backup is a folder written by Orbax, every process writing the
+            shards it holds (JAX; `pip install "keras-ckpt[orbax]"`); `model.load_weights`
+            loads it. False: one Keras weights file each. None (default): sharded only when the
+            model's variables are split across processes (no process could write the file),
+            said in one line.
 
     Raises:
         ValueError: an argument is invalid, or `keep_last < 2` with `double_checkpoint=True`.
@@ -134,6 +140,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         async_save: bool = True,
         max_overhead: float | None = None,
         raise_on_interrupt: bool = True,
+        sharded: bool | None = None,
     ):
         super().__init__()
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
@@ -165,14 +172,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         )
         self._cadence: Cadence | None = None  # save_freq="auto": from measured costs
         self.backup_dir = os.fspath(backup_dir)
+        self.sharded = check_sharded(sharded)
         self.manager = CheckpointManager(self.backup_dir)
         # Host buffers reused by every backup (one is written at a time); an inline backup is
         # written before the next step, straight from the variables' memory.
+        self._file_format = BackupFile(copy=self.async_save)
         self._pipeline = SavePipeline(
-            self.manager,
-            BackupFile(copy=self.async_save),
-            background=self.async_save,
-            thread="keras-ckpt-backup",
+            self.manager, self._file_format, background=self.async_save, thread="keras-ckpt-backup"
         )
         self._chief = True
         self._reset_run()
@@ -212,6 +218,16 @@ class BackupAndRestore(keras.callbacks.Callback):
         mark_resumed(self.model, None)
         fit_state.stop_replay(self.model)
         self._training = TrainingState(self.model, self)
+        sharded = choose_format(
+            self.sharded,
+            self.model,
+            kind="training_state",
+            directory=self.backup_dir,
+            tag=OWNER,
+            chief=self._chief,
+            who="BackupAndRestore",
+        )
+        self._pipeline.use_format(sharded or self._file_format)
         self._signals = SignalCatcher(fit_state.unsynced_model(self), "BackupAndRestore")
         if self._chief:
             # Lock first: it also completes or undoes what a killed writer left half-done, before
@@ -358,7 +374,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             # Multi-worker: reading the metric variables (SyncOnRead under
             # MultiWorkerMirroredStrategy) is an all-reduce every worker must join, so the others
             # capture too, then drop the copy; only the chief writes and prunes.
-            self._pipeline.format.discard(self._pipeline.format.capture(self.model, inputs))
+            self._pipeline.contribute(self.model, inputs)
             return
         retention = KeepLast(self.keep_last)
         request = SaveRequest(
@@ -390,7 +406,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     def _backup_name(self, progress: Progress) -> str:
         """`backup-<global step>`, made unique: an epoch-end backup can follow a step backup at
         the same global step, and replacing a multi-file backup in place is never safe."""
-        name = f"backup-{progress.global_step:09d}"
+        name = self._pipeline.format.checkpoint_name(f"backup-{progress.global_step:09d}")
         taken = {r.name for r in self.manager.checkpoints(OWNER)}
         if name in taken:
             name = f"{name}-epoch-{progress.epoch:05d}-step-{progress.step:06d}"

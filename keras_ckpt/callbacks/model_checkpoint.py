@@ -34,6 +34,7 @@ from keras_ckpt.store.local import file_in_the_way
 from keras_ckpt.training import fit_state
 from keras_ckpt.training.agreement import StepAgreement
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
+from keras_ckpt.training.sharded import check_sharded, choose_format
 from keras_ckpt.training.writer import Writer
 
 __all__ = ["ModelCheckpoint"]
@@ -57,7 +58,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
             (1-based), `{batch}` (1-based, for step saves) and any logged metric, with format specs:
             `"runs/model-{epoch:03d}-{val_loss:.4f}.keras"`. The folder part may not. End it in
             `.keras` for the full model (architecture, weights, optimizer state) or `.weights.h5`
-            with `save_weights_only=True` for weights only.
+            with `save_weights_only=True` for weights only. End it in `/` instead
+            (`"runs/model-{epoch:03d}/"`) for sharded checkpoints: a folder each, written by
+            Orbax from every process (JAX; `pip install "keras-ckpt[orbax]"`), that
+            `keras.saving.load_model` loads. A model whose variables are split across processes
+            saves such folders anyway (named as the file, without its extension), and says so.
         monitor: Metric watched by `save_best_only` and `keep_best`. Defaults to `"val_loss"`.
         verbose: 0 (silent), 1 or 2 (a line per save; Keras prints for any value above 0).
         save_best_only: Save only when `monitor` improves. A `monitor` missing from the logs of
@@ -125,7 +130,12 @@ class ModelCheckpoint(keras.callbacks.Callback):
         async_save: bool = True,
     ):
         super().__init__()
-        self.directory, self.template = split_filepath(filepath)
+        # A folder-style filepath ("runs/m-{epoch}/"): sharded checkpoints, written by Orbax.
+        text = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else filepath
+        self._sharded = True if isinstance(text, str) and text.endswith("/") else None
+        self.directory, self.template = split_filepath(
+            text.rstrip("/") if self._sharded and len(text.rstrip("/")) else filepath
+        )
         self.filepath = os.fspath(filepath)
         blocker = None if "://" in self.filepath else file_in_the_way(self.directory)
         if blocker is not None:
@@ -136,7 +146,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self.save_best_only = check_bool("save_best_only", save_best_only)
         self.save_weights_only = check_bool("save_weights_only", save_weights_only)
         self.save_on_train_end = check_bool("save_on_train_end", save_on_train_end)
-        _check_extension(self.template, self.filepath, self.save_weights_only)
+        if self._sharded:
+            _check_folder_name(self.template, self.filepath)
+            check_sharded(True)
+        else:
+            _check_extension(self.template, self.filepath, self.save_weights_only)
         self._monitor = Monitor(monitor, mode, min_delta, initial_value_threshold)
         self.save_freq = check_save_freq(save_freq, allow_none=True)
         self._schedule = Schedule(self.save_freq, every_n_epochs, every_seconds)
@@ -164,11 +178,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self.manager = CheckpointManager(self.directory)
         # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
         legacy = not self.save_weights_only and not self.template.endswith(".keras")
-        self._pipeline = SavePipeline(
-            self.manager,
-            KerasFile(weights_only=self.save_weights_only, legacy_h5=legacy, copy=async_save),
-            background=self.async_save,
+        self._file_format = KerasFile(
+            weights_only=self.save_weights_only, legacy_h5=legacy, copy=async_save
         )
+        self._pipeline = SavePipeline(self.manager, self._file_format, background=self.async_save)
         self._owner = f"ModelCheckpoint:{self.template}"
         self._last_saved_step: int | None = None
         self._chief = True
@@ -225,6 +238,16 @@ class ModelCheckpoint(keras.callbacks.Callback):
             # Time-based saves happen when the chief's clock says so, at the same step on every
             # worker (a save that gathers state from every worker needs all of them).
             self._agreement = StepAgreement(fit_state.unsynced_model(self), chief=self._chief)
+        sharded = choose_format(
+            self._sharded,
+            self.model,
+            kind="weights" if self.save_weights_only else "model",
+            directory=self.directory,
+            tag=self._owner,
+            chief=self._chief,
+            who="ModelCheckpoint",
+        )
+        self._pipeline.use_format(sharded or self._file_format)
         if self._chief:
             self.manager.open_for_writing()
         own = self.manager.checkpoints(owner=self._owner)
@@ -327,6 +350,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def _save(self, epoch_index: int, batch_index: int | None, logs: dict[str, Any] | None) -> None:
         logs = dict(logs or {})
         name = format_name(self.template, epoch_index, batch_index, logs)
+        name = self._pipeline.format.checkpoint_name(name)
         display = f"{self.directory.rstrip('/')}/{name}" if self.directory != "." else name
         if self.save_best_only:
             if self.monitor in logs:
@@ -340,7 +364,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             # Multi-worker: the chief writes this checkpoint, but every worker takes the host copy
             # at this step, as gathering the state may be a collective (on JAX, Keras's saving
             # creates a variable across all processes the first time).
-            self._pipeline.format.discard(self._pipeline.format.capture(self.model))
+            self._pipeline.contribute(self.model)
             return
         if self._keep["keep_best"] and self.monitor not in logs:
             warnings.warn(
@@ -432,6 +456,15 @@ def _check_extension(template: str, filepath: str, weights_only: bool) -> None:
             "Invalid value for argument `filepath`. Expected a name ending in `.keras` to save "
             "the full model (or pass save_weights_only=True with `.weights.h5`). "
             f"Received: filepath={filepath!r}"
+        )
+
+
+def _check_folder_name(template: str, filepath: str) -> None:
+    if template.endswith((".keras", ".h5")):
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a folder name without `.keras` or "
+            "`.h5` for sharded checkpoints (a filepath ending in `/`): Keras tells files from "
+            f"Orbax folders by that extension. Received: filepath={filepath!r}"
         )
 
 

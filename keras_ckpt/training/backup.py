@@ -199,6 +199,9 @@ class TrainingState:
 
 def _assign(variables: list[Any], contents: BackupContents) -> None:
     """Assigns the backup's arrays (by layout index) to the model's training variables."""
+    resolve = getattr(contents.variables, "resolve", None)
+    if resolve is not None:  # a sharded backup: restored now, onto these variables' layouts
+        resolve(variables)
     for index, array in contents.variables.items():
         variables[index].assign(array)
 
