@@ -101,7 +101,8 @@ def main() -> None:
     say("FINAL", iterations, checksum(model))
     written = 0
     for folder, _dirs, files in os.walk(os.path.join(args.directory, "backup")):
-        if f"ocdbt.process_{args.process_id}" in folder.split(os.sep):
+        parts = folder.split(os.sep)
+        if ".keras_ckpt" not in parts and f"ocdbt.process_{args.process_id}" in parts:
             written += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
     say("BYTES", written)
 
