@@ -20,7 +20,8 @@ BACKEND_STAMP := $(VENV)/.installed-backends
 BACKEND_TESTS := tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backends.py \
 	tests/test_backup_file.py tests/test_backup.py tests/test_signals.py tests/test_h5write.py \
 	tests/test_h5read.py tests/test_keras_file.py
-SHARDED_TESTS := tests/test_orbax_dir.py tests/test_sharded_multiworker.py
+SHARDED_TESTS := tests/test_orbax_dir.py tests/test_sharded_multiworker.py \
+	tests/test_docs_pages.py::test_jax_blocks_run
 
 # `make bench` adds the `bench` extra (orbax-checkpoint for Keras's OrbaxCheckpoint); the JAX it
 # brings is pinned like the backends' (unpinned, it may not match the jaxlib already installed).

@@ -248,8 +248,11 @@ class OrbaxDir(Format):
             )
         self._count += 1
         # The same path on every process: all of them capture at the same steps, in this order.
-        return os.path.join(
-            self.directory, ".keras_ckpt", "staging", f"orbax-{self.tag}-{self._count:06d}"
+        return os.path.join(  # absolute: Orbax refuses relative paths
+            os.path.abspath(self.directory),
+            ".keras_ckpt",
+            "staging",
+            f"orbax-{self.tag}-{self._count:06d}",
         )
 
     def capture(self, model: Any, extra: Any = None) -> Captured:
@@ -372,7 +375,7 @@ class OrbaxDir(Format):
 
     def _open(self, path: str, name: str) -> tuple[str, dict[str, Any]]:
         """(step folder, our JSON state) of the checkpoint whose first file is local `path`."""
-        step = os.path.dirname(os.fspath(path))
+        step = os.path.dirname(os.path.abspath(os.fspath(path)))
         ocp = _ocp()
         try:
             with ocp.Context():
