@@ -89,6 +89,15 @@ def save(directory: str) -> dict:
         ],
     }
     report["ours"] = equal(values(manager.load_model("latest")), saved)
+    import contextlib
+    import io
+
+    from keras_ckpt.cli import main as cli
+
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        report["show_status"] = cli(["show", f"{directory}/models", "m-3"])
+    report["show"] = shown.getvalue()
     report["plain_load_model"] = equal(
         values(keras.saving.load_model(f"{directory}/models/m-3")), saved
     )

@@ -59,6 +59,14 @@ def test_model_checkpoint_writes_a_folder_per_checkpoint_with_every_file_recorde
     assert report["kernel_sharding"] == "P(None, 'model')"
 
 
+def test_show_describes_the_folder_and_how_to_load_it(saved):
+    report, _ = saved
+    assert report["show_status"] == 0
+    assert "sharded checkpoint written by Orbax, saved on 4 devices" in report["show"]
+    assert "architecture     yes: Functional" in report["show"]
+    assert "keras.saving.load_model('m-3')" in " ".join(report["show"].split())
+
+
 def test_the_manager_loads_the_model_bit_for_bit(saved):
     assert saved[0]["ours"] is True
 

@@ -16,6 +16,7 @@ from typing import Any
 from keras_ckpt.cli._commands import Printer, record_json
 from keras_ckpt.cli._common import format_metric, human_age, human_size, open_manager, resolve
 from keras_ckpt.errors import CorruptCheckpointError
+from keras_ckpt.format import format_for
 from keras_ckpt.format.h5read import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
 from keras_ckpt.records import Record
 from keras_ckpt.store.local import SealedFile
@@ -133,8 +134,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
     record = resolve(manager, args.which, args.monitor, args.mode)
     entry = record.files[0]
+    describe = getattr(format_for(record), "describe", inspect_file)  # a sharded folder: its own
     with manager.storage.local_path(record.path) as path:
-        info = inspect_file(path, SealedFile(entry.size, entry.checksum), name=entry.path)
+        info = describe(path, SealedFile(entry.size, entry.checksum), name=entry.path)
     if record.kind == "training_state":  # its main file is a weights file, but it is not one
         info["format"] = BACKUP_FORMAT
     if args.json:
@@ -237,6 +239,7 @@ def _render(record: Record, info: dict[str, Any], which: str) -> None:
 
 def _difference(record: Record, info: dict[str, Any]) -> str:
     """Whole model versus weights only, in numbers from this very file."""
+    loads = info.get("load_path", record.path)  # a sharded checkpoint loads from its folder
     weights, optimizer = info.get("weights") or {}, info.get("optimizer")
     numbers = f"{weights.get('parameters', 0):,} parameters ({human_size(weights.get('bytes', 0))})"
     opt = f" plus optimizer state ({human_size(optimizer['bytes'])})" if optimizer else ""
@@ -245,7 +248,7 @@ def _difference(record: Record, info: dict[str, Any]) -> str:
         return (
             f"Whole model: this file has the numbers, {numbers}{opt}, and also the architecture "
             f"and compile settings ({human_size(config)} of JSON). keras.saving.load_model("
-            f"'{record.path}') rebuilds it ready to predict or keep training, without your model "
+            f"'{loads}') rebuilds it ready to predict or keep training, without your model "
             "code (custom layers need custom_objects). A weights-only save would drop that JSON: "
             "it loads only with model.load_weights() into a model your code builds the same way."
         )
@@ -260,7 +263,7 @@ def _difference(record: Record, info: dict[str, Any]) -> str:
     return (
         f"Weights only: this file has the numbers, {numbers}{opt}, but no architecture or "
         "compile settings. Build and compile the same model in code, then call model.load_weights("
-        f"'{record.path}') (build the optimizer first, or its state is skipped; "
+        f"'{loads}') (build the optimizer first, or its state is skipped; "
         "CheckpointManager.load_weights does that). A whole-model .keras save would add the "
         "architecture so keras.saving.load_model works without your code."
     )

@@ -302,7 +302,8 @@ class OrbaxDir(Format):
         if self.kind != "training_state":
             for group, variables in groups.items():
                 for variable in variables:
-                    layout.append([f"{group}/{variable.path}", variable.path, list(variable.shape)])
+                    entry = [f"{group}/{variable.path}", variable.path, list(variable.shape)]
+                    layout.append([*entry, str(variable.dtype)])
             state["layout"] = layout
             return payload, state
         from keras_ckpt.format.backup_file import BackupInputs
@@ -315,7 +316,7 @@ class OrbaxDir(Format):
             if found is None:  # not in Keras's state tree (SeedGenerator states): small, whole
                 arrays["variables"][str(i)] = _host_copy(variable.value)
                 found = f"{_ARRAYS}/variables/{i}"
-            layout.append([found, variable.path, list(variable.shape)])
+            layout.append([found, variable.path, list(variable.shape), str(variable.dtype)])
         entries: list[dict[str, Any]] = []
         for k, (class_name, callback_state, callback_arrays) in enumerate(extra.callbacks):
             count = len(callback_arrays)
@@ -397,7 +398,7 @@ class OrbaxDir(Format):
         ocp = _ocp()
         layout = state["layout"]
         request: dict[str, Any] = {}
-        for index, (where, _path, shape) in enumerate(layout):
+        for index, (where, _path, shape, *_dtype) in enumerate(layout):
             item, key = ("pytree", where)
             if where.startswith(f"{_ARRAYS}/"):
                 item, key = _ARRAYS, where[len(_ARRAYS) + 1 :]
@@ -436,7 +437,7 @@ class OrbaxDir(Format):
         except Exception as e:
             raise CorruptCheckpointError(f"{name}: cannot read the sharded checkpoint ({e})") from e
         restored = {}
-        for index, (where, _path, _shape) in enumerate(layout):
+        for index, (where, *_rest) in enumerate(layout):
             if index in targets:
                 if where.startswith(f"{_ARRAYS}/"):
                     restored[index] = _leaf(loaded[_ARRAYS], where[len(_ARRAYS) + 1 :])
@@ -461,7 +462,7 @@ class OrbaxDir(Format):
             groups = _groups(model, weights_only=False)
             counters = {group: 0 for group in groups}
             targets = {}
-            for index, (where, _path, _shape) in enumerate(state["layout"]):
+            for index, (where, *_rest) in enumerate(state["layout"]):
                 group = where.split("/", 1)[0]
                 position = counters.get(group)
                 if position is None:
@@ -518,6 +519,47 @@ class OrbaxDir(Format):
         step, state = self._open(path, name)
         self._assign_model(model, step, state, name)
 
+    def describe(self, path: str, expected: SealedFile | None = None, *, name: str = "") -> Any:
+        """What `keras-ckpt show` says of it: its architecture, weights and optimizer state, from
+        its layout and config (no array is read)."""
+        step, state = self._open(path, name or path)
+        weights = {"arrays": 0, "parameters": 0, "bytes": 0}
+        optimizer: dict[str, Any] = {"variables": 0, "bytes": 0, "iterations": None, "name": None}
+        layers = set()
+        for where, variable, shape, *dtype in state["layout"]:
+            size = int(np.prod(shape))
+            nbytes = size * (np.dtype(dtype[0]).itemsize if dtype and dtype[0] else 4)
+            if where.startswith(("trainable_variables/", "non_trainable_variables/")):
+                weights["arrays"] += 1
+                weights["parameters"] += size
+                weights["bytes"] += nbytes
+                layers.add(variable.rsplit("/", 1)[0])
+            elif where.startswith("optimizer_variables/"):
+                optimizer["variables"] += 1
+                optimizer["bytes"] += nbytes
+                optimizer["name"] = variable.split("/", 1)[0]
+        weights["layers_with_weights"] = len(layers)
+        info: dict[str, Any] = {
+            "format": "sharded checkpoint written by Orbax, saved on "
+            + _mesh_text(state["saved_on"]),
+            "parts": {},
+            "weights": weights,
+            "optimizer": optimizer if optimizer["variables"] else None,
+            "load_path": os.path.dirname(os.path.dirname(name or path)),  # the folder
+        }
+        if state.get("kind") == "model":
+            ocp = _ocp()
+            with ocp.Context():
+                loaded = ocp.load_checkpointables(step, {"model_config": None})
+            config = json.loads(loaded["model_config"]["config"])
+            inner = config.get("config", {}) if isinstance(config, dict) else {}
+            info["architecture"] = {
+                "class_name": config.get("class_name"),
+                "name": inner.get("name"),
+                "layers": len(inner["layers"]) if isinstance(inner.get("layers"), list) else None,
+            }
+        return info
+
     def read(
         self, path: str | os.PathLike[str], expected: SealedFile | None = None, *, name: str = ""
     ) -> Any:
@@ -527,7 +569,7 @@ class OrbaxDir(Format):
 
         shown = name or os.fspath(path)
         step, state = self._open(os.fspath(path), shown)
-        layout = [(str(p), tuple(int(n) for n in shape)) for _w, p, shape in state["layout"]]
+        layout = [(str(e[1]), tuple(int(n) for n in e[2])) for e in state["layout"]]
         callbacks = state.get("callbacks", [])
         arrays = SharedArrays(self, step, state, shown)
         callback_arrays = arrays.callback_arrays(callbacks)
