@@ -71,6 +71,25 @@ def check_extension(template: str, filepath: str, weights_only: bool) -> None:
         )
 
 
+def check_folder_name(template: str, filepath: str) -> None:
+    """A sharded checkpoint's name (a filepath ending in `/`) carries no file extension."""
+    if template.endswith((".keras", ".h5")):
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a folder name without `.keras` or "
+            "`.h5` for sharded checkpoints (a filepath ending in `/`): Keras tells files from "
+            f"Orbax folders by that extension. Received: filepath={filepath!r}"
+        )
+
+
+def split_sharded(filepath: object) -> tuple[bool | None, object]:
+    """(True, the path without its trailing `/`) for a folder-style `filepath`
+    (`"runs/m-{epoch}/"`: sharded checkpoints written by Orbax); else (None, `filepath`)."""
+    text = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else filepath
+    if isinstance(text, str) and text.endswith("/") and text.rstrip("/"):
+        return True, text.rstrip("/")
+    return None, filepath
+
+
 def check_keep(retention: object, **keep: Any) -> dict[str, int | None]:
     """The `keep_*` counts (each None or a positive int); `retention` excludes them."""
     counts = {name: check_optional_count(name, keep[name]) for name in KEEP_ARGS}

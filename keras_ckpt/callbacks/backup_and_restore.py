@@ -22,6 +22,7 @@ from keras_ckpt.state import is_replaying, mark_preempted, mark_resumed
 from keras_ckpt.training import fit_state
 from keras_ckpt.training.backup import Backups
 from keras_ckpt.training.pipeline import SavePipeline
+from keras_ckpt.training.sharded import check_sharded, choose_format
 from keras_ckpt.training.signals import announcement, end_others, interrupt
 from keras_ckpt.training.triggers import Triggers
 from keras_ckpt.training.writer import Writer
@@ -93,6 +94,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             the longest gap. Each backup records the interval and the measured costs in its
             record (`owner_state["cadence"]`). Defaults to `0.02`. Single-process training
             only: `fit` raises `ValueError` in a multi-worker job.
+        sharded: True: each backup is a folder written by Orbax, every process writing the
+            shards it holds (JAX; `pip install "keras-ckpt[orbax]"`); `model.load_weights`
+            loads it. False: one Keras weights file each. None (default): sharded only when the
+            model's variables are split across processes (no process could write the file),
+            said in one line.
 
     Raises:
         ValueError: an argument is invalid, or `keep_last < 2` with `double_checkpoint=True`.
@@ -129,6 +135,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         async_save: bool = True,
         max_overhead: float | None = None,
         raise_on_interrupt: bool = True,
+        sharded: bool | None = None,
     ):
         super().__init__()
         self.backup_dir = check_folder("backup_dir", backup_dir, backup_dir)
@@ -157,14 +164,13 @@ class BackupAndRestore(keras.callbacks.Callback):
             max_overhead=self.max_overhead,
             background=self.async_save,
         )
+        self.sharded = check_sharded(sharded)
         self.manager = CheckpointManager(self.backup_dir)
         # Host buffers reused by every backup (one is written at a time); an inline backup is
         # written before the next step, straight from the variables' memory.
+        self._file_format = BackupFile(copy=self.async_save)
         self._pipeline = SavePipeline(
-            self.manager,
-            BackupFile(copy=self.async_save),
-            background=self.async_save,
-            thread="keras-ckpt-backup",
+            self.manager, self._file_format, background=self.async_save, thread="keras-ckpt-backup"
         )
         self._backups = Backups(self._pipeline, owner=OWNER, keep_last=self.keep_last)
         self._chief = True
@@ -190,6 +196,16 @@ class BackupAndRestore(keras.callbacks.Callback):
         mark_preempted(self.model, False)
         mark_resumed(self.model, None)
         fit_state.stop_replay(self.model)
+        sharded = choose_format(
+            self.sharded,
+            self.model,
+            kind="training_state",
+            directory=self.backup_dir,
+            tag=OWNER,
+            chief=self._chief,
+            who="BackupAndRestore",
+        )
+        self._pipeline.use_format(sharded or self._file_format)
         resumed = self._backups.begin(self.model, self, chief=self._chief)
         if resumed is not None:
             self._progress = p = resumed.progress

@@ -20,8 +20,10 @@ from keras_ckpt.callbacks._arguments import (
     check_conflicts,
     check_extension,
     check_folder,
+    check_folder_name,
     check_keep,
     check_verbose,
+    split_sharded,
 )
 from keras_ckpt.callbacks._monitor import Monitor, callback_memory, check_in_logs, warn_unranked
 from keras_ckpt.callbacks._naming import (
@@ -37,6 +39,7 @@ from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying, mark_preempted
 from keras_ckpt.training import fit_state
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
+from keras_ckpt.training.sharded import check_sharded, choose_format
 from keras_ckpt.training.triggers import Triggers
 from keras_ckpt.training.writer import Writer
 
@@ -59,7 +62,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
             (1-based), `{batch}` (1-based, for step saves) and any logged metric, with format specs:
             `"runs/model-{epoch:03d}-{val_loss:.4f}.keras"`. The folder part may not. End it in
             `.keras` for the full model (architecture, weights, optimizer state) or `.weights.h5`
-            with `save_weights_only=True` for weights only.
+            with `save_weights_only=True` for weights only. End it in `/` instead
+            (`"runs/model-{epoch:03d}/"`) for sharded checkpoints: a folder each, written by
+            Orbax from every process (JAX; `pip install "keras-ckpt[orbax]"`), that
+            `keras.saving.load_model` loads. A model whose variables are split across processes
+            saves such folders anyway (named as the file, without its extension), and says so.
         monitor: Metric watched by `save_best_only` and `keep_best`. Defaults to `"val_loss"`.
         verbose: 0 (silent), 1 or 2 (a line per save; Keras prints for any value above 0).
         save_best_only: Save only when `monitor` improves. A `monitor` missing from the logs of
@@ -127,14 +134,20 @@ class ModelCheckpoint(keras.callbacks.Callback):
         async_save: bool = True,
     ):
         super().__init__()
-        self.directory, self.template = split_filepath(filepath)
+        # A folder-style filepath ("runs/m-{epoch}/"): sharded checkpoints, written by Orbax.
+        self._sharded, path = split_sharded(filepath)
+        self.directory, self.template = split_filepath(path)
         self.filepath = os.fspath(filepath)
         check_folder("filepath", self.directory, filepath, "a path in a folder")
         self.verbose = check_verbose(verbose)
         self.save_best_only = check_bool("save_best_only", save_best_only)
         self.save_weights_only = check_bool("save_weights_only", save_weights_only)
         self.save_on_train_end = check_bool("save_on_train_end", save_on_train_end)
-        check_extension(self.template, self.filepath, self.save_weights_only)
+        if self._sharded:
+            check_folder_name(self.template, self.filepath)
+            check_sharded(True)
+        else:
+            check_extension(self.template, self.filepath, self.save_weights_only)
         self._monitor = Monitor(monitor, mode, min_delta, initial_value_threshold)
         self.save_freq = check_save_freq(save_freq, allow_none=True)
         self._schedule = Schedule(self.save_freq, every_n_epochs, every_seconds)
@@ -154,11 +167,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self.manager = CheckpointManager(self.directory)
         # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
         legacy = not self.save_weights_only and not self.template.endswith(".keras")
-        self._pipeline = SavePipeline(
-            self.manager,
-            KerasFile(weights_only=self.save_weights_only, legacy_h5=legacy, copy=async_save),
-            background=self.async_save,
+        self._file_format = KerasFile(
+            weights_only=self.save_weights_only, legacy_h5=legacy, copy=async_save
         )
+        self._pipeline = SavePipeline(self.manager, self._file_format, background=self.async_save)
         self._owner = f"ModelCheckpoint:{self.template}"
         self._last_saved_step: int | None = None
         self._chief = True
@@ -208,6 +220,16 @@ class ModelCheckpoint(keras.callbacks.Callback):
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
         # and take each save's host copy with it, then drop it.
         self._chief = distribute.is_chief(self.model)
+        sharded = choose_format(
+            self._sharded,
+            self.model,
+            kind="weights" if self.save_weights_only else "model",
+            directory=self.directory,
+            tag=self._owner,
+            chief=self._chief,
+            who="ModelCheckpoint",
+        )
+        self._pipeline.use_format(sharded or self._file_format)
         if self._chief:
             self.manager.open_for_writing()
         _runs.check_directory(self)
@@ -277,6 +299,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def _save(self, epoch_index: int, batch_index: int | None, logs: dict[str, Any] | None) -> None:
         logs = dict(logs or {})
         name = format_name(self.template, epoch_index, batch_index, logs)
+        name = self._pipeline.format.checkpoint_name(name)
         display = f"{self.directory.rstrip('/')}/{name}" if self.directory != "." else name
         if self.save_best_only and not self._monitor.improved(
             self.model, logs, epoch=epoch_index, display=display, verbose=self.verbose
@@ -287,7 +310,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             # Multi-worker: the chief writes this checkpoint, but every worker takes the host copy
             # at this step, as gathering the state may be a collective (on JAX, Keras's saving
             # creates a variable across all processes the first time).
-            self._pipeline.format.discard(self._pipeline.format.capture(self.model))
+            self._pipeline.contribute(self.model)
             return
         if self._keep["keep_best"]:
             warn_unranked(self.monitor, logs)

@@ -205,6 +205,9 @@ class TrainingState:
 
 def _assign(variables: list[Any], contents: BackupContents) -> None:
     """Assigns the backup's arrays (by layout index) to the model's training variables."""
+    resolve = getattr(contents.variables, "resolve", None)
+    if resolve is not None:  # a sharded backup: restored now, onto these variables' layouts
+        resolve(variables)
     for index, array in contents.variables.items():
         variables[index].assign(array)
 
@@ -280,16 +283,17 @@ class Backups:
     ) -> None:
         """Backs up the training state at `progress` (a copy of it: training goes on).
 
-        Off the chief of a multi-worker job, it takes the host copy and drops it: reading the
-        metric variables (SyncOnRead under MultiWorkerMirroredStrategy) is an all-reduce every
-        worker must join. Only the chief writes and prunes.
+        Off the chief of a multi-worker job, it does its part of the chief's save (the format's
+        `contribute`): a host copy it drops (reading the metric variables, SyncOnRead under
+        MultiWorkerMirroredStrategy, is an all-reduce every worker must join), or writing the
+        shards it holds. Only the chief commits and prunes.
         """
         assert self.training is not None
         self.pipeline.wait()  # the previous backup is committed: its name is taken
         progress = Progress(**vars(progress))
         inputs = self.training.inputs(model, progress)
         if not chief:
-            self.pipeline.format.discard(self.pipeline.format.capture(model, inputs))
+            self.pipeline.contribute(model, inputs)
             return
         request = SaveRequest(
             name=self._name(progress),
@@ -326,7 +330,7 @@ class Backups:
     def _name(self, progress: Progress) -> str:
         """`backup-<global step>`, made unique: an epoch-end backup can follow a step backup at
         the same global step, and replacing a multi-file backup in place is never safe."""
-        name = f"backup-{progress.global_step:09d}"
+        name = self.pipeline.format.checkpoint_name(f"backup-{progress.global_step:09d}")
         if name in {r.name for r in self.manager.checkpoints(self.owner, run="all")}:
             name = f"{name}-epoch-{progress.epoch:05d}-step-{progress.step:06d}"
         return name
