@@ -15,9 +15,13 @@ export KERAS_BACKEND ?= tensorflow
 # JAX and PyTorch: the callback and resume tests run again on each (the whole suite runs on
 # TensorFlow). Same venv: tensorflow-cpu, jax and the torch CPU build install side by side.
 BACKEND_STAMP := $(VENV)/.installed-backends
+# With JAX, the sharded-checkpoint tests need orbax-checkpoint ([orbax]): they fail, never skip,
+# when it is missing.
 BACKEND_TESTS := tests/test_model_checkpoint.py tests/test_backup_and_restore.py tests/test_backends.py \
 	tests/test_backup_file.py tests/test_backup.py tests/test_signals.py tests/test_h5write.py \
 	tests/test_h5read.py tests/test_keras_file.py
+SHARDED_TESTS := tests/test_orbax_dir.py tests/test_sharded_multiworker.py \
+	tests/test_docs_pages.py::test_jax_blocks_run
 
 # `make bench` adds the `bench` extra (orbax-checkpoint for Keras's OrbaxCheckpoint); the JAX it
 # brings is pinned like the backends' (unpinned, it may not match the jaxlib already installed).
@@ -51,11 +55,11 @@ test: $(STAMP)
 
 # constraints/backends.txt pins torch to the CPU build on local disk (unpinned: GBs of CUDA).
 $(BACKEND_STAMP): $(STAMP) constraints/backends.txt
-	$(PY) -m pip install --quiet -c constraints/backends.txt -e ".[$(EXTRAS),jax,torch]"
+	$(PY) -m pip install --quiet -c constraints/backends.txt -e ".[$(EXTRAS),jax,orbax,torch]"
 	touch $(BACKEND_STAMP)
 
 test-backends: $(BACKEND_STAMP)
-	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 --dist loadfile $(BACKEND_TESTS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 --dist loadfile $(BACKEND_TESTS) $(SHARDED_TESTS)
 	KERAS_BACKEND=torch $(PY) -m pytest -q -n 2 --dist loadfile $(BACKEND_TESTS)
 	# The chief decision for JAX and PyTorch jobs (skipped by `make test`, which has neither).
 	$(PY) -m pytest -q tests/test_distribute.py -k "jax or torch"

@@ -500,7 +500,7 @@ class CheckpointManager:
         def read(record: Record, path: str) -> dict[str, Any]:
             entry = record.files[0]
             expected = SealedFile(entry.size, entry.checksum)
-            info = inspect.inspect_file(path, expected, name=entry.path)
+            info = format_for(record).describe(path, expected, name=entry.path)
             if record.kind == "training_state":  # its main file is a weights file, but not one
                 info["format"] = inspect.BACKUP_FORMAT
             return info

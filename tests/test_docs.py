@@ -20,9 +20,17 @@ from keras_ckpt import (
     state,
 )
 from keras_ckpt.callbacks import _adopt, _runs, backup_and_restore, model_checkpoint
-from keras_ckpt.format import averaging, backup_file, h5read, h5write, keras_file, snapshot
+from keras_ckpt.format import (
+    averaging,
+    backup_file,
+    checked,
+    h5read,
+    h5write,
+    keras_file,
+    snapshot,
+)
 from keras_ckpt.store import history
-from keras_ckpt.training import pipeline, signals
+from keras_ckpt.training import pipeline, signals, triggers
 
 PUBLIC = [
     *(getattr(keras_ckpt, name) for name in keras_ckpt.__all__ if name[0].isupper()),
@@ -51,6 +59,7 @@ MODULES = [
     cadence,
     snapshot,
     h5write,
+    checked,
     h5read,
     selection,
     keras_ckpt.store,
@@ -59,6 +68,7 @@ MODULES = [
     backup_file,
     pipeline,
     signals,
+    triggers,
     _runs,
     _adopt,
 ]

@@ -10,6 +10,9 @@ A block may carry a marker on the line before its fence:
 
 - `<!-- docs-test: s3 -->`: it runs against the S3 server of `tests/s3_server.py` (its bucket
   `my-bucket` is created first).
+- `<!-- docs-test: jax -->`: it needs JAX before JAX starts (forced CPU devices): the page's
+  `jax` blocks run in order in one fresh Python process (`test_jax_blocks_run`), skipped only
+  where JAX is not installed; with JAX, a missing orbax-checkpoint fails.
 - `<!-- docs-test: not run: WHY; tests/FILE.py::TEST HOW -->`: it cannot run in one process (a
   multi-worker job). The named test must exist, and such blocks must stay rare.
 """
@@ -139,7 +142,7 @@ def test_python_code_is_fenced_as_python():
 def test_every_marker_is_known_and_blocks_not_run_stay_rare():
     not_run = []
     for b in ALL:
-        if b.marker is None or b.marker == "s3":
+        if b.marker is None or b.marker in ("s3", "jax"):
             continue
         assert b.language == "python", f"{b.source}: a docs-test marker on a {b.language} block"
         match = _NOT_RUN.match(b.marker)
@@ -188,7 +191,7 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch, request):
 
     namespace["print"] = recording_print
     for block in (b for b in PYTHON if b.page == page):
-        if (block.marker or "").startswith("not run"):
+        if (block.marker or "").startswith("not run") or block.marker == "jax":
             continue
         if block.marker == "s3":
             _s3_bucket(request)
@@ -200,6 +203,62 @@ def test_page_python_blocks_run(page, tmp_path, monkeypatch, request):
                 f"{block.source}, line {line}: the page says it prints {claim}, "
                 f"it printed {outputs[0]!r}"
             )
+
+
+JAX_PAGES = sorted({b.page for b in PYTHON if b.marker == "jax"}, key=lambda p: str(p))
+_JAX_RUNNER = """
+import builtins, io, json, sys
+blocks, out = json.loads(open(sys.argv[1]).read()), sys.argv[2]
+printed = {}
+def recording_print(*args, **kwargs):
+    frame = sys._getframe(1)
+    if kwargs.get("file") is None:
+        text = io.StringIO()
+        builtins.print(*args, **{**kwargs, "file": text})
+        printed.setdefault(f"{frame.f_code.co_filename}:{frame.f_lineno}", []).append(
+            text.getvalue())
+    builtins.print(*args, **kwargs)
+namespace = {"__name__": "docs_jax", "print": recording_print}
+for source, code in blocks:
+    exec(compile(code, source, "exec"), namespace)
+open(out, "w").write(json.dumps(printed))
+"""
+
+
+@pytest.mark.parametrize("page", JAX_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_jax_blocks_run(page, tmp_path):
+    import json
+    import os
+    import subprocess
+
+    pytest.importorskip("jax")  # the [jax] extra; `make test-backends` installs it with [orbax]
+    import orbax.checkpoint  # noqa: F401  - with JAX, the [orbax] extra must be there: no skip
+
+    jax_blocks = [b for b in PYTHON if b.page == page and b.marker == "jax"]
+    (tmp_path / "blocks.json").write_text(json.dumps([[b.source, b.code] for b in jax_blocks]))
+    (tmp_path / "runner.py").write_text(_JAX_RUNNER)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run(
+        [sys.executable, "runner.py", "blocks.json", "printed.json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    printed = json.loads((tmp_path / "printed.json").read_text())
+    for block in jax_blocks:
+        for line, claim in claimed_outputs(block.code).items():
+            outputs = printed.get(f"{block.source}:{line}")
+            assert outputs, f"{block.source}, line {line} printed nothing"
+            assert printed_matches(outputs[0], claim), (
+                f"{block.source}, line {line}: the page says it prints {claim}, "
+                f"it printed {outputs[0]!r}"
+            )
+    if page.name == "sharded.md":
+        assert "resharded by Orbax" in done.stdout
 
 
 def _s3_bucket(request) -> None:

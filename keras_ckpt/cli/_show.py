@@ -129,6 +129,7 @@ def _render(record: Record, info: dict[str, Any], which: str) -> None:
 
 def _difference(record: Record, info: dict[str, Any]) -> str:
     """Whole model versus weights only, in numbers from this very file."""
+    loads = info.get("load_path", record.path)  # a sharded checkpoint loads from its folder
     weights, optimizer = info.get("weights") or {}, info.get("optimizer")
     numbers = f"{weights.get('parameters', 0):,} parameters ({human_size(weights.get('bytes', 0))})"
     opt = f" plus optimizer state ({human_size(optimizer['bytes'])})" if optimizer else ""
@@ -137,7 +138,7 @@ def _difference(record: Record, info: dict[str, Any]) -> str:
         return (
             f"Whole model: this file has the numbers, {numbers}{opt}, and also the architecture "
             f"and compile settings ({human_size(config)} of JSON). keras.saving.load_model("
-            f"'{record.path}') rebuilds it ready to predict or keep training, without your model "
+            f"'{loads}') rebuilds it ready to predict or keep training, without your model "
             "code (custom layers need custom_objects). A weights-only save would drop that JSON: "
             "it loads only with model.load_weights() into a model your code builds the same way."
         )
@@ -152,7 +153,7 @@ def _difference(record: Record, info: dict[str, Any]) -> str:
     return (
         f"Weights only: this file has the numbers, {numbers}{opt}, but no architecture or "
         "compile settings. Build and compile the same model in code, then call model.load_weights("
-        f"'{record.path}') (build the optimizer first, or its state is skipped; "
+        f"'{loads}') (build the optimizer first, or its state is skipped; "
         "CheckpointManager.load_weights does that). A whole-model .keras save would add the "
         "architecture so keras.saving.load_model works without your code."
     )

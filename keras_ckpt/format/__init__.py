@@ -5,7 +5,8 @@ and `.weights.h5`) and `backup_file.BackupFile` (`BackupAndRestore`'s backups) i
 Below them: `snapshot` copies what Keras's saving walk would write to host memory; `h5write`
 writes it as Keras's own file in one pass; `h5read` reads those files back in place, checked
 against their records; `_zip` lays out a `.keras` zip by hand; `averaging` averages weight
-files; `_keras_private` is the one importer of Keras's private saving API.
+files; `orbax_dir.OrbaxDir` writes sharded checkpoints through Orbax (a folder each, every process
+writing its own shards); `_keras_private` is the one importer of Keras's private saving API.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def format_for(record: Any) -> Format:
     >>> type(format_for(record)).__name__
     'KerasFile'
     """
+    from keras_ckpt.format.orbax_dir import OrbaxDir, is_orbax_record
+
+    if is_orbax_record(record):
+        return OrbaxDir(record.kind)
     if record.kind == "training_state":
         from keras_ckpt.format.backup_file import BackupFile
 

@@ -7,8 +7,9 @@ staging folder, fsyncs them and returns their sizes and checksums, computed whil
 pipeline (`keras_ckpt.training.pipeline`) then commits them. Reading back goes through the same
 object (`load_model`, `load_weights`), which checks the bytes it reads against the record.
 
-The formats: `keras_file.KerasFile` (`.keras` and `.weights.h5`, Keras's own files), and
-`backup_file.BackupFile` (`BackupAndRestore`'s one-file backups).
+The formats: `keras_file.KerasFile` (`.keras` and `.weights.h5`, Keras's own files),
+`backup_file.BackupFile` (`BackupAndRestore`'s one-file backups) and `orbax_dir.OrbaxDir`
+(sharded checkpoints, a folder each, written by Orbax from every process).
 """
 
 from __future__ import annotations
@@ -58,11 +59,27 @@ class Format(ABC):
     def write(self, captured: Any, folder: str, name: str) -> Staged:
         """Writes checkpoint `name`'s files into local `folder`, fsynced, with their checksums."""
 
+    def checkpoint_name(self, name: str) -> str:
+        """The name a checkpoint the callback calls `name` gets in this format."""
+        return name
+
+    def contribute(self, model: Any, extra: Any = None) -> None:
+        """A process of a multi-worker job that does not commit takes its part of a save: by
+        default the host copy (gathering state may be a collective), then drops it."""
+        self.discard(self.capture(model, extra))
+
     def discard(self, captured: Any) -> None:  # noqa: B027 - optional, most formats keep nothing
         """Frees what `capture` set aside outside the returned object (a temporary folder)."""
 
     def release(self) -> None:  # noqa: B027 - optional, only formats that reuse buffers have any
         """Frees buffers kept from one save to the next (called when `fit` ends)."""
+
+    def describe(self, path: str, expected: SealedFile, *, name: str) -> dict[str, Any]:
+        """What local file `path` holds (`keras-ckpt show`), read once and checked against
+        `expected`, without building the model and without Keras."""
+        from keras_ckpt.format import inspect
+
+        return inspect.inspect_file(path, expected, name=name)
 
     def load_model(self, path: str, expected: SealedFile, *, name: str, **kwargs: Any) -> Any:
         """The model saved in local file `path`, read once and checked against `expected`.

@@ -3,7 +3,7 @@
 A `.keras` file is a zip of `metadata.json`, `config.json` (architecture and compile settings) and
 `model.weights.h5`; a `.weights.h5` file is HDF5 with `layers/.../vars/N` and `optimizer/vars/N`
 datasets. Reading those directly is fast, builds no model, imports no Keras, and works for custom
-layers too. Every file is read once and checked as loading checks it (`h5read.VerifiedFile`).
+layers too. Every file is read once and checked as loading checks it (`checked.VerifiedFile`).
 `CheckpointManager.describe` and `CheckpointManager.export` are built on this module.
 """
 
@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format.h5read import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
+from keras_ckpt.format.checked import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
 from keras_ckpt.store.base import SealedFile
 
 __all__ = ["BACKUP_FORMAT", "exportable", "inspect_file"]
@@ -27,7 +27,7 @@ def inspect_file(
 ) -> dict[str, Any]:
     """The parts of a Keras file, their sizes, and what they say about the model.
 
-    The file is read once and checked as loading would check it (`h5read.VerifiedFile`): against
+    The file is read once and checked as loading would check it (`checked.VerifiedFile`): against
     `expected`, and every guard of the loader.
 
     Raises:

@@ -164,6 +164,19 @@ class SavePipeline:
 
         self.writer.run(lambda: self.format.capture(model, extra), write)
 
+    def contribute(self, model: Any, extra: Any = None) -> None:
+        """On a process that does not commit (multi-worker): its part of the save the chief makes
+        at this step (the format's `contribute`: a host copy, or writing its own shards)."""
+        self.writer.wait()
+        self.format.contribute(model, extra)
+
+    def use_format(self, format: Format) -> None:
+        """Saves through `format` from now on (the one a `fit`'s model needs); the save in flight
+        lands first."""
+        self.writer.wait()
+        self.format.release()
+        self.format = format
+
     def check(self) -> None:
         """Raises the error of a background save that failed (once)."""
         self.writer.check()

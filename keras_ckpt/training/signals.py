@@ -12,7 +12,7 @@ import threading
 import warnings
 from typing import Any
 
-__all__ = ["SignalCatcher", "announcement", "interrupt"]
+__all__ = ["SignalCatcher", "announcement", "end_others", "interrupt"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -119,6 +119,16 @@ def announcement(signum: int, progress: Any, where: str, *, mid_epoch: bool) -> 
         f"{progress.global_step}); backed up to {where}. Run the same script again to resume "
         "there."
     )
+
+
+def end_others(callbacks: list[Any], caller: Any) -> None:
+    """A raise from `caller` skips the `on_train_end` of the callbacks of the same `fit`: lets
+    keras-ckpt's own (those with `_end_interrupted`) land their saves in flight and give their
+    directory locks back."""
+    for callback in callbacks:
+        end = getattr(callback, "_end_interrupted", None)
+        if callback is not caller and callable(end):
+            end()
 
 
 def _inside_fit(frame: Any, model: Any) -> bool:
