@@ -163,7 +163,9 @@ def test_a_fresh_run_leaves_the_earlier_runs_files_alone_and_says_so(tmp_path, d
     assert set(earlier) <= set(names(tmp_path))  # not pruned by the new run
     mine = [n for n in names(tmp_path) if n not in earlier]
     assert 1 <= len(mine) <= 2  # the new run pruned its own
-    runs = {r.owner_state["run"] for r in keras_ckpt.CheckpointManager(tmp_path).checkpoints()}
+    runs = {
+        r.owner_state["run"] for r in keras_ckpt.CheckpointManager(tmp_path).checkpoints(run="all")
+    }
     assert len(runs) == 2
 
 

@@ -261,3 +261,14 @@ def test_select_and_average_pick_from_the_newest_run_unless_told(folder, tmp_pat
     averaged = manager.average("best:2", tmp_path / "avg.keras")
     assert names(averaged) == names(manager.select("best:2"))
     assert names(manager.select([one[0].name])) == [one[0].name]  # a name is found in any run
+
+
+def test_prune_with_keep_options_judges_the_newest_run_only(folder):
+    directory, one, two = folder
+    owner = two[0].owner
+    code, out, err = cli("prune", directory, "--owner", owner, "--keep-last", "1", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["run"] == run_of(two[0])
+    assert set(data["deleted"]) == set(names(two[:-1]))
+    assert names(CheckpointManager(directory).checkpoints(run="all")) == names(one + two[-1:])

@@ -254,6 +254,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f"No checkpoint in {args.directory} has owner {args.owner!r}. Owners there: "
             f"{', '.join(listed) or 'none (the directory holds no checkpoints)'}"
         )
+    if args.owner is not None and args.run is None:  # that callback's newest run
+        run = run_of(records[-1])
+        note = None
+        if len({run_of(r) for r in records}) > 1:
+            note = f"Run {run}, the newest of {args.owner} (--run all for every run)."
     records = manager.checkpoints(args.owner, run=run)
     owners = sorted({str(r.owner) for r in records})
     policy = policy_from_args(args, records, owners, "prune")
