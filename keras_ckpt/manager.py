@@ -496,11 +496,15 @@ class CheckpointManager:
             CorruptCheckpointError: the file differs from its record or fails a loading check.
         """
         from keras_ckpt.format import inspect
+        from keras_ckpt.format.orbax_dir import is_orbax_record
 
         def read(record: Record, path: str) -> dict[str, Any]:
             entry = record.files[0]
             expected = SealedFile(entry.size, entry.checksum)
-            info = format_for(record).describe(path, expected, name=entry.path)
+            if is_orbax_record(record):  # a sharded folder: its format reads its layout
+                info = format_for(record).describe(path, expected, name=entry.path)
+            else:  # a Keras file: read here, so that `show` never imports Keras
+                info = inspect.inspect_file(path, expected, name=entry.path)
             if record.kind == "training_state":  # its main file is a weights file, but not one
                 info["format"] = inspect.BACKUP_FORMAT
             return info
