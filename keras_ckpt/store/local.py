@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import stat
+import tempfile
 import time
 import uuid
 import warnings
@@ -37,6 +38,7 @@ __all__ = [
     "SealedFile",
     "Storage",
     "atomic_local_file",
+    "cannot_write",
     "file_in_the_way",
     "open_regular",
     "seal_file",
@@ -106,6 +108,36 @@ def file_in_the_way(path: str | os.PathLike[str]) -> str | None:
     while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)
     return None if os.path.isdir(existing) else existing
+
+
+def cannot_write(path: str | os.PathLike[str]) -> str | None:
+    """Why keras-ckpt could not create its folders under local `path` (None: it can).
+
+    Creates and removes an empty temporary folder in the nearest existing one of
+    `path/.keras_ckpt` and its parents: the one way to know (permissions, a read-only mount, or a
+    virtual file system such as `/proc` that takes no new entries, even for root). A file in the
+    way, or a `.keras_ckpt` that is a link, is left to the checks that name them.
+
+    Example:
+
+    >>> cannot_write("/proc/runs")
+    '/proc does not accept new folders (No such file or directory)'
+    """
+    meta = existing = os.path.join(os.path.abspath(os.fspath(path)), META_DIR)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if (existing == meta and os.path.islink(meta)) or not os.path.isdir(existing):
+        return None  # a link or a file in the way: the checks that name them say so
+    try:
+        probe = tempfile.mkdtemp(prefix=".keras-ckpt-probe-", dir=existing)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"no permission to create folders in {existing} ({e.strerror})"
+        if e.errno == errno.EROFS:
+            return f"{existing} is on a read-only file system"
+        return f"{existing} does not accept new folders ({e.strerror})"
+    os.rmdir(probe)
+    return None
 
 
 def _make_root(root: str) -> None:
