@@ -122,8 +122,11 @@ class CheckpointManager:
         Raises:
             ValueError: `monitor` is None and no checkpoint records a monitored metric, or `mode`
                 is `"auto"` and neither the records nor the name tell the direction.
+            CheckpointNotFoundError: there are checkpoints, but none has `monitor`.
         """
         ranked = self.rank_by(monitor, mode, owner=owner)
+        if not ranked:
+            selection.check_ranked(self.checkpoints(owner), monitor, where=self.directory)
         return ranked[0] if ranked else None
 
     def rank_by(
