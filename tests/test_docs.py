@@ -22,7 +22,7 @@ from keras_ckpt import (
 from keras_ckpt.callbacks import _adopt, _runs, backup_and_restore, model_checkpoint
 from keras_ckpt.format import averaging, backup_file, h5read, h5write, keras_file, snapshot
 from keras_ckpt.store import history
-from keras_ckpt.training import pipeline, signals, triggers
+from keras_ckpt.training import announcements, pipeline, signals, triggers
 
 PUBLIC = [
     *(getattr(keras_ckpt, name) for name in keras_ckpt.__all__ if name[0].isupper()),
@@ -60,6 +60,7 @@ MODULES = [
     pipeline,
     signals,
     triggers,
+    announcements,
     _runs,
     _adopt,
 ]
