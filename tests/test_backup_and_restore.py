@@ -370,31 +370,36 @@ def test_invalid_backup_dir_is_rejected(tmp_path):
 def test_a_backup_dir_where_nothing_can_be_created_is_refused_at_construction(folder):
     with pytest.raises(
         ValueError,
-        match=r"argument `backup_dir`\. Expected a folder keras-ckpt can write in: /proc\S* does "
-        r"not accept new folders .*Choose another folder\. Received: backup_dir='/proc",
+        match=r"argument `backup_dir`\. Expected a folder keras-ckpt can write in: /proc\S* is on "
+        r"a virtual file system \(proc\) that takes no new folders\. Choose another folder\. "
+        r"Received: backup_dir='/proc",
     ):
         keras_ckpt.BackupAndRestore(folder)
 
 
-def test_a_read_only_backup_dir_is_refused_at_construction(tmp_path, mocker):
-    """The issue's `PermissionError: ... '.keras_ckpt'` at the first backup, now named at once.
-    Made real by chmod; as root (whom no mode bit stops), injected where keras-ckpt creates its
-    folders."""
+@pytest.mark.parametrize("exists", [False, True], ids=["new-folder-inside", "the-folder"])
+def test_a_read_only_backup_dir_is_refused_at_construction(tmp_path, mocker, exists):
+    """The issue's `PermissionError: ... '.keras_ckpt'` at the first backup, now named at once,
+    and nothing written to find out. Made real by chmod; as root (whom no mode bit stops),
+    injected where keras-ckpt asks for the permission."""
     folder = tmp_path / "runs"
     folder.mkdir()
+    before = folder.stat().st_mtime_ns
     if os.geteuid() == 0:
-        mocker.patch("tempfile.mkdtemp", side_effect=PermissionError(13, "Permission denied"))
+        real = os.access
+        mocker.patch(
+            "os.access", side_effect=lambda p, mode: real(p, mode) and str(p) != str(folder)
+        )
     else:
         folder.chmod(0o555)
     try:
         with pytest.raises(
-            ValueError,
-            match=rf"`backup_dir`.*no permission to create folders in {folder}.*Permission denied",
+            ValueError, match=rf"`backup_dir`.*no permission to create folders in {folder}\."
         ):
-            keras_ckpt.BackupAndRestore(folder)
+            keras_ckpt.BackupAndRestore(folder if exists else folder / "exp1")
     finally:
         folder.chmod(0o755)
-    assert list(folder.iterdir()) == []
+    assert list(folder.iterdir()) == [] and folder.stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(

@@ -769,7 +769,7 @@ def test_an_async_save_is_announced_on_the_training_thread_in_order(tmp_path, da
 def test_a_filepath_where_nothing_can_be_created_is_refused_at_construction():
     with pytest.raises(
         ValueError,
-        match=r"`filepath`\. Expected a path in a folder keras-ckpt can write in: /proc does not "
-        r"accept new folders .*Received: filepath='/proc/runs/m\.keras'",
+        match=r"`filepath`\. Expected a path in a folder keras-ckpt can write in: /proc is on a "
+        r"virtual file system \(proc\) .*Received: filepath='/proc/runs/m\.keras'",
     ):
         keras_ckpt.ModelCheckpoint("/proc/runs/m.keras")
