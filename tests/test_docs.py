@@ -30,7 +30,7 @@ from keras_ckpt.format import (
     snapshot,
 )
 from keras_ckpt.store import history
-from keras_ckpt.training import pipeline, signals, triggers
+from keras_ckpt.training import announcements, pipeline, signals, triggers
 
 PUBLIC = [
     *(getattr(keras_ckpt, name) for name in keras_ckpt.__all__ if name[0].isupper()),
@@ -69,6 +69,7 @@ MODULES = [
     pipeline,
     signals,
     triggers,
+    announcements,
     _runs,
     _adopt,
 ]
