@@ -20,7 +20,15 @@ from keras_ckpt import (
     state,
 )
 from keras_ckpt.callbacks import _adopt, _runs, backup_and_restore, model_checkpoint
-from keras_ckpt.format import averaging, backup_file, h5read, h5write, keras_file, snapshot
+from keras_ckpt.format import (
+    averaging,
+    backup_file,
+    h5read,
+    h5write,
+    keras_file,
+    orbax_dir,
+    snapshot,
+)
 from keras_ckpt.store import history
 from keras_ckpt.training import pipeline, signals
 
@@ -57,6 +65,7 @@ MODULES = [
     keras_ckpt.format,
     keras_file,
     backup_file,
+    orbax_dir,
     pipeline,
     signals,
     _runs,

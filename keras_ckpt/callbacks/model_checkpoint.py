@@ -247,6 +247,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
             chief=self._chief,
             who="ModelCheckpoint",
         )
+        if sharded is not None:
+            _check_folder_name(sharded.checkpoint_name(self.template), self.filepath)
         self._pipeline.use_format(sharded or self._file_format)
         if self._chief:
             self.manager.open_for_writing()
@@ -460,6 +462,13 @@ def _check_extension(template: str, filepath: str, weights_only: bool) -> None:
 
 
 def _check_folder_name(template: str, filepath: str) -> None:
+    if not template_fields(template):
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a folder name with a field such as "
+            "`{epoch}` for sharded checkpoints: a folder of many files cannot be replaced in "
+            "place safely (keep only the newest with keep_last=1). "
+            f"Received: filepath={filepath!r}"
+        )
     if template.endswith((".keras", ".h5")):
         raise ValueError(
             "Invalid value for argument `filepath`. Expected a folder name without `.keras` or "
