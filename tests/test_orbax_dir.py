@@ -88,6 +88,15 @@ def test_loading_onto_a_1x2_mesh_reshards_and_says_so(saved):
     )
 
 
+def test_backup_and_restore_resumes_onto_a_1x2_mesh_and_says_so(saved):
+    report, stdout = saved
+    assert report["backup_other_mesh_equal"] is True
+    assert (
+        "keras-ckpt: backup-000000024 was saved on 4 devices, mesh batch=2 x model=2; restoring "
+        "it onto 2 devices, mesh batch=1 x model=2, resharded by Orbax." in stdout
+    )
+
+
 def test_a_flipped_byte_in_a_shard_file_is_found_and_latest_falls_back(saved):
     report, _ = saved
     name, ok, problems = report["verify_after_flip"][-1]
