@@ -78,8 +78,10 @@ def save(directory: str) -> dict:
     )
     model.fit(x, y, batch_size=8, epochs=3, callbacks=[checkpoint, backup], verbose=0)
     manager = keras_ckpt.CheckpointManager(f"{directory}/models")
+    writers = [checkpoint._pipeline.background, backup._pipeline.background]
     saved = values(model)
     report: dict = {
+        "background": writers,
         "names": [r.name for r in manager.checkpoints()],
         "files": [f.path for f in manager.latest().files],
         "verify": [r.ok for r in manager.verify()],

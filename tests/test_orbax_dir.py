@@ -59,6 +59,10 @@ def test_model_checkpoint_writes_a_folder_per_checkpoint_with_every_file_recorde
     assert report["kernel_sharding"] == "P(None, 'model')"
 
 
+def test_both_callbacks_write_sharded_checkpoints_in_the_background(saved):
+    assert saved[0]["background"] == [True, True]  # training waits only for the host copy
+
+
 def test_show_describes_the_folder_and_how_to_load_it(saved):
     report, _ = saved
     assert report["show_status"] == 0

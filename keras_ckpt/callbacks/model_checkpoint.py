@@ -177,7 +177,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         _check_conflicts(self)
         self.manager = CheckpointManager(self.directory)
         # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
-        legacy = not self.save_weights_only and not self.template.endswith(".keras")
+        legacy = not (self.save_weights_only or self._sharded or self.template.endswith(".keras"))
         self._file_format = KerasFile(
             weights_only=self.save_weights_only, legacy_h5=legacy, copy=async_save
         )
