@@ -4,9 +4,10 @@ Each variant runs in a fresh subprocess (so nothing one variant keeps, such as r
 is charged to another): build the model, train one epoch with no callback (warm-up: tracing,
 first-use allocations), then reset the kernel's peak-RSS mark (`/proc/self/clear_refs` = 5),
 note the resident set, train `saves` epochs with the callback saving at each epoch end, and read
-the peak (`VmHWM`). Peak extra memory = peak - resident set before the timed fit, minus the same
-for a fit with no callback (training's own transient allocations). Linux only; elsewhere the
-section says so and is empty.
+the peak (`VmHWM`), then the resident set once `fit` has returned (what the callback still holds).
+Peak extra memory = peak - resident set before the timed fit, minus the same for a fit with no
+callback (training's own transient allocations); held after `fit` likewise. Linux only;
+elsewhere the section says so and is empty.
 
 A background save holds one host copy of the state while the previous one is written at most, so
 its expected extra memory is about one state size; Keras's `.keras` save builds the HDF5 file in a
@@ -53,7 +54,11 @@ before = rss("VmRSS")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     fit_with(model, x, y, saves, callback)
-print(json.dumps({"extra": rss("VmHWM") - before}))
+peak = rss("VmHWM")
+del callback
+import gc
+gc.collect()
+print(json.dumps({"extra": peak - before, "retained": rss("VmRSS") - before}))
 """
 
 # Keys of `saving.variants()`.
@@ -68,7 +73,8 @@ VARIANTS = (
 )
 
 
-def _measure(params: int, variant: str, saves: int) -> int:
+def _measure(params: int, variant: str, saves: int) -> tuple[int, int]:
+    """(peak extra resident memory during the fit, resident memory still held after it)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, root, str(params), variant, str(saves)],
@@ -76,7 +82,8 @@ def _measure(params: int, variant: str, saves: int) -> int:
         text=True,
         check=True,
     )
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["extra"])
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(found["extra"]), int(found["retained"])
 
 
 def run(
@@ -85,7 +92,7 @@ def run(
     table = Table(
         title=f"Peak extra memory while saving, {label} model "
         f"({state_bytes / 1e6:.0f} MB of state)",
-        columns=["variant", "peak extra RSS", "x state size"],
+        columns=["variant", "peak extra RSS", "x state size", "still held after fit"],
     )
     data: dict[str, Any] = {}
     if not os.path.exists("/proc/self/clear_refs"):
@@ -96,19 +103,28 @@ def run(
 
     names = {v.key: v.name for v in variants(include_orbax=False)[0]}
     log(f"  [{label}] memory: fit with no callback")
-    baseline = _measure(params, "none", saves)
+    baseline, baseline_held = _measure(params, "none", saves)
     for variant in VARIANTS:
         log(f"  [{label}] memory: {variant}")
         try:
-            extra = max(0, _measure(params, variant, saves) - baseline)
+            peak, held = _measure(params, variant, saves)
         except subprocess.CalledProcessError as e:
             table.notes.append(f"{variant} failed: {e.stderr.strip().splitlines()[-1:]}")
             continue
-        data[variant] = extra
-        table.add(names[variant], fmt(extra, "B"), f"{extra / state_bytes:.2f}x")
+        extra, held = max(0, peak - baseline), max(0, held - baseline_held)
+        data[variant] = {"peak_extra": extra, "held_after_fit": held}
+        table.add(
+            names[variant],
+            fmt(extra, "B"),
+            f"{extra / state_bytes:.2f}x",
+            f"{fmt(held, 'B')} ({held / state_bytes:.2f}x)",
+        )
     table.notes.append(
         f"One subprocess per variant, {saves} saves each; training's own transient memory "
-        f"({fmt(baseline, 'B')}, a fit with no callback) is subtracted."
+        f"({fmt(baseline, 'B')}, a fit with no callback) is subtracted. Still held after fit: "
+        "the resident set once `fit` has returned and the callback is dropped, above the same "
+        f"for a fit with no callback ({fmt(baseline_held, 'B')}); memory the allocator keeps "
+        "for reuse counts as held."
     )
     table.data = {"model": label, "memory": data}
     return table

@@ -75,6 +75,7 @@ def main() -> None:
     import numpy as np
 
     import keras_ckpt
+    from keras_ckpt.records import position
 
     work = tempfile.mkdtemp(prefix="keras-ckpt-demo-")
     backup_dir = os.path.join(work, "backup")
@@ -88,7 +89,8 @@ def main() -> None:
     victim.wait()
     print(f"2. Sent SIGKILL at step {KILL_AT_STEP} (mid-epoch): exit code {victim.returncode}")
     for record in keras_ckpt.CheckpointManager(backup_dir).checkpoints():
-        print(f"   backup on disk: {record.name} (epoch {record.epoch}, step {record.step})")
+        at = position(record.epoch, record.step, record.global_step)
+        print(f"   backup on disk: {record.name} ({at})")
     print("3. Running the same script again: it resumes from the backup")
     resumed = child(backup_dir, os.path.join(work, "resumed.npz"))
     lines = iter(resumed.stdout)
@@ -107,9 +109,8 @@ def main() -> None:
     print("   backups kept:")
     for record in keras_ckpt.CheckpointManager(backup_dir).checkpoints():
         print(
-            f"   {record.name}: epoch {record.epoch}, step {record.step}, "
-            f"global step {record.global_step}, {record.size} bytes, files "
-            + ", ".join(f.path for f in record.files)
+            f"   {record.name}: {position(record.epoch, record.step, record.global_step)}, "
+            f"{record.size} bytes, files " + ", ".join(f.path for f in record.files)
         )
     sys.exit(0 if same else 1)
 

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import errors, policies
-from keras_ckpt.manager import CheckpointManager, KeptCheckpoint, PruneResult, VerifyResult
+from keras_ckpt.manager import CheckpointManager, KeptCheckpoint, PruneResult, Run, VerifyResult
 from keras_ckpt.records import FileEntry, Record
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ __all__ = [
     "ModelCheckpoint",
     "PruneResult",
     "Record",
+    "Run",
     "VerifyResult",
     "distribute",
     "errors",

@@ -13,18 +13,20 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+from keras_ckpt import runs as run_ids
 from keras_ckpt import selection
 from keras_ckpt._validate import check_bool, invalid
 from keras_ckpt.errors import CheckpointNotFoundError, CorruptCheckpointError
 from keras_ckpt.format import format_for
-from keras_ckpt.policies import Policy, judge, ranked_metrics
+from keras_ckpt.policies import Policy, applicable, judge, ranked_metrics
 from keras_ckpt.records import KINDS, Record, validate_name, validate_path
 from keras_ckpt.results import KeptCheckpoint, PruneResult, VerifyResult
+from keras_ckpt.runs import ALL, Run
 from keras_ckpt.store import LocalStorage, SealedFile, Storage, storage_for
 from keras_ckpt.store import history as run_history
 from keras_ckpt.store.journal import Journal
 
-__all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint"]
+__all__ = ["CheckpointManager", "VerifyResult", "PruneResult", "KeptCheckpoint", "Run"]
 
 _REREADS = 4  # how often a check re-reads a checkpoint that changed under it
 T = TypeVar("T")
@@ -78,11 +80,20 @@ class CheckpointManager:
 
     # ----------------------------------------------------------------- reading
 
-    def checkpoints(self, owner: str | None = None) -> list[Record]:
-        """Committed checkpoints, oldest first; only `owner`'s when given.
+    def checkpoints(self, owner: str | None = None, *, run: str | None = None) -> list[Record]:
+        """Committed checkpoints of a run, oldest first; only `owner`'s when given.
+
+        Args:
+            owner: Only this callback's checkpoints (`ModelCheckpoint.owner`).
+            run: A run id (`runs()`), `"all"` for the whole directory, or None (the default): the
+                newest run, the run of the newest checkpoint (of `owner`'s, if given).
 
         An unreadable record is skipped with a warning naming its file (`verify` reports it too).
         """
+        return self._scoped(self._all(owner), run)
+
+    def _all(self, owner: str | None = None) -> list[Record]:
+        """Every committed checkpoint (only `owner`'s, if given), oldest first."""
         _check_owner(owner)
         session = self._journal.session
         if session is not None:
@@ -98,19 +109,71 @@ class CheckpointManager:
             records = [r for r in records if r.owner == owner]
         return sorted(records, key=lambda r: r.sequence)
 
-    def get(self, name: str) -> Record:
-        """The record called `name`, or `CheckpointNotFoundError` listing what exists."""
-        return selection.named(self.checkpoints(), name, where=self.directory)
+    def _scoped(self, records: list[Record], run: str | None) -> list[Record]:
+        """`records` (oldest first) of `run`: None the newest, `"all"` all, else that id."""
+        if run == ALL:
+            return records
+        if run is None:
+            newest = run_ids.newest_run(records)
+            return [r for r in records if run_ids.run_of(r) == newest]
+        if not isinstance(run, str) or not run:
+            raise invalid("run", "None (the newest run), 'all' or a run id (`runs()`)", run)
+        mine = [r for r in records if run_ids.run_of(r) == run]
+        if not mine and run not in {r.id for r in self.runs()}:
+            known = [r.id for r in self.runs()]
+            raise invalid(
+                "run",
+                f"None (the newest run), 'all' or a run id of {self.directory} "
+                f"({', '.join(known) or 'none: it holds no checkpoints'})",
+                run,
+            )
+        return mine
 
-    def latest(self, owner: str | None = None) -> Record | None:
-        """The newest committed checkpoint, or None."""
-        records = self.checkpoints(owner)
+    def runs(self) -> list[Run]:
+        """The runs that saved here, oldest first: the last one is the newest (the default run).
+
+        A fresh `fit` starts a run, shared by its keras-ckpt callbacks; a resumed one (or one
+        continuing with `initial_epoch`) keeps its run. The checkpoints whose record names no run
+        (backups, commits without a callback, older keras-ckpt versions) form one run together,
+        `"unrecorded"`. Runs whose checkpoints were all pruned are listed too, from the run
+        history.
+
+        Example:
+
+        >>> import os, tempfile
+        >>> manager = CheckpointManager(tempfile.mkdtemp())
+        >>> with manager.stage() as folder:
+        ...     _ = open(os.path.join(folder, "w"), "wb").write(b"weights")
+        ...     _ = manager.commit({"w.bin": os.path.join(folder, "w")}, name="w", kind="weights")
+        >>> [(r.id, r.checkpoints, r.newest) for r in manager.runs()]
+        [('unrecorded', 1, True)]
+        >>> manager.close()
+        """
+        records = self._all()
+        return run_ids.group(records, self._history(records))
+
+    def get(self, name: str) -> Record:
+        """The record called `name` (in any run), or `CheckpointNotFoundError` listing what
+        exists."""
+        return selection.named(self._all(), name, where=self.directory)
+
+    def latest(self, owner: str | None = None, *, run: str | None = None) -> Record | None:
+        """The newest committed checkpoint (of `run`: see `checkpoints`), or None."""
+        records = self.checkpoints(owner, run=run)
         return records[-1] if records else None
 
     def best(
-        self, monitor: str | None = None, mode: str = "auto", owner: str | None = None
+        self,
+        monitor: str | None = None,
+        mode: str = "auto",
+        owner: str | None = None,
+        *,
+        run: str | None = None,
     ) -> Record | None:
-        """The checkpoint with the best `monitor` value (newest on ties), or None.
+        """The checkpoint of a run with the best `monitor` value (newest on ties), or None.
+
+        By default, the best of the newest run: when an older run holds a better one, a line says
+        so (`run="all"` ranks the whole directory).
 
         Args:
             monitor: A metric name as it appears in the logs (`"val_loss"`); None: the metric the
@@ -118,16 +181,49 @@ class CheckpointManager:
             mode: `"min"`, `"max"`, or `"auto"`: the mode the writing callback recorded for
                 `monitor`, else inferred from the name.
             owner: Consider only this callback's checkpoints.
+            run: A run id, `"all"`, or None: the newest run (see `checkpoints`).
 
         Raises:
             ValueError: `monitor` is None and no checkpoint records a monitored metric, or `mode`
                 is `"auto"` and neither the records nor the name tell the direction.
         """
-        ranked = self.rank_by(monitor, mode, owner=owner)
+        ranked = self.rank_by(monitor, mode, owner=owner, run=run)
+        if ranked and run is None:
+            self._note_default_best(ranked[0], monitor, mode, owner)
         return ranked[0] if ranked else None
 
+    def _note_default_best(
+        self, chosen: Record, monitor: str | None, mode: str, owner: str | None
+    ) -> None:
+        """One line when the newest run's best is not the whole directory's best."""
+        everything = self._all(owner)
+        if len({run_ids.run_of(r) for r in everything}) < 2:
+            return
+        try:
+            overall = selection.rank_by(
+                everything,
+                monitor or selection.recorded_monitor([chosen])[0],
+                mode,
+                where=self.directory,
+            )
+        except ValueError:
+            return
+        if overall and overall[0].name != chosen.name:
+            other = overall[0]
+            print(
+                f"CheckpointManager: best of the newest run ({run_ids.run_of(chosen)}) in "
+                f"{self.directory} is {chosen.name}; {other.name} of run "
+                f'{run_ids.run_of(other)} ranks better (run="all" to rank every run).',
+                flush=True,
+            )
+
     def rank_by(
-        self, monitor: str | None = None, mode: str = "auto", *, owner: str | None = None
+        self,
+        monitor: str | None = None,
+        mode: str = "auto",
+        *,
+        owner: str | None = None,
+        run: str | None = None,
     ) -> list[Record]:
         """The checkpoints that have `monitor` in their metrics, best first (newest on ties).
 
@@ -135,18 +231,25 @@ class CheckpointManager:
         first that verifies: one ranking, so "best" names the same checkpoint everywhere.
 
         Args:
-            monitor, mode, owner: As for `best`.
+            monitor: As for `best`.
+            mode: As for `best`.
+            owner: As for `best`.
+            run: As for `best`.
 
         Raises:
             ValueError: as for `best`.
         """
-        return selection.rank_by(self.checkpoints(owner), monitor, mode, where=self.directory)
+        return selection.rank_by(
+            self.checkpoints(owner, run=run), monitor, mode, where=self.directory
+        )
 
-    def verify(self, name: str | None = None) -> list[VerifyResult]:
+    def verify(self, name: str | None = None, *, run: str | None = ALL) -> list[VerifyResult]:
         """Checks checkpoints against their records: every file present, right size, right checksum.
 
         Args:
             name: One checkpoint; all of them (and every unreadable record) when None.
+            run: With `name` None: only this run's checkpoints (None: the newest run); `"all"`
+                (the default) checks every checkpoint and reports every unreadable record.
         """
         if name is not None:
             checked = self._checked(self.get(name))
@@ -155,6 +258,8 @@ class CheckpointManager:
             return [VerifyResult(checked[0].name, not checked[1], checked[1])]
         records, problems = self._journal.read()
         results = [VerifyResult(source, False, (str(error),)) for source, error in problems]
+        if run != ALL:
+            records = self._scoped(sorted(records, key=lambda r: r.sequence), run)
         for record in sorted(records, key=lambda r: r.sequence):
             checked = self._checked(record)
             if checked is not None:  # None: deleted while we looked
@@ -180,8 +285,11 @@ class CheckpointManager:
             record = again
         return record, tuple(self._journal.problems(record))
 
-    def history(self) -> list[run_history.HistoryEntry]:
-        """Every checkpoint ever committed here, oldest first, pruned ones included.
+    def history(self, *, run: str | None = None) -> list[run_history.HistoryEntry]:
+        """Every checkpoint a run ever committed here, oldest first, pruned ones included.
+
+        Args:
+            run: A run id, `"all"` for every run, or None: the newest run (see `checkpoints`).
 
         Each entry says whether the checkpoint still exists and, if not, why it was deleted (the
         retention policy that did not keep it). Read from `.keras_ckpt/history.jsonl`, the
@@ -203,13 +311,29 @@ class CheckpointManager:
         [('w-1.bin', False, 'not kept by KeepLast(n=1)'), ('w-2.bin', True, None)]
         >>> manager.close()
         """
-        events = run_history.parse(self.storage.read_log(run_history.HISTORY_PATH))
-        return run_history.replay(events, self.checkpoints())
+        records = self._all()
+        saves = self._history(records)
+        if run == ALL:
+            return saves
+        if run is None:
+            newest = run_ids.newest_run(records)
+            if newest is None and saves:
+                newest = run_ids.run_of(saves[-1])
+        else:
+            self._scoped(records, run)  # an unknown id raises
+            newest = run
+        return [e for e in saves if run_ids.run_of(e) == newest]
 
-    def simulate(self, policy: Policy, *, owner: str | None = None) -> run_history.Simulation:
-        """What `policy` would have kept of every save in the history (only `owner`'s, if
+    def _history(self, records: list[Record]) -> list[run_history.HistoryEntry]:
+        events = run_history.parse(self.storage.read_log(run_history.HISTORY_PATH))
+        return run_history.replay(events, records)
+
+    def simulate(
+        self, policy: Policy, *, owner: str | None = None, run: str | None = None
+    ) -> run_history.Simulation:
+        """What `policy` would have kept of every save in a run's history (only `owner`'s, if
         given), had it pruned after each one as a callback does; touches no file
-        (`keras-ckpt prune --simulate`).
+        (`keras-ckpt prune --simulate`). `run`: as for `history`.
 
         Example:
 
@@ -227,7 +351,7 @@ class CheckpointManager:
         >>> manager.close()
         """
         _check_owner(owner)
-        saves = [e for e in self.history() if owner is None or e.owner == owner]
+        saves = [e for e in self.history(run=run) if owner is None or e.owner == owner]
         return run_history.simulate(policy, saves)
 
     def select(
@@ -236,6 +360,7 @@ class CheckpointManager:
         *,
         monitor: str | None = None,
         mode: str = "auto",
+        run: str | None = None,
     ) -> list[Record]:
         """The records `selector` names, oldest first (not yet verified).
 
@@ -244,6 +369,8 @@ class CheckpointManager:
                 ranks them) or a list of checkpoint names.
             monitor: For `"best:N"`; defaults to the metric the writing callback monitored.
             mode: For `"best:N"`: `"min"`, `"max"` or `"auto"` (as for `best`).
+            run: For `"last:N"` and `"best:N"`: a run id, `"all"`, or None: the newest run
+                (see `checkpoints`). Names are looked up in every run.
 
         Raises:
             ValueError: an unknown selector, `N` not a positive int, or fewer checkpoints than `N`.
@@ -262,9 +389,8 @@ class CheckpointManager:
         ['w-2.bin', 'w-3.bin']
         >>> manager.close()
         """
-        return selection.select(
-            self.checkpoints(), selector, monitor=monitor, mode=mode, where=self.directory
-        )
+        records = self._all() if not isinstance(selector, str) else self.checkpoints(run=run)
+        return selection.select(records, selector, monitor=monitor, mode=mode, where=self.directory)
 
     def average(
         self,
@@ -274,6 +400,7 @@ class CheckpointManager:
         monitor: str | None = None,
         mode: str = "auto",
         overwrite: bool = False,
+        run: str | None = None,
     ) -> list[Record]:
         """Writes the element-wise mean of several checkpoints' model weights to `path`.
 
@@ -289,8 +416,10 @@ class CheckpointManager:
             select: `"last:N"`, `"best:N"` or a list of checkpoint names (see `select`).
             path: Local file to write: `.keras` (every selected checkpoint must be a full model)
                 or `.weights.h5` (any checkpoints; load it with `model.load_weights`).
-            monitor, mode: For `"best:N"` (see `select`).
+            monitor: For `"best:N"` (see `select`).
+            mode: For `"best:N"` (see `select`).
             overwrite: Replace an existing `path`. Defaults to `False`.
+            run: For `"last:N"`/`"best:N"`: a run id, `"all"`, or None: the newest run.
 
         Returns:
             The averaged checkpoints' records, oldest first.
@@ -323,7 +452,7 @@ class CheckpointManager:
             raise invalid("path", "a file name ending in .keras or .weights.h5", path)
         if os.path.exists(out) and not overwrite:
             raise invalid("path", "a path that does not exist yet (or `overwrite=True`)", path)
-        records = self.select(select, monitor=monitor, mode=mode)
+        records = self.select(select, monitor=monitor, mode=mode, run=run)
         if out.endswith(".keras") and any(r.kind != "model" for r in records):
             partial = [r.name for r in records if r.kind != "model"]
             raise invalid(
@@ -340,6 +469,117 @@ class CheckpointManager:
             averaging.average(sources, out)  # each read once, checked against its record
         return records
 
+    def describe(
+        self,
+        which: str = "latest",
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        run: str | None = None,
+    ) -> tuple[Record, dict[str, Any]]:
+        """(record, contents) of a checkpoint: what its main file holds, read without building
+        the model and without Keras (`keras-ckpt show`).
+
+        `contents` has `format`, `parts` (zip members and sizes), and when the file holds them
+        `architecture` (class, name, layer count), `compile` (optimizer, learning rate, loss,
+        metrics), `weights` (arrays, parameters, bytes) and `optimizer` (variables, bytes,
+        iterations). The file is read once and checked against its record as loading checks it.
+
+        Args:
+            which: As for `resolve`.
+            monitor: As for `resolve`.
+            mode: As for `resolve`.
+            run: As for `resolve`.
+
+        Raises:
+            CheckpointNotFoundError: nothing matches.
+            CorruptCheckpointError: the file differs from its record or fails a loading check.
+        """
+        from keras_ckpt.format import inspect
+        from keras_ckpt.format.orbax_dir import is_orbax_record
+
+        def read(record: Record, path: str) -> dict[str, Any]:
+            entry = record.files[0]
+            expected = SealedFile(entry.size, entry.checksum)
+            if is_orbax_record(record):  # a sharded folder: its format reads its layout
+                info = format_for(record).describe(path, expected, name=entry.path)
+            else:  # a Keras file: read here, so that `show` never imports Keras
+                info = inspect.inspect_file(path, expected, name=entry.path)
+            if record.kind == "training_state":  # its main file is a weights file, but not one
+                info["format"] = inspect.BACKUP_FORMAT
+            return info
+
+        return self.load(which, read, monitor=monitor, mode=mode, run=run)
+
+    def export(
+        self,
+        which: str,
+        path: str | os.PathLike[str],
+        *,
+        monitor: str | None = None,
+        mode: str = "auto",
+        run: str | None = None,
+        overwrite: bool = False,
+    ) -> Record:
+        """Writes one checkpoint to a standalone local file that plain Keras loads.
+
+        The checkpoint is read once and checked against its record as loading checks it; the
+        bytes written are exactly those. The file is written beside `path` and renamed into place.
+
+        Args:
+            which: As for `resolve`.
+            monitor: As for `resolve`.
+            mode: As for `resolve`.
+            run: As for `resolve`.
+            path: `.keras` (a full model: `keras.saving.load_model`) or `.weights.h5` (any
+                checkpoint: `model.load_weights`).
+            overwrite: Replace an existing `path`. Defaults to `False`.
+
+        Returns:
+            The exported checkpoint's record.
+
+        Raises:
+            ValueError: `path` exists (without `overwrite`), is a folder, has the wrong suffix or
+                lies in a missing folder, or the checkpoint holds weights only and `path` is a
+                `.keras` file.
+        """
+        from keras_ckpt.format import inspect
+        from keras_ckpt.store.local import atomic_local_file
+
+        check_bool("overwrite", overwrite)
+        if not isinstance(path, (str, os.PathLike)) or "://" in os.fspath(path):
+            raise invalid("path", "a local .keras or .weights.h5 file path", path)
+        out = os.fspath(path)
+        if out.endswith(".keras"):
+            target = "model"
+        elif out.endswith(".weights.h5"):
+            target = "weights"
+        else:
+            raise invalid(
+                "path",
+                "a file name ending in .keras (a full model for keras.saving.load_model) or "
+                ".weights.h5 (weights for model.load_weights)",
+                path,
+            )
+        if os.path.isdir(out):
+            raise invalid("path", "a file name, not a folder (e.g. folder/model.keras)", path)
+        if os.path.lexists(out) and not overwrite:
+            raise invalid("path", "a path that does not exist yet (or `overwrite=True`)", path)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise invalid("path", "a file in an existing folder", path)
+
+        def read(record: Record, local: str) -> Any:
+            entry = record.files[0]
+            expected = SealedFile(entry.size, entry.checksum)
+            return inspect.exportable(
+                local, expected, name=entry.path, kind=record.kind, target=target
+            )
+
+        record, data = self.load(which, read, monitor=monitor, mode=mode, run=run)
+        with atomic_local_file(out) as dest:
+            dest.write(memoryview(data))
+        return record
+
     def resolve(
         self,
         which: str = "latest",
@@ -348,6 +588,7 @@ class CheckpointManager:
         mode: str = "auto",
         owner: str | None = None,
         kind: str | None = None,
+        run: str | None = None,
     ) -> Record:
         """The verified record for a name, `"latest"` or `"best"`.
 
@@ -358,6 +599,8 @@ class CheckpointManager:
                 recorded for the metric, else from the metric's name).
             owner: Consider only the checkpoints of this callback (`ModelCheckpoint.owner`).
             kind: Consider only checkpoints of this kind (`"model"` for `load_model`).
+            run: For `"latest"`/`"best"`: a run id, `"all"`, or None: the newest run (see
+                `checkpoints`). A name is looked up in every run.
 
         For `"latest"` and `"best"` a damaged checkpoint is skipped with a warning that names the
         damaged file, and the next one that verifies is used. A damaged named checkpoint raises.
@@ -366,21 +609,33 @@ class CheckpointManager:
             CheckpointNotFoundError: nothing matches.
             CorruptCheckpointError: the named checkpoint, or every candidate, is damaged.
         """
-        return self._pick(which, None, monitor=monitor, mode=mode, owner=owner, kind=kind)[0]
+        return self._pick(which, None, monitor=monitor, mode=mode, owner=owner, kind=kind, run=run)[
+            0
+        ]
 
     def _candidates(
-        self, which: str, *, monitor: str | None, mode: str, owner: str | None, kind: str | None
+        self,
+        which: str,
+        *,
+        monitor: str | None,
+        mode: str,
+        owner: str | None,
+        kind: str | None,
+        run: str | None,
     ) -> list[Record]:
         if which not in ("latest", "best"):
             return [self.get(which)]
-        return selection.candidates(
-            self.checkpoints(owner),
+        found = selection.candidates(
+            self.checkpoints(owner, run=run),
             which,
             monitor=monitor,
             mode=mode,
             kind=kind,
             where=self.directory,
         )
+        if which == "best" and run is None:
+            self._note_default_best(found[0], monitor, mode, owner)
+        return found
 
     def load(
         self,
@@ -391,6 +646,7 @@ class CheckpointManager:
         mode: str = "auto",
         owner: str | None = None,
         kind: str | None = None,
+        run: str | None = None,
     ) -> tuple[Record, T]:
         """`reader(record, local_path)` of the first candidate for `which` that is whole.
 
@@ -403,7 +659,11 @@ class CheckpointManager:
         Args:
             which: A checkpoint name, `"latest"` or `"best"`.
             reader: Reads one checkpoint.
-            monitor, mode, owner, kind: As for `resolve`.
+            monitor: As for `resolve`.
+            mode: As for `resolve`.
+            owner: As for `resolve`.
+            kind: As for `resolve`.
+            run: As for `resolve`.
 
         Raises:
             CheckpointNotFoundError: nothing matches.
@@ -426,7 +686,7 @@ class CheckpointManager:
             with self.storage.local_path(record.path) as path:
                 return reader(record, path)
 
-        return self._pick(which, use, monitor=monitor, mode=mode, owner=owner, kind=kind)
+        return self._pick(which, use, monitor=monitor, mode=mode, owner=owner, kind=kind, run=run)
 
     def _pick(
         self,
@@ -437,10 +697,13 @@ class CheckpointManager:
         mode: str,
         owner: str | None,
         kind: str | None,
+        run: str | None = None,
     ) -> tuple[Record, Any]:
         """`_first_good` over the candidates, listed again while a writer deletes them all."""
         for _ in range(_REREADS):
-            candidates = self._candidates(which, monitor=monitor, mode=mode, owner=owner, kind=kind)
+            candidates = self._candidates(
+                which, monitor=monitor, mode=mode, owner=owner, kind=kind, run=run
+            )
             found = self._first_good(which, candidates, use)
             if found is not None:
                 return found
@@ -535,6 +798,7 @@ class CheckpointManager:
         monitor: str | None = None,
         mode: str = "auto",
         owner: str | None = None,
+        run: str | None = None,
         **load_kwargs: Any,
     ) -> Any:
         """Loads a full-model checkpoint as `keras.saving.load_model` would.
@@ -549,6 +813,8 @@ class CheckpointManager:
             mode: For `"best"`: `"min"`, `"max"` or `"auto"`.
             owner: Only this callback's checkpoints (`ModelCheckpoint.owner`); `"latest"` and
                 `"best"` consider full-model checkpoints only.
+            run: For `"latest"`/`"best"`: a run id, `"all"`, or None: the newest run (see
+                `checkpoints`); a line says so when an older run holds a better `"best"`.
             **load_kwargs: Passed to `keras.saving.load_model` (`custom_objects`, `compile`, ...).
 
         Raises:
@@ -561,7 +827,9 @@ class CheckpointManager:
             return format_for(record).load_model(path, expected, name=entry.path, **load_kwargs)
 
         kind = "model" if which in ("latest", "best") else None
-        return self.load(which, load, monitor=monitor, mode=mode, owner=owner, kind=kind)[1]
+        return self.load(which, load, monitor=monitor, mode=mode, owner=owner, kind=kind, run=run)[
+            1
+        ]
 
     def load_weights(
         self,
@@ -571,6 +839,7 @@ class CheckpointManager:
         monitor: str | None = None,
         mode: str = "auto",
         owner: str | None = None,
+        run: str | None = None,
     ) -> Record:
         """Loads a checkpoint's weights (and optimizer state) into `model`; returns its record.
 
@@ -584,6 +853,7 @@ class CheckpointManager:
             monitor: For `"best"`: the metric; defaults to the one the writing callback monitored.
             mode: For `"best"`: `"min"`, `"max"` or `"auto"`.
             owner: Only this callback's checkpoints (`ModelCheckpoint.owner`).
+            run: For `"latest"`/`"best"`: a run id, `"all"`, or None: the newest run.
         """
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
@@ -594,7 +864,7 @@ class CheckpointManager:
             expected = SealedFile(entry.size, entry.checksum)
             format_for(record).load_weights(model, path, expected, name=entry.path)
 
-        return self.load(which, load, monitor=monitor, mode=mode, owner=owner)[0]
+        return self.load(which, load, monitor=monitor, mode=mode, owner=owner, run=run)[0]
 
     # ----------------------------------------------------------------- writing
 
@@ -701,50 +971,115 @@ class CheckpointManager:
         self._protected.add(validate_name(name))
 
     def prune(
-        self, policy: Policy, *, dry_run: bool = False, owner: str | None = None
+        self,
+        policy: Policy | None = None,
+        *,
+        dry_run: bool = False,
+        owner: str | None = None,
+        run: str | None = None,
     ) -> PruneResult:
-        """Deletes the checkpoints `policy` does not keep; returns what was kept and why.
+        """Deletes the checkpoints a policy does not keep; returns what was kept and why.
 
-        The newest checkpoint and any protected one (`protect`) are always kept. Only checkpoints
-        with a record are candidates: files without one are never touched. A checkpoint whose
-        files cannot be deleted (an immutable file, a read-only mount) stays, whole and listed:
-        a warning names the file and the reason, `PruneResult.failed` lists it, and the next prune
-        tries again, so retention never stops a training run.
+        With `policy`, it judges the checkpoints of `run` together and keeps their newest. Without
+        one, each run's recorded policy judges that run's checkpoints only, callback by callback,
+        as the callback itself prunes: each keeps the newest checkpoint of its run, a `keep_best`
+        whose metric no checkpoint holds yet waits, and a run whose callback recorded no policy
+        keeps everything. Checkpoints of other runs are never candidates.
+
+        Any protected checkpoint (`protect`) is kept. Only checkpoints with a record are
+        candidates: files without one are never touched. A checkpoint whose files cannot be
+        deleted (an immutable file, a read-only mount) stays, whole and listed: a warning names
+        the file and the reason, `PruneResult.failed` lists it, and the next prune tries again, so
+        retention never stops a training run.
 
         Args:
-            policy: A `keras_ckpt.policies` policy (or several joined with `|`).
+            policy: A `keras_ckpt.policies` policy (or several joined with `|`); None: the policy
+                each run's callback recorded.
             dry_run: Only report what would be deleted.
             owner: Consider only this callback's checkpoints.
+            run: A run id, `"all"`, or None: the newest run (see `checkpoints`).
+
+        Raises:
+            ValueError: `policy` is None and no checkpoint in scope records a policy that can
+                judge (nothing is deleted then), or a `KeepBest` ranks by a metric no checkpoint
+                records.
         """
-        if not isinstance(policy, Policy):
+        if policy is not None and not isinstance(policy, Policy):
             raise TypeError(
-                "Invalid value for argument `policy`. Expected a keras_ckpt.policies policy. "
-                f"Received: policy={policy!r}"
+                "Invalid value for argument `policy`. Expected a keras_ckpt.policies policy or "
+                f"None (the recorded ones). Received: policy={policy!r}"
             )
         check_bool("dry_run", dry_run)
         _check_owner(owner)
         if dry_run:
-            return self._prune(policy, True, owner)
+            return self._prune(policy, True, owner, run)
         # One prune at a time per directory in this process, judging the records as they are
         # (a commit or prune of another thread waits), so no thread deletes from a stale list.
         with self._journal.open().mutex:
-            return self._prune(policy, False, owner)
+            return self._prune(policy, False, owner, run)
 
-    def _prune(self, policy: Policy, dry_run: bool, owner: str | None) -> PruneResult:
-        records = self.checkpoints(owner)
-        recorded = set().union(*(r.metrics for r in records)) if records else set()
-        for metric in sorted(ranked_metrics(policy) - recorded):
-            if records:
+    def _prune(
+        self, policy: Policy | None, dry_run: bool, owner: str | None, run: str | None
+    ) -> PruneResult:
+        records = self.checkpoints(owner, run=run)
+        verdicts: dict[str, tuple[str, ...]] = {}
+        because: dict[str, str] = {}  # name -> the policy that did not keep it
+        applied: list[tuple[str, str | None, Policy | None]] = []
+        if policy is not None:
+            recorded = set().union(*(r.metrics for r in records)) if records else set()
+            for metric in sorted(ranked_metrics(policy) - recorded):
+                if records:
+                    raise ValueError(
+                        f"KeepBest ranks by {metric!r}, which no checkpoint in {self.directory} "
+                        f"records (metrics recorded: {', '.join(sorted(recorded)) or 'none'}). "
+                        "Nothing was deleted; check the metric's name."
+                    )
+            verdict_list = judge(policy, records)
+            for i, (record, reasons) in enumerate(zip(records, verdict_list, strict=True)):
+                verdicts[record.name] = ("newest",) * (i == len(records) - 1) + tuple(reasons)
+                because[record.name] = f"not kept by {policy!r}"
+            scope = run if run is not None else run_ids.newest_run(records)
+            applied.append((scope or ALL, owner, policy))
+        else:
+            groups: dict[tuple[str, str | None], list[Record]] = {}
+            for record in records:
+                groups.setdefault((run_ids.run_of(record), record.owner), []).append(record)
+            judged = False
+            for (run_id, group_owner), group in groups.items():
+                try:
+                    recorded_policy = group[-1].memory.retention_policy()
+                except ValueError:
+                    recorded_policy = None
+                applied.append((run_id, group_owner, recorded_policy))
+                metrics = {m for r in group for m in r.metrics}
+                active = applicable(recorded_policy, metrics) if recorded_policy else None
+                if active is None:
+                    held = "waits for its metric" if recorded_policy else "no recorded policy"
+                    for record in group:
+                        verdicts[record.name] = (held,)
+                    continue
+                judged = True
+                newest = "newest" if len(groups) == 1 else "newest of its run"
+                for i, (record, reasons) in enumerate(
+                    zip(group, judge(active, group), strict=True)
+                ):
+                    verdicts[record.name] = (newest,) * (i == len(group) - 1) + tuple(reasons)
+                    because[record.name] = f"not kept by {recorded_policy!r} (run {run_id})"
+            if records and not judged:
                 raise ValueError(
-                    f"KeepBest ranks by {metric!r}, which no checkpoint in {self.directory} "
-                    f"records (metrics recorded: {', '.join(sorted(recorded)) or 'none'}). "
-                    "Nothing was deleted; check the metric's name."
+                    f"No checkpoint in {self.directory} (run {run or 'newest'}) records a "
+                    "retention policy that can judge it "
+                    + (
+                        f"({', '.join(sorted({repr(p) for _, _, p in applied if p}))} rank by a "
+                        "metric no checkpoint records yet)"
+                        if any(p for _, _, p in applied)
+                        else "(no policy is recorded)"
+                    )
+                    + "; nothing was deleted. Pass a policy (e.g. KeepLast(3))."
                 )
-        verdicts = judge(policy, records)
         kept, doomed = [], []
-        for i, (record, reasons) in enumerate(zip(records, verdicts, strict=True)):
-            if i == len(records) - 1:
-                reasons = ("newest",) + tuple(reasons)
+        for record in records:
+            reasons = verdicts[record.name]
             if record.name in self._protected:
                 reasons = ("resumed from",) + tuple(reasons)
             if reasons:
@@ -755,7 +1090,7 @@ class CheckpointManager:
         if not dry_run:
             for record in doomed:
                 try:
-                    self.delete(record.name, reason=f"not kept by {policy!r}")
+                    self.delete(record.name, reason=because[record.name])
                 except OSError as error:
                     # Retention is never worth a run: the checkpoint stays, the next prune retries.
                     failed.append(record)
@@ -767,7 +1102,9 @@ class CheckpointManager:
                         stacklevel=3,
                     )
         deleted = tuple(r for r in doomed if r not in failed)
-        return PruneResult(tuple(kept), deleted, dry_run, failed=tuple(failed))
+        return PruneResult(
+            tuple(kept), deleted, dry_run, failed=tuple(failed), policies=tuple(applied)
+        )
 
     def delete(self, name: str, *, reason: str | None = None) -> None:
         """Deletes one checkpoint: its record first, then its files.
@@ -793,7 +1130,7 @@ class CheckpointManager:
             return False
         self.open_for_writing()
         try:
-            if self.checkpoints():
+            if self._all():
                 return False
             bookkeeping = ("lock", run_history.HISTORY_PATH.rsplit("/", 1)[-1])
             return self.storage.remove_if_only_bookkeeping(bookkeeping)

@@ -23,6 +23,7 @@ __all__ = [
     "CallbackMemory",
     "FileEntry",
     "Record",
+    "position",
     "validate_name",
     "validate_path",
 ]
@@ -80,6 +81,30 @@ def validate_path(relpath: object) -> str:
             f"directory, outside {META_DIR}/. Received: {relpath!r}"
         )
     return relpath
+
+
+def position(epoch: int, step: int, global_step: int | None = None) -> str:
+    """Where in training a checkpoint was taken, as a person reads it: Keras's 1-based epochs, as
+    its progress bar and the `{epoch}` of file names show them.
+
+    A record's `epoch` counts the epochs completed and its `step` the batches done in the epoch
+    after that: a save at an epoch's end is the end of epoch `epoch`; a save `step` batches into
+    the next epoch is step `step` of epoch `epoch + 1`.
+
+    Example:
+
+    >>> position(2, 0, 40)
+    'end of epoch 2, global step 40'
+    >>> position(1, 592, 1592)
+    'step 592 of epoch 2, global step 1592'
+    """
+    if step > 0:
+        at = f"step {step} of epoch {epoch + 1}"
+    elif epoch > 0:
+        at = f"end of epoch {epoch}"
+    else:
+        at = "start of training"
+    return at if global_step is None else f"{at}, global step {global_step}"
 
 
 @dataclass(frozen=True)

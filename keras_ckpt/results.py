@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from keras_ckpt.policies import Policy
 from keras_ckpt.records import Record
 
 __all__ = ["KeptCheckpoint", "PruneResult", "VerifyResult"]
@@ -50,6 +51,10 @@ class PruneResult:
     """What `prune` kept (with the reasons) and deleted (or would delete, with `dry_run`), and
     what it could not delete (`failed`: a warning said why; the next prune tries again).
 
+    `policies` says which policy judged which checkpoints: (run, owner, policy) for each run and
+    callback whose recorded policy was applied (`prune()` without a policy), else one entry
+    (run or `"all"`, owner or None, the policy given).
+
     Example:
 
     >>> PruneResult(kept=(), deleted=(), dry_run=True).dry_run
@@ -60,3 +65,4 @@ class PruneResult:
     deleted: tuple[Record, ...]
     dry_run: bool = False
     failed: tuple[Record, ...] = ()
+    policies: tuple[tuple[str, str | None, Policy | None], ...] = ()

@@ -42,11 +42,10 @@ def main(directory: str, mode: str) -> None:
 
 
 class Ready(keras.callbacks.Callback):
-    """Tells the test that training (and saving at every step) is under way."""
+    """Tells the test each step that training (and saving at every step) has reached."""
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch == 1:
-            print("ready", flush=True)
+        print(f"step {batch + 1}", flush=True)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_a_single_process_never_agrees(tmp_path, data, mocker):
     )  # fmt: skip
     backup = keras_ckpt.BackupAndRestore(tmp_path / "backup", every_seconds=1e-9)
     build_model().fit(*data, epochs=1, batch_size=16, verbose=0, callbacks=[checkpoint, backup])
-    assert checkpoint._agreement is None and backup._agreement is None
+    assert checkpoint._triggers.agreement is None and backup._triggers.agreement is None
     assert agree.call_count == 0
     assert agreement.StepAgreement.needed(None, active=True) is False
 

@@ -155,15 +155,15 @@ def test_signal_backs_up_at_next_step_stops_cleanly_and_resumes_exactly(outcomes
     # Ctrl-C), SIGTERM in SystemExit(128 + 15), what a shell reports for a SIGTERM kill.
     assert code == (-signal.SIGINT if signum == signal.SIGINT else 128 + signal.SIGTERM), err
     assert "INTERRUPTED" not in stdout  # fit raised: the script's code after fit did not run
-    where = f"{latest.epoch + 1} after step {latest.step} (global step {step})"
+    where = f"at step {latest.step} of epoch {latest.epoch + 1} (global step {step})"
     [line] = [x for x in stdout.splitlines() if x.startswith("BackupAndRestore:")]
-    assert line.startswith(f"BackupAndRestore: {signal.Signals(signum).name} in epoch {where}")
+    assert line.startswith(f"BackupAndRestore: {signal.Signals(signum).name} {where}")
     assert line.endswith(f"/b/{latest.name}. Run the same script again to resume there.")
     assert (latest.global_step, latest.epoch, latest.step) == (step, step // 6, step % 6)
     resumed = runs[-1][1]
     [line] = [x for x in resumed.splitlines() if x.startswith("BackupAndRestore:")]
     assert line.endswith(
-        f"/b/{latest.name} at epoch {latest.epoch + 1}, step {latest.step} (global step {step})."
+        f"/b/{latest.name} at step {latest.step} of epoch {latest.epoch + 1} (global step {step})."
     )
     assert_same(reference, out, f"{name} at {step}")
 

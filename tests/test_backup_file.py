@@ -186,7 +186,7 @@ def test_nothing_is_stored_twice(tmp_path, data):
 
 
 def test_cli_show_counts_only_keras_part_of_a_backup(tmp_path, data):
-    from keras_ckpt.cli._show import inspect_file
+    from keras_ckpt.format.inspect import inspect_file
 
     model = trained(data)
     backup_file.write(capture(model, {}, []), tmp_path / "b.weights.h5")

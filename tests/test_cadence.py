@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from keras_ckpt import BackupAndRestore, CheckpointManager
 from keras_ckpt.cadence import Cadence, check_max_overhead, interval_for
-from keras_ckpt.callbacks import backup_and_restore
 from keras_ckpt.format.backup_file import BackupFile
 from keras_ckpt.store.local import LocalStorage
+from keras_ckpt.training import triggers
 
 seconds = st.floats(1e-5, 10.0, allow_nan=False, allow_infinity=False)
 overheads = st.floats(1e-3, 0.9, allow_nan=False)
@@ -200,7 +200,7 @@ _CAPTURE, _PUBLISH = BackupFile.capture, LocalStorage.publish  # the real ones, 
 
 
 class FakeTime(keras.callbacks.Callback):
-    """The auto cadence's clock (`backup_and_restore._clock`), moved by the test, never by the
+    """The auto cadence's clock (`triggers._clock`), moved by the test, never by the
     machine: a training step takes `step` seconds, and a backup's write costs training `write`.
 
     Written inline (`background=False`), a write's publish moves the clock itself: training waits
@@ -222,7 +222,7 @@ class FakeTime(keras.callbacks.Callback):
         return self.now
 
     def install(self, monkeypatch) -> FakeTime:
-        monkeypatch.setattr(backup_and_restore, "_clock", self)
+        monkeypatch.setattr(triggers, "_clock", self)
 
         def noted_capture(fmt, model, extra=None):  # on the training thread, at the backup
             with self._ended:

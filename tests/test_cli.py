@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_model, fail_removing
+from conftest import LIGHT_ENV, build_model, fail_removing
 
 import keras_ckpt
 from keras_ckpt import CheckpointManager
@@ -30,9 +30,6 @@ from keras_ckpt.policies import KeepBest, KeepEvery, KeepLast, MaxTotalBytes
 from keras_ckpt.records import clean_metrics
 
 COMMANDS = ("list", "show", "verify", "prune", "export", "average", "plot")
-# The CLI never uses a Keras backend, but `import keras_ckpt` imports Keras (for the callbacks),
-# which imports TensorFlow unless told otherwise: subprocesses start faster on the numpy backend.
-LIGHT_ENV = {**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 pytest_plugins = ["s3_server"]  # `s3_url`: a fresh directory on a moto S3 server on loopback
 
@@ -146,24 +143,45 @@ def test_list_shows_every_checkpoint_with_its_metrics(runs):
     assert "model-01.keras" not in result.out  # pruned by its callback during fit
 
 
-def test_list_names_the_step_in_epoch_and_the_global_step_apart(copy_of):
+def test_list_names_the_step_of_the_epoch_and_the_global_step_apart_in_keras_epochs(copy_of):
     directory = copy_of("backup")  # backups are taken mid-epoch: step in epoch is not 0
     records = CheckpointManager(directory).checkpoints()
     assert any(r.step != r.global_step for r in records)
     lines = cli("list", directory).out.splitlines()
     header = lines[2]
-    assert "step in epoch" in header and "global step" in header
+    assert "step of epoch" in header and "global step" in header
     assert not re.search(
-        r"\bstep\b", header.replace("step in epoch", "").replace("global step", "")
+        r"\bstep\b", header.replace("step of epoch", "").replace("global step", "")
     )
     for record in records:
         [row] = [line for line in lines if record.name in line]
         cells = [c.strip() for c in row.strip("│ ").split("│")]
-        assert cells[2:5] == [str(record.epoch), str(record.step), str(record.global_step)]
+        # Keras's 1-based epochs: a backup 2 steps into the second epoch is step 2 of epoch 2.
+        expected = (
+            [str(record.epoch + 1), str(record.step)]
+            if record.step
+            else [
+                str(record.epoch),
+                "end",
+            ]
+        )
+        assert cells[2:5] == [*expected, str(record.global_step)]
     rows = json.loads(cli("list", directory, "--json").out)["checkpoints"]
     assert [(r["step"], r["global_step"]) for r in rows] == [
         (r.step, r.global_step) for r in records
     ]
+
+
+def test_list_marks_a_file_deleted_by_hand_as_missing(copy_of):
+    directory = copy_of("weights")
+    (directory / "weights-02.weights.h5").unlink()
+    result = cli("list", directory)
+    assert result.code == 0, result.err
+    [row] = [line for line in result.out.splitlines() if "weights-02" in line]
+    assert "(missing)" in row
+    assert sum("(missing)" in line for line in result.out.splitlines()) == 2  # row and legend
+    rows = json.loads(cli("list", directory, "--json").out)["checkpoints"]
+    assert [r["missing_files"] for r in rows] == [[], ["weights-02.weights.h5"], [], []]
 
 
 def test_list_json_matches_the_records(runs):
@@ -359,7 +377,8 @@ def test_prune_dry_run_deletes_nothing(copy_of):
     result = cli("prune", directory, "--keep-last", "1", "--dry-run")
     assert result.code == 0, result.err
     assert "Would delete 3 of 4 checkpoints" in result.out and "nothing was deleted" in result.out
-    assert "keep    weights-04.weights.h5  epoch 4    newest, last 1" in result.out
+    assert "keep    weights-04.weights.h5  end of epoch 4, global step 12" in result.out
+    assert result.out.rstrip().endswith("newest, last 1")
     assert sorted(p.name for p in directory.rglob("*")) == before
 
 
@@ -575,6 +594,28 @@ def test_export_never_overwrites_without_force(runs, tmp_path):
     assert out.read_bytes() != b"mine"
 
 
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["export", "models", "latest"], "out.keras"),
+        (["average", "models", "last:2"], "out.keras"),
+        (["plot", "models", "-o"], "out.png"),
+    ],
+)
+def test_every_file_writing_command_refuses_to_overwrite_without_force(
+    runs, tmp_path, command, name
+):
+    out = tmp_path / name
+    out.write_bytes(b"my notes")
+    verb, directory, *rest = command
+    result = cli(verb, runs / directory, *rest, out)
+    assert result.code == 2 and "--force" in result.err
+    assert out.read_bytes() == b"my notes"
+    result = cli(verb, runs / directory, *rest, out, "--force")
+    assert result.code == 0, result.err
+    assert out.read_bytes() != b"my notes"
+
+
 @pytest.mark.parametrize("run", ["weights", "backup"])
 def test_export_without_architecture_to_keras_explains_what_is_missing(runs, tmp_path, run):
     out = tmp_path / "model.keras"
@@ -731,7 +772,7 @@ def test_one_checkpoint_is_not_called_checkpoints(tied, tmp_path):
     pruned = cli("prune", tied, "--keep-last", 1, "--dry-run").out
     assert "Would delete 0 of 1 checkpoint (" in pruned
     plotted = cli("plot", tied, "-o", tmp_path / "one.png").out
-    assert "over 1 checkpoint (1 checkpoint kept, 4 pruned" in plotted
+    assert ", 1 checkpoint kept, 4 pruned" in plotted
     for text in (cli("list", tied).out, pruned, plotted):
         assert "1 checkpoints" not in text
 
@@ -826,9 +867,18 @@ def entry_point(runs, tmp_path_factory):
         "print(sorted(new & {'keras', 'tensorflow', 'matplotlib', 'h5py'}))\n"
     )
     commands["imports"] = ["-c", imports]
+    # `show` and `export` read the files (h5py), but never need Keras or its backend.
+    commands["show_imports"] = [
+        "-c",
+        "import sys\n"
+        "from keras_ckpt.cli import main\n"
+        f"main(['show', {models!r}, 'best'])\n"
+        f"main(['export', {models!r}, 'best', {str(out / 'imports.weights.h5')!r}])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow'}))\n",
+    ]
     procs = {
         key: subprocess.Popen(
-            [sys.executable, *(argv if key == "imports" else ["-m", "keras_ckpt.cli", *argv])],
+            [sys.executable, *(argv if "imports" in key else ["-m", "keras_ckpt.cli", *argv])],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -886,4 +936,11 @@ def test_entry_point_error_is_one_line(entry_point):
 def test_list_and_verify_import_neither_keras_nor_matplotlib(entry_point):
     result = entry_point[0]["imports"]
     assert result.code == 0, result.err
+    assert result.out.strip().splitlines()[-1] == "[]"
+
+
+def test_show_and_export_import_no_keras(entry_point):
+    result = entry_point[0]["show_imports"]
+    assert result.code == 0, result.err
+    assert "weights" in result.out  # show printed the checkpoint
     assert result.out.strip().splitlines()[-1] == "[]"

@@ -23,6 +23,7 @@ from keras_ckpt.callbacks import _adopt, _runs, backup_and_restore, model_checkp
 from keras_ckpt.format import (
     averaging,
     backup_file,
+    checked,
     h5read,
     h5write,
     keras_file,
@@ -30,7 +31,7 @@ from keras_ckpt.format import (
     snapshot,
 )
 from keras_ckpt.store import history
-from keras_ckpt.training import pipeline, signals
+from keras_ckpt.training import pipeline, signals, triggers
 
 PUBLIC = [
     *(getattr(keras_ckpt, name) for name in keras_ckpt.__all__ if name[0].isupper()),
@@ -59,6 +60,7 @@ MODULES = [
     cadence,
     snapshot,
     h5write,
+    checked,
     h5read,
     selection,
     keras_ckpt.store,
@@ -68,6 +70,7 @@ MODULES = [
     orbax_dir,
     pipeline,
     signals,
+    triggers,
     _runs,
     _adopt,
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ EXPECTED = {
     ],
     "custom_callback_resume.py": [
         "sending SIGTERM",
-        "2. BackupAndRestore: SIGTERM in epoch",
+        "2. BackupAndRestore: SIGTERM at ",
         "exit status 143",
         "3. BackupAndRestore: resuming from",
         "restored curriculum",
@@ -66,3 +67,7 @@ def test_example_runs(script, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     for line in EXPECTED[script]:
         assert line in result.stdout, f"{script} did not print {line!r}:\n{result.stdout}"
+    if script == "resume_demo.py":  # one checkpoint, one epoch number: on disk and on resume
+        [on_disk] = re.findall(r"backup on disk: (\S+) \((step \d+ of epoch \d+)", result.stdout)
+        [resumed] = re.findall(r"resuming from \S+/(\S+) at (step \d+ of epoch \d+)", result.stdout)
+        assert on_disk == resumed, result.stdout

@@ -1,5 +1,6 @@
 """keras_ckpt.format.h5read: ours and Keras's files read in place, what is loaded is exactly what
-was checked, and read errors are damage. Crafted files are in `test_crafted_files.py`.
+was checked, and read errors are damage. Crafted files are in `test_crafted_files.py`; the checked
+reading on its own in `test_checked.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from conftest import assert_same_state, fresh_like, state_of, trained
 from keras_ckpt import CheckpointManager
 from keras_ckpt.errors import CorruptCheckpointError
 from keras_ckpt.format import h5read, h5write, snapshot
+from keras_ckpt.format.checked import VerifiedFile
 from keras_ckpt.store.local import seal_file
 
 
@@ -194,7 +196,7 @@ def test_the_buffer_is_anonymous_memory_or_plain_memory_where_mapping_fails(
     model.save_weights(path)
     if not can_map:
         mocker.patch.object(mmap, "mmap", side_effect=OSError(19, "No such device"))
-    source = h5read.VerifiedFile(path, None)
+    source = VerifiedFile(path, None)
     assert source.buffer.tobytes() == path.read_bytes()
     assert source.buffer.flags.writeable  # arrays handed to Keras are writable, as read ones are
     target = model_of(2)
@@ -203,38 +205,10 @@ def test_the_buffer_is_anonymous_memory_or_plain_memory_where_mapping_fails(
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_file_grown_while_it_is_read_is_reported(tmp_path, monkeypatch):
-    model = model_of(1)
-    path = tmp_path / "m.weights.h5"
-    model.save_weights(path)
-    real_read = h5read._read
-
-    def read_then_grow(f, size, crc):
-        buffer = real_read(f, size, crc)
-        with open(path, "ab") as out:
-            out.write(b"more")
-        return buffer
-
-    monkeypatch.setattr(h5read, "_read", read_then_grow)
-    with pytest.raises(CorruptCheckpointError, match=r"m.weights.h5: changed while it was read"):
-        h5read.VerifiedFile(path, None)
-
-
-def test_what_the_bytes_are_is_told_by_their_first_bytes(tmp_path):
-    model = model_of(1)
-    model.save_weights(tmp_path / "w.weights.h5")
-    model.save(tmp_path / "m.keras")
-    (tmp_path / "n").write_bytes(b"not a keras file" * 10)
-    kinds = {
-        n: h5read.VerifiedFile(tmp_path / n, None).kind for n in ("w.weights.h5", "m.keras", "n")
-    }
-    assert kinds == {"w.weights.h5": "hdf5", "m.keras": "zip", "n": None}
-
-
 def test_a_legacy_h5_model_is_loaded_by_keras_legacy_loader_from_the_checked_bytes(tmp_path):
     model = model_of(1)
     model.save(tmp_path / "m.h5")  # Keras's legacy HDF5 full model
-    sealed = h5read.VerifiedFile(tmp_path / "m.h5", None).sealed
+    sealed = VerifiedFile(tmp_path / "m.h5", None).sealed
     target = model_of(2)
     assert h5read.load_weights(target, tmp_path / "m.h5", sealed) is False  # Keras's loader
     for a, b in zip(target.weights, model.weights, strict=True):

@@ -553,23 +553,24 @@ def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path
     """Kill training processes at chosen moments while they save every step, again and again.
 
     Two directories, each written by three processes in turn, inline and in the background
-    alternately, each killed a chosen time after its first saves; the two directories' processes
-    run side by side. Every restart recovers what the killed one left, and every committed file
-    verifies and loads.
+    alternately, each killed a chosen time after a chosen step (the child prints each step, so a
+    loaded machine delays the kill with the saves); the two directories' processes run side by
+    side. Every restart recovers what the killed one left, and every committed file verifies and
+    loads.
     """
     child = os.path.join(os.path.dirname(__file__), "mc_crash_child.py")
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     directories = [tmp_path / "a", tmp_path / "b"]
-    # (mode, seconds from the first saves to the kill) for each directory, round after round:
-    # 0 to 0.6 s apart, so that the kills fall in different phases of a save.
+    # (mode, step, seconds after that step's end to the kill) for each directory, round after
+    # round: 0 to 0.6 s apart, so that the kills fall in different phases of a save.
     rounds = [
-        [("sync", 0.0), ("async", 0.1)],
-        [("async", 0.3), ("sync", 0.45)],
-        [("sync", 0.6), ("async", 0.2)],
+        [("sync", 2, 0.0), ("async", 3, 0.1)],
+        [("async", 5, 0.3), ("sync", 4, 0.45)],
+        [("sync", 6, 0.6), ("async", 7, 0.2)],
     ]
     seen_steps = set()
 
-    def run_and_kill(directory, mode, seconds):
+    def run_and_kill(directory, mode, step, seconds):
         proc = subprocess.Popen(
             [sys.executable, child, str(directory), mode],
             env=env,
@@ -578,7 +579,7 @@ def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path
         )
         try:
             # A restart prints a line about the earlier run's checkpoints first.
-            ready = any(line.strip() == b"ready" for line in iter(proc.stdout.readline, b""))
+            ready = any(line.strip() == f"step {step}".encode() for line in proc.stdout)
             time.sleep(seconds)
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -588,8 +589,8 @@ def test_sigkill_during_saves_never_leaves_an_unloadable_committed_file(tmp_path
 
     with ThreadPoolExecutor(len(directories)) as pool:
         for kills in rounds:
-            modes, seconds = zip(*kills, strict=True)
-            assert all(pool.map(run_and_kill, directories, modes, seconds))
+            modes, steps, seconds = zip(*kills, strict=True)
+            assert all(pool.map(run_and_kill, directories, modes, steps, seconds))
             for directory in directories:
                 manager = keras_ckpt.CheckpointManager(directory)
                 with warnings.catch_warnings():

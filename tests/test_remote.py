@@ -329,11 +329,15 @@ def test_heartbeat_keeps_a_held_lock_from_going_stale(url, clock):
     with CheckpointManager(url, storage=fast_storage(url)) as manager:
         manager.open_for_writing()
         taken = read_lock(url)["heartbeat"]
-        clock.now += 100  # far past lock_timeout: only the heartbeat keeps it live
-        holder = wait_for(lambda: read_lock(url), lambda h: h["heartbeat"] == clock.now)
+        # Twice lock_timeout (1 s) passes, in steps shorter than it: each step's heartbeat renews
+        # the lease before the next (one jump past the timeout would expire it, rightly).
+        for _ in range(4):
+            clock.now += 0.5
+            holder = wait_for(lambda: read_lock(url), lambda h: h["heartbeat"] == clock.now)
+        commit_bytes(manager, "a")  # the holder still counts the lock as its own: it writes
         holder["host"] = "trainer-7"  # judged as from another host: still alive
-        assert _staleness(holder, timeout=1.0) is None
-        assert _staleness({**holder, "heartbeat": taken}, timeout=1.0) is not None
+        assert _staleness(holder, timeout=1.0, now=clock.now) is None
+        assert _staleness({**holder, "heartbeat": taken}, timeout=1.0, now=clock.now) is not None
 
 
 def test_writer_whose_lock_was_taken_over_stops_writing(url, monkeypatch):

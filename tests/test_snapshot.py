@@ -62,18 +62,68 @@ def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
     h5write.write_snapshot(
         inline.take(model, weights_only=True), str(tmp_path / "inline.weights.h5")
     )
-    assert copying._buffers and not inline._buffers
+    assert not inline._buffers
     kernel = model.layers[0].kernel
     taken = [a for kind, _, a in inline.take(model, weights_only=True).ops if kind == "set"]
     assert any(np.shares_memory(a, snapshot._host_view(kernel)) for a in taken)
-    copied_arrays = [
-        a for kind, _, a in copying.take(model, weights_only=True).ops if kind == "set"
-    ]
-    assert not any(np.shares_memory(a, snapshot._host_view(kernel)) for a in copied_arrays)
+    if keras.backend.backend() != "tensorflow":  # TensorFlow: held, not copied (test below)
+        assert copying._buffers
+        copied_arrays = [
+            a for kind, _, a in copying.take(model, weights_only=True).ops if kind == "set"
+        ]
+        assert not any(np.shares_memory(a, snapshot._host_view(kernel)) for a in copied_arrays)
     copied, direct = (h5_datasets(tmp_path / f"{n}.weights.h5") for n in ("copied", "inline"))
     assert sorted(copied) == sorted(direct) and len(direct) > 4
     for name in copied:
         np.testing.assert_array_equal(copied[name], direct[name])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's buffers")
+def test_a_background_snapshot_on_tensorflow_copies_nothing_and_stays_as_it_was(tmp_path, data):
+    """On TensorFlow a background snapshot holds the tensors read from the variables instead of
+    copying them (TensorFlow writes an update into a fresh buffer while the old one is held):
+    training on, then writing, gives the file of the moment of the snapshot, optimizer
+    variables included, and the optimizer is left as it was."""
+    model = trained(data)
+    state = list(model.weights) + list(model.optimizer.variables)
+    frozen = [v.numpy().copy() for v in state]
+    snapshotter = snapshot.Snapshotter()
+    snap = snapshotter.take(model, weights_only=True)
+    assert not snapshotter._buffers  # nothing copied into host buffers
+    taken = [a for kind, _, a in snap.ops if kind == "set"]
+    tensors = [a for a in taken if a.ndim]  # (TensorFlow copies a scalar as it reads it)
+    assert len(tensors) > len(model.weights) and not any(a.flags.owndata for a in tensors)
+    assert "save_own_variables" not in vars(model.optimizer)
+    x, y = data
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)  # every variable moves on
+    moved = [not np.array_equal(v.numpy(), f) for v, f in zip(state, frozen, strict=True)]
+    assert sum(moved) >= len(model.weights)
+    h5write.write_snapshot(snap, str(tmp_path / "then.weights.h5"))
+    fresh = build_model(seed=7)
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(tmp_path / "then.weights.h5")
+    loaded = list(fresh.weights) + list(fresh.optimizer.variables)
+    assert len(loaded) == len(frozen) > len(model.weights)
+    for a, b in zip(loaded, frozen, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_the_optimizer_variables_are_taken_once(mocker):
+    """Keras's optimizer hands over `variable.numpy()`, a copy; during a snapshot it hands over
+    the variables themselves, so neither an inline nor a background snapshot copies them twice."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1200), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    numpy = mocker.spy(type(model.optimizer.variables[0]), "numpy")
+    for copy in (False, True):
+        snap = snapshot.Snapshotter(copy=copy).take(model, weights_only=True)
+        assert numpy.call_count == 0
+        optimizer = [a for kind, key, a in snap.ops if kind == "set"][-3:]
+        expected = [v.numpy() for v in model.optimizer.variables[-3:]]
+        numpy.reset_mock()
+        for a, b in zip(optimizer, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert "save_own_variables" not in vars(model.optimizer)
 
 
 class RefillingLayer(keras.layers.Layer):

@@ -24,93 +24,60 @@ SUMMARY = ROOT / "docs" / "img" / "benchmarks.json"
 PLOT = ROOT / "docs" / "img" / "benchmarks.png"
 BEGIN, END = "<!-- benchmarks-table:begin -->", "<!-- benchmarks-table:end -->"
 
-# (row label, where the ratio comes from, Keras's figure, key of the "must reach" limit).
-# Saving rows: (variant, ratio column) of the saving table; resume rows: the pair's name.
-ROWS = (
-    (
-        "`ModelCheckpoint` `.keras`, background (default) / Keras's `.keras`",
-        ("saving", "keras-ckpt ModelCheckpoint .keras (async)", "keras_keras"),
-        ("saving", "Keras ModelCheckpoint .keras"),
-        "async_keras",
-    ),
-    (
-        "`ModelCheckpoint` `.keras`, `async_save=False` / Keras's `.keras`",
-        ("saving", "keras-ckpt ModelCheckpoint .keras (sync)", "keras_keras"),
-        ("saving", "Keras ModelCheckpoint .keras"),
-        "sync_keras",
-    ),
-    (
-        "`BackupAndRestore` per backup (default) / Keras's",
-        ("saving", "keras-ckpt BackupAndRestore (async)", "keras_backup"),
-        ("saving", "Keras BackupAndRestore"),
-        "backup",
-    ),
-    (
-        "`BackupAndRestore` restore at `fit` start / Keras's",
-        ("resume", "backup"),
-        ("resume", "backup"),
-        "restore",
-    ),
-    (
-        "`CheckpointManager.load_model` / `keras.saving.load_model`",
-        ("resume", "full model"),
-        ("resume", "full model"),
-        "load_model",
-    ),
-    (
-        "`.weights.h5`, `async_save=False` / Keras `save_weights`",
-        ("saving", "keras-ckpt ModelCheckpoint .weights.h5 (sync)", "same_format"),
-        ("saving", "Keras ModelCheckpoint .weights.h5"),
-        "sync_weights",
-    ),
-    (
-        "`CheckpointManager.load_weights` / `model.load_weights`",
-        ("resume", "weights"),
-        ("resume", "weights"),
-        None,
-    ),
-)
 
-
-def summary_from_run(run: dict[str, Any], date: str, machine: str) -> dict[str, Any]:
-    """The summary of one `benchmarks.run --json` output: the rows of the page's table."""
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.run import TARGETS
-
-    saving = next(t["data"] for t in run["tables"] if "overhead_per_save" in t["data"])
-    resume = next(t["data"] for t in run["tables"] if t["title"].startswith("Resume"))
+def summary_from_run(
+    run: dict[str, Any], date: str, machine: str, model: str | None = None
+) -> dict[str, Any]:
+    """The summary of one `benchmarks.run --json` output: the must-reach rows of one model
+    (`model`, e.g. "9.2M"; default: the first measured), as `benchmarks/targets.py` judged them."""
+    runs = [r for r in run["runs"] if r.get("rows")]
+    if not runs:
+        raise SystemExit("the run has no must-reach rows (sections saving or resume)")
+    result = next((r for r in runs if r["model"] == model), None) if model else runs[0]
+    if result is None:
+        raise SystemExit(f"the run measured no model {model!r}: {[r['model'] for r in runs]}")
     rows = []
-    for label, source, keras_source, target in ROWS:
-        if source[0] == "saving":
-            ratio = saving["ratios"].get(source[1], {}).get(source[2], {})
-            keras = saving["overhead_per_save"].get(keras_source[1], {}).get("median")
-        else:
-            pair = resume["pairs"].get(source[1], {})
-            ratio, keras = pair.get("ratio", {}), pair.get("keras", {}).get("median")
-        per_rep = ratio.get("per_rep") or []
+    for row in result["rows"]:
+        if "ratio" not in row or row["ratio"] is None:
+            continue
+        paired = row.get("paired_ratios") or []
         rows.append(
             {
-                "row": label,
-                "keras_ms": None if keras is None else round(keras * 1000, 1),
-                "ratio": _round(ratio.get("ratio_of_medians")),
-                "low": _round(min(per_rep)) if per_rep else None,
-                "high": _round(max(per_rep)) if per_rep else None,
-                "must_reach": TARGETS[target][0] if target else None,
+                "row": row["label"],
+                "keras_ms": _ms(row["keras"]["median"]),
+                "ours_ms": _ms(row["ours"]["median"]),
+                "ratio": _round(row["ratio"]),
+                "low": _round(min(paired)) if len(paired) > 1 else None,
+                "high": _round(max(paired)) if len(paired) > 1 else None,
+                "must_reach": row["must_reach"],
+                "met": row.get("met"),  # the unrounded ratio's verdict
+                "rounds_met": row.get("rounds_met"),
+                "condition": row.get("condition") or "",
             }
         )
     env = run["environment"]
+    floors = result.get("floors", {})
     return {
         "date": date,
         "machine": machine,
         "versions": f"keras {env.get('keras')}, "
-        f"tensorflow {env.get('tensorflow-cpu') or env.get('tensorflow')}",
+        f"tensorflow {env.get('tensorflow-cpu') or env.get('tensorflow')}, "
+        f"orbax-checkpoint {env.get('orbax-checkpoint') or 'not installed'}",
         "command": run["command"],
-        "model": saving["model"],
+        "load_average": [
+            _round(env["load_average_at_start"][0]),
+            _round(env["load_average_at_end"][0]),
+        ],
+        "model": result["model"],
+        "state_mb": round(result["state_bytes"] / 1e6),
+        "cadence": result.get("config", {}).get("cadence", ""),
         "rows": rows,
-        "floors_ms": {
-            name: round(stat["median"] * 1000) for name, stat in saving["floors"].items()
-        },
+        "floors_ms": {name: _ms(stat["median"]) for name, stat in floors.items()},
     }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1 if seconds < 0.1 else 0)
 
 
 def _round(value: float | None) -> float | None:
@@ -118,39 +85,47 @@ def _round(value: float | None) -> float | None:
 
 
 def verdict(row: dict[str, Any]) -> str:
-    """Met, missed or inconclusive, by the rule of `benchmarks.run`'s targets table."""
+    """Met or missed by the median ratio, as `benchmarks/targets.py` judges a row; with how many
+    paired rounds were under the limit."""
     limit, ratio = row["must_reach"], row["ratio"]
     if limit is None or ratio is None:
         return ""
-    if row["low"] is not None and row["low"] <= limit < row["high"]:
-        return "inconclusive (the repetitions straddle the limit)"
-    return "met" if ratio <= limit else "missed"
+    met = row.get("met", ratio <= limit)
+    if met is None:
+        return f"not judged: {row['condition']}" if row.get("condition") else "not judged"
+    rounds = f" ({row['rounds_met']} rounds under)" if row.get("rounds_met") else ""
+    return ("met" if met else "missed") + rounds
 
 
 def render_table(summary: dict[str, Any]) -> str:
     lines = [
-        f"| per save or load, {summary['model']} | Keras | keras-ckpt / Keras: median "
-        "(per-repetition range) | must reach | verdict |",
-        "|---|---:|---:|---:|---|",
+        f"| per save or load, {summary['model']} ({summary['state_mb']} MB of state) | Keras | "
+        "keras-ckpt | keras-ckpt / Keras: median (paired range) | must reach | verdict |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for row in summary["rows"]:
-        keras = "" if row["keras_ms"] is None else f"{row['keras_ms']:g} ms"
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        ratio = f"{row['ratio']:.2f}x"
         if row["low"] is not None:
             ratio += f" ({row['low']:.2f}-{row['high']:.2f})"
         limit = "" if row["must_reach"] is None else f"<= {row['must_reach']:.2f}x"
-        lines.append(f"| {row['row']} | {keras} | {ratio} | {limit} | {verdict(row)} |")
+        lines.append(
+            f"| {row['row']} | {row['keras_ms']:g} ms | {row['ours_ms']:g} ms | {ratio} | {limit} "
+            f"| {verdict(row)} |"
+        )
     floors = summary["floors_ms"]
+    start, end = summary["load_average"]
     lines += [
         "",
-        f"Floors measured in the same run: host copy of every variable {floors['copy']} ms, "
-        f"writing the same bytes {floors['write']} ms, writing and fsyncing them "
-        f"{floors['write+fsync']} ms.",
+        f"Floors measured in the same run: host copy of every variable into reused buffers "
+        f"{floors['copy_reused']:g} ms (into fresh arrays {floors['copy_fresh']:g} ms), writing "
+        f"the same bytes {floors['write']:g} ms, writing and fsyncing them "
+        f"{floors['write_fsync']:g} ms. Cadence: {summary['cadence']}.",
         "",
-        f"Measured {summary['date']} on {summary['machine']} ({summary['versions']}) by:",
+        f"Measured {summary['date']} on {summary['machine']} ({summary['versions']}; load "
+        f"average {start:g} at the start, {end:g} at the end) by:",
         "",
         "```bash",
-        summary["command"],
+        summary["command"].replace("python -m", ".venv/bin/python -m", 1),
         "```",
     ]
     return "\n".join(lines) + "\n"
@@ -174,7 +149,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     from matplotlib.patches import Patch
 
     rows = [r for r in summary["rows"] if r["ratio"] is not None][::-1]
-    colors = {"met": "#2e7d32", "missed": "#c62828", "inconclusive": "#f9a825", "": "#78909c"}
+    colors = {"met": "#2e7d32", "missed": "#c62828", "not": "#78909c", "": "#78909c"}
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.6), dpi=110)
     for y, row in enumerate(rows):
         ax.barh(y, row["ratio"], color=colors[verdict(row).split(" ")[0]], height=0.55)
@@ -193,9 +168,8 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     legend = [
         Patch(color=colors["met"], label="met"),
         Patch(color=colors["missed"], label="missed"),
-        Patch(color=colors["inconclusive"], label="inconclusive"),
-        Patch(color=colors[""], label="no target"),
-        Line2D([], [], color="black", linewidth=1.2, label="per-repetition range"),
+        Patch(color=colors[""], label="no target, or not judged"),
+        Line2D([], [], color="black", linewidth=1.2, label="paired range"),
         Line2D([], [], color="black", marker="D", linestyle="", label="must reach"),
     ]
     ax.legend(handles=legend, fontsize=8, loc="upper right", framealpha=0.9)
@@ -210,12 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", nargs="?", help="JSON written by `benchmarks.run --json`")
     parser.add_argument("--date", help="when the run was made (YYYY-MM-DD); with RUN")
     parser.add_argument("--machine", help="what it ran on, in a few words; with RUN")
+    parser.add_argument("--model", help="which model's rows (e.g. 9.2M); default: the first")
     parser.add_argument("--check", action="store_true", help="only compare the page's table")
     args = parser.parse_args(argv)
     if args.run:
         if not (args.date and args.machine):
             parser.error("a RUN needs --date and --machine")
-        summary = summary_from_run(json.loads(Path(args.run).read_text()), args.date, args.machine)
+        summary = summary_from_run(
+            json.loads(Path(args.run).read_text()), args.date, args.machine, args.model
+        )
         SUMMARY.write_text(json.dumps(summary, indent=1) + "\n")
     summary = json.loads(SUMMARY.read_text())
     page = PAGE.read_text()

@@ -6,9 +6,10 @@
 Each `<!-- cli-output: keras-ckpt ARGS -->` line of docs/cli.md is followed by a ```console block
 that this script writes: the command and what it printed (and `echo $?` when it exits non-zero).
 The commands run in page order (the page's `prune` changes what later commands find) in a fresh
-folder holding `runs/exp1`, made by a real `fit` with a fixed seed, and `runs/exp2`, a copy of it
-with one byte of one checkpoint flipped. Outputs that change from run to run (ages such as `16s
-ago`, checksums of files that record their save time) are compared with those parts masked;
+folder holding `runs/exp1`, made by a real `fit` with a fixed seed, `runs/exp2`, a copy of it
+with one byte of one checkpoint flipped, and `runs/exp3`, two runs of one script in one folder.
+Outputs that change from run to run (ages such as `16s ago`, checksums of files that record their
+save time, run ids) are compared with those parts masked;
 everything else, metrics included, must match. `tests/test_docs_pages.py` runs the check.
 """
 
@@ -34,11 +35,13 @@ MARKER = re.compile(
 _VOLATILE = (
     (re.compile(r"\b\d+(?:\.\d+)?[smhd] ago\b"), "<age> ago"),
     (re.compile(r"crc32c:[0-9a-f]{8}"), "crc32c:<checksum>"),
+    (re.compile(r"\b[0-9a-f]{12}\b"), "<run id>"),
 )
 
 
 def make_runs(folder: Path) -> None:
-    """runs/exp1: 12 epochs keeping the 3 best by val_loss and the newest; runs/exp2: damaged."""
+    """runs/exp1: 12 epochs keeping the 3 best by val_loss and the newest; runs/exp2: damaged;
+    runs/exp3: a 6-epoch run keeping its last 2, then a rerun there keeping its best 2."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
@@ -81,6 +84,23 @@ def make_runs(folder: Path) -> None:
     raw = bytearray(damaged.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     damaged.write_bytes(bytes(raw))
+    for epochs, keep in ((6, {"keep_last": 2}), (3, {"keep_best": 2})):
+        rerun = keras.models.clone_model(model)
+        rerun.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+        keras_ckpt_run = keras_ckpt.ModelCheckpoint(
+            str(folder / "runs/exp3/model-{epoch:03d}-{val_loss:.4f}.keras"),
+            monitor="val_loss",
+            **keep,
+        )
+        rerun.fit(
+            x,
+            y,
+            epochs=epochs,
+            batch_size=16,
+            validation_split=0.25,
+            verbose=0,
+            callbacks=[keras_ckpt_run],
+        )
 
 
 def _env() -> dict[str, str]:

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_ckpt._validate import check_choice, invalid
-from keras_ckpt.policies import infer_mode
+from keras_ckpt.policies import Policy, infer_mode, to_json
+from keras_ckpt.records import CallbackMemory
 from keras_ckpt.training import fit_state
 
 
@@ -73,7 +74,9 @@ class Monitor:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def improved(self, logs: Mapping[str, Any], *, epoch: int, display: str, verbose: int) -> bool:
+    def improved(
+        self, model: Any, logs: Mapping[str, Any], *, epoch: int, display: str, verbose: int
+    ) -> bool:
         """Whether the logs of a save improve on the best (`save_best_only`); it becomes the
         best if so. Prints the verdict with `verbose`, as Keras's ModelCheckpoint does.
 
@@ -81,6 +84,8 @@ class Monitor:
         means validation did not run, and the save is skipped with a warning.
         """
         monitor = self.monitor
+        if monitor in logs:
+            self.resolve(model)  # "auto": from the compiled metric
         if monitor not in logs:
             keys = ", ".join(sorted(logs)) or "none"
             if not monitor.startswith("val_"):  # training metrics are in every save's logs
@@ -130,6 +135,17 @@ class Monitor:
             return b if a is None else a
         return min(a, b) if self.mode == "min" else max(a, b)
 
+    def get_state(self) -> dict[str, Any]:
+        """The best value and settled mode, for backups (`CheckpointStateful`)."""
+        return {"best": self.best, "mode": self.mode}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Takes a backup's mode (if still "auto") and its best value, if better."""
+        if self.mode == "auto" and state.get("mode") in ("min", "max"):
+            self.mode = state["mode"]
+        if self.mode != "auto":
+            self.best = self.better_of(self.best, state.get("best"))
+
 
 def check_in_logs(wanted: set[str], logs: Mapping[str, Any], *, epoch: int, role: str) -> None:
     """A monitored metric missing from an epoch end's logs is a typo, unless it is a `val_`
@@ -142,3 +158,36 @@ def check_in_logs(wanted: set[str], logs: Mapping[str, Any], *, epoch: int, role
                 f"end of epoch {epoch + 1}. Keys that exist: {', '.join(sorted(logs)) or 'none'}. "
                 "Pass one of them as `monitor`."
             )
+
+
+def callback_memory(callback: Any, policy: Policy | None) -> CallbackMemory:
+    """What a `ModelCheckpoint` save records about its callback: the run, the monitored metric
+    (its direction once settled, the best value), the template and the retention policy."""
+    monitor: Monitor = callback._monitor
+    mode = monitor.mode
+    if mode == "auto" and monitor.best is not None:
+        mode = monitor.resolve(callback.model)
+    return CallbackMemory(
+        callback="ModelCheckpoint",
+        run=callback._run,
+        monitor=monitor.monitor,
+        mode=mode if mode in ("min", "max") else None,
+        best=monitor.best,
+        uses_monitor=callback._uses_monitor(),
+        save_best_only=callback.save_best_only,
+        template=callback.template,
+        retention=(to_json(policy) or {"custom": repr(policy)}) if policy else None,
+    )
+
+
+def warn_unranked(monitor: str, logs: Mapping[str, Any]) -> None:
+    """`keep_best` cannot rank a save whose logs lack its metric: says so (a step save before the
+    first epoch end, say), as the other keep options still prune meanwhile."""
+    if monitor not in logs:
+        warnings.warn(
+            f"ModelCheckpoint: `keep_best` ranks by `{monitor}`, which is not in the logs "
+            f"of this save (keys: {', '.join(sorted(logs)) or 'none'}); checkpoints without "
+            "it are never kept by `keep_best`; until one has it, only the other keep options "
+            "prune.",
+            stacklevel=4,
+        )

@@ -13,12 +13,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from keras_ckpt.callbacks._adopt import adopt_foreign_file
 from keras_ckpt.callbacks._monitor import Monitor
 from keras_ckpt.callbacks._naming import template_fields
 from keras_ckpt.policies import CheckpointInfo, Policy, Reasons, applicable, judge
 from keras_ckpt.records import Record
+from keras_ckpt.state import resumed_from
+from keras_ckpt.training import fit_state
 
-__all__ = ["ThisRun", "check_same_monitor", "check_same_template", "new_run", "settle_run"]
+__all__ = [
+    "ThisRun",
+    "check_directory",
+    "check_same_monitor",
+    "check_same_template",
+    "new_run",
+    "settle_run",
+    "settle_run_of",
+]
 
 
 def new_run() -> str:
@@ -35,9 +46,13 @@ def settle_run(
     template: str,
     save_best_only: bool,
     directory: str,
+    fit_run: str | None = None,
 ) -> tuple[str | None, str]:
     """(run id, where the best value came from if an earlier run set it) for a `fit` starting
     at epoch index `first_epoch`, given the callback's own records (oldest first).
+
+    A fresh run takes `fit_run`, the run another keras-ckpt callback of this `fit` settled, so
+    that one `fit` is one run of the directory.
 
     A fixed name with `save_best_only` keeps its best, and says so: replacing a better model there
     with a worse one would lose it (keras#17012); any other fixed name is simply replaced, as in
@@ -45,11 +60,11 @@ def settle_run(
     """
     newest = own[-1] if own else None
     if newest is None:
-        return new_run(), ""
+        return fit_run or new_run(), ""
     if resumed or 0 < first_epoch and newest.epoch <= first_epoch:
         remember(monitor, newest)
         return newest.memory.run, ""
-    run = new_run()
+    run = fit_run or new_run()
     if not template_fields(template):
         origin = f"{template} of an earlier run (epoch {newest.epoch})"
         if save_best_only and remember(monitor, newest):
@@ -75,6 +90,20 @@ def settle_run(
     return run, ""
 
 
+def settle_run_of(callback: Any, *, first_epoch: int) -> tuple[str | None, str]:
+    """`settle_run` for a `ModelCheckpoint` at its first epoch's begin in this `fit`."""
+    return settle_run(
+        callback.manager.checkpoints(owner=callback.owner, run="all"),
+        monitor=callback._monitor,
+        resumed=resumed_from(fit_state.unsynced_model(callback)) is not None,
+        first_epoch=first_epoch,
+        template=callback.template,
+        save_best_only=callback.save_best_only,
+        directory=callback.directory,
+        fit_run=fit_run(callback, getattr(callback, "_siblings", [])),
+    )
+
+
 def remember(monitor: Monitor, newest: Record) -> bool:
     """Takes the best value (and settled mode) from our newest record; True if it changed."""
     memory = newest.memory
@@ -87,6 +116,32 @@ def remember(monitor: Monitor, newest: Record) -> bool:
     before = monitor.best
     monitor.best = monitor.better_of(monitor.best, memory.best)
     return monitor.best != before
+
+
+def check_directory(callback: Any) -> None:
+    """At `on_train_begin` of a `ModelCheckpoint` (after it locked its directory): refuses to
+    rank against another monitor's checkpoints (`check_same_monitor`), and moves a file it did
+    not write at its fixed name aside (`adopt_foreign_file`)."""
+    own = callback.manager.checkpoints(owner=callback.owner, run="all")
+    if own:
+        check_same_monitor(
+            own[-1],
+            monitor=callback.monitor,
+            uses_monitor=callback._uses_monitor(),
+            directory=callback.directory,
+            template=callback.template,
+        )
+    if not template_fields(callback.template) and callback._chief:
+        adopt_foreign_file(callback.manager, callback.template, callback.filepath)
+
+
+def fit_run(callback: Any, callbacks: Sequence[Any]) -> str | None:
+    """The run another ModelCheckpoint of this `fit` settled already, if any."""
+    for other in callbacks:
+        if other is not callback and isinstance(other, type(callback)):
+            if getattr(other, "_run_settled", False) and getattr(other, "_run", None):
+                return str(other._run)
+    return None
 
 
 def check_same_monitor(

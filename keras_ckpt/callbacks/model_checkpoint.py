@@ -1,45 +1,49 @@
 """`ModelCheckpoint`: Keras's callback with atomic saves, retention and memory across restarts.
 
-The callback decides when to save (`schedule`), whether (`save_best_only`, `_monitor`), what
-(`_naming`, `_runs`) and what to keep; `keras_ckpt.training.pipeline` does the saving.
+The callback decides when to save (`keras_ckpt.training.triggers`), whether (`save_best_only`,
+`_monitor`), what (`_naming`, `_runs`) and what to keep; `keras_ckpt.training.pipeline` does the
+saving.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import warnings
 from typing import Any
 
 import keras
 
 from keras_ckpt import distribute
-from keras_ckpt._validate import check_bool, check_optional_count, invalid
+from keras_ckpt._validate import check_bool
 from keras_ckpt.callbacks import _runs
-from keras_ckpt.callbacks._adopt import adopt_foreign_file
-from keras_ckpt.callbacks._monitor import Monitor, check_in_logs
+from keras_ckpt.callbacks._arguments import (
+    check_conflicts,
+    check_extension,
+    check_folder,
+    check_folder_name,
+    check_keep,
+    check_verbose,
+    split_sharded,
+)
+from keras_ckpt.callbacks._monitor import Monitor, callback_memory, check_in_logs, warn_unranked
 from keras_ckpt.callbacks._naming import (
     check_template,
     format_name,
     split_filepath,
-    template_fields,
 )
 from keras_ckpt.format.keras_file import KerasFile
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import Policy, from_keep_args, ranked_metrics, to_json
-from keras_ckpt.records import CallbackMemory, clean_metrics
+from keras_ckpt.policies import Policy, from_keep_args, ranked_metrics
+from keras_ckpt.records import clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
-from keras_ckpt.state import is_preempted, is_replaying, mark_preempted, resumed_from
-from keras_ckpt.store.local import file_in_the_way
+from keras_ckpt.state import is_preempted, is_replaying, mark_preempted
 from keras_ckpt.training import fit_state
-from keras_ckpt.training.agreement import StepAgreement
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 from keras_ckpt.training.sharded import check_sharded, choose_format
+from keras_ckpt.training.triggers import Triggers
 from keras_ckpt.training.writer import Writer
 
 __all__ = ["ModelCheckpoint"]
-
-_KEEP_ARGS = ("keep_last", "keep_best", "keep_every_n_epochs", "max_total_bytes")
 
 
 class ModelCheckpoint(keras.callbacks.Callback):
@@ -131,50 +135,35 @@ class ModelCheckpoint(keras.callbacks.Callback):
     ):
         super().__init__()
         # A folder-style filepath ("runs/m-{epoch}/"): sharded checkpoints, written by Orbax.
-        text = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else filepath
-        self._sharded = True if isinstance(text, str) and text.endswith("/") else None
-        self.directory, self.template = split_filepath(
-            text.rstrip("/") if self._sharded and len(text.rstrip("/")) else filepath
-        )
+        self._sharded, path = split_sharded(filepath)
+        self.directory, self.template = split_filepath(path)
         self.filepath = os.fspath(filepath)
-        blocker = None if "://" in self.filepath else file_in_the_way(self.directory)
-        if blocker is not None:
-            raise invalid("filepath", f"a path in a folder ({blocker} is a file)", filepath)
-        if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose not in (0, 1, 2):
-            raise invalid("verbose", "0 (silent), 1 or 2 (a line per save)", verbose)
-        self.verbose = verbose
+        check_folder("filepath", self.directory, filepath, "a path in a folder")
+        self.verbose = check_verbose(verbose)
         self.save_best_only = check_bool("save_best_only", save_best_only)
         self.save_weights_only = check_bool("save_weights_only", save_weights_only)
         self.save_on_train_end = check_bool("save_on_train_end", save_on_train_end)
         if self._sharded:
-            _check_folder_name(self.template, self.filepath)
+            check_folder_name(self.template, self.filepath)
             check_sharded(True)
         else:
-            _check_extension(self.template, self.filepath, self.save_weights_only)
+            check_extension(self.template, self.filepath, self.save_weights_only)
         self._monitor = Monitor(monitor, mode, min_delta, initial_value_threshold)
         self.save_freq = check_save_freq(save_freq, allow_none=True)
         self._schedule = Schedule(self.save_freq, every_n_epochs, every_seconds)
+        self._triggers = Triggers(self._schedule, name="ModelCheckpoint")
         check_template(self.template, self.filepath, step_saves=self._schedule.needs_batch_hooks)
         self._progress = Progress()
-        keep = dict(
-            zip(
-                _KEEP_ARGS,
-                (keep_last, keep_best, keep_every_n_epochs, max_total_bytes),
-                strict=True,
-            )
+        self._keep = check_keep(
+            retention,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            keep_every_n_epochs=keep_every_n_epochs,
+            max_total_bytes=max_total_bytes,
         )
-        self._keep = {name: check_optional_count(name, value) for name, value in keep.items()}
-        if retention is not None and not isinstance(retention, Policy):
-            raise invalid("retention", "a keras_ckpt.policies policy or None", retention)
-        if retention is not None and any(v is not None for v in self._keep.values()):
-            given = {k: v for k, v in self._keep.items() if v is not None}
-            raise ValueError(
-                "Pass either `retention` or the `keep_*`/`max_total_bytes` arguments, not both. "
-                f"Received: retention={retention!r} and {given}"
-            )
         self._retention = retention
         self.async_save = check_bool("async_save", async_save)
-        _check_conflicts(self)
+        check_conflicts(self)
         self.manager = CheckpointManager(self.directory)
         # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
         legacy = not (self.save_weights_only or self._sharded or self.template.endswith(".keras"))
@@ -185,7 +174,6 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self._owner = f"ModelCheckpoint:{self.template}"
         self._last_saved_step: int | None = None
         self._chief = True
-        self._agreement: StepAgreement | None = None  # multi-worker `every_seconds`: the chief's
         self._run: str | None = None  # this run's id in the records; settled at the first epoch
         self._run_settled = False
         self._last_epoch_steps = 0
@@ -227,17 +215,11 @@ class ModelCheckpoint(keras.callbacks.Callback):
         mark_preempted(fit_state.unsynced_model(self), False)
         self._run_settled = False
         model = fit_state.unsynced_model(self)
-        _runs.check_same_template(self, fit_state.find_fit_context(model).callbacks or [])
+        self._siblings = fit_state.find_fit_context(model).callbacks or []
+        _runs.check_same_template(self, self._siblings)
         # Multi-worker: only the chief locks and writes; the others read the records (for `best`)
         # and take each save's host copy with it, then drop it.
         self._chief = distribute.is_chief(self.model)
-        self._agreement = None
-        if StepAgreement.needed(
-            fit_state.unsynced_model(self), active=self._schedule.every_seconds is not None
-        ):
-            # Time-based saves happen when the chief's clock says so, at the same step on every
-            # worker (a save that gathers state from every worker needs all of them).
-            self._agreement = StepAgreement(fit_state.unsynced_model(self), chief=self._chief)
         sharded = choose_format(
             self._sharded,
             self.model,
@@ -248,36 +230,20 @@ class ModelCheckpoint(keras.callbacks.Callback):
             who="ModelCheckpoint",
         )
         if sharded is not None:
-            _check_folder_name(sharded.checkpoint_name(self.template), self.filepath)
+            check_folder_name(sharded.checkpoint_name(self.template), self.filepath)
         self._pipeline.use_format(sharded or self._file_format)
         if self._chief:
             self.manager.open_for_writing()
-        own = self.manager.checkpoints(owner=self._owner)
-        if own:
-            _runs.check_same_monitor(
-                own[-1],
-                monitor=self.monitor,
-                uses_monitor=self._uses_monitor(),
-                directory=self.directory,
-                template=self.template,
-            )
-        if not template_fields(self.template) and self._chief:
-            adopt_foreign_file(self.manager, self.template, self.filepath)
-        self._schedule.start(self._progress.global_step)
+        _runs.check_directory(self)
+        # Time-based saves of a multi-worker job happen when the chief's clock says so, at the same
+        # step on every worker (a save that gathers state from every worker needs all of them).
+        self._triggers.start(model, chief=self._chief, global_step=self._progress.global_step)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._pipeline.check()
         if not self._run_settled:
             self._run_settled = True
-            self._run, self._monitor.origin = _runs.settle_run(
-                self.manager.checkpoints(owner=self._owner),
-                monitor=self._monitor,
-                resumed=resumed_from(fit_state.unsynced_model(self)) is not None,
-                first_epoch=epoch,
-                template=self.template,
-                save_best_only=self.save_best_only,
-                directory=self.directory,
-            )
+            self._run, self._monitor.origin = _runs.settle_run_of(self, first_epoch=epoch)
         self._progress.begin_epoch(epoch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -292,25 +258,17 @@ class ModelCheckpoint(keras.callbacks.Callback):
             return
         self._pipeline.check()
         self._progress.end_batch(batch)
-        seconds_due = self._seconds_due(now=False)
-        if self._schedule.due_after_batch(self._progress.global_step, seconds_due=seconds_due):
+        if self._triggers.after_batch(self._progress.global_step).save:
             self._save(self._progress.epoch, batch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._pipeline.check()
         if is_preempted(fit_state.unsynced_model(self)):
             return  # a signal cut this epoch short; the resumed run finishes it for real
-        wanted = {self.monitor} if self._uses_monitor() else set()
-        if self._retention is not None:
-            wanted |= ranked_metrics(self._retention)
-        role = "`save_best_only`" if self.save_best_only else "`keep_best`"
-        check_in_logs(wanted, logs or {}, epoch=epoch, role=role)
+        check_in_logs(self._monitored(), logs or {}, epoch=epoch, role=self._role())
         steps_in_epoch = self._last_epoch_steps = self._progress.step
         self._progress.end_epoch(epoch)
-        seconds_due = self._seconds_due(now=True)
-        if self._schedule.due_after_epoch(
-            self._progress.epoch, self._progress.global_step, seconds_due=seconds_due
-        ):
+        if self._triggers.after_epoch(self._progress.epoch, self._progress.global_step).save:
             # With step saves too, `{batch}` of an epoch-end save is the epoch's last batch.
             last_batch = steps_in_epoch - 1 if self._schedule.needs_batch_hooks else None
             self._save(epoch, last_batch, logs)
@@ -338,15 +296,6 @@ class ModelCheckpoint(keras.callbacks.Callback):
         """Blocks until the last save is committed; raises its error if it failed."""
         self._pipeline.wait()
 
-    def _seconds_due(self, *, now: bool) -> bool | None:
-        """None: this process's clock decides `every_seconds`; in a multi-worker job the chief's,
-        agreed by every worker at the same step (`StepAgreement`)."""
-        if self._agreement is None:
-            return None
-        return self._agreement.decide(
-            self._progress.global_step, None, self._schedule.seconds_due(), now=now
-        )[1]
-
     # --------------------------------------------------------------- saving
 
     def _save(self, epoch_index: int, batch_index: int | None, logs: dict[str, Any] | None) -> None:
@@ -354,13 +303,10 @@ class ModelCheckpoint(keras.callbacks.Callback):
         name = format_name(self.template, epoch_index, batch_index, logs)
         name = self._pipeline.format.checkpoint_name(name)
         display = f"{self.directory.rstrip('/')}/{name}" if self.directory != "." else name
-        if self.save_best_only:
-            if self.monitor in logs:
-                self._monitor.resolve(self.model)  # "auto": from the compiled metric
-            if not self._monitor.improved(
-                logs, epoch=epoch_index, display=display, verbose=self.verbose
-            ):
-                return
+        if self.save_best_only and not self._monitor.improved(
+            self.model, logs, epoch=epoch_index, display=display, verbose=self.verbose
+        ):
+            return
         self._last_saved_step = self._progress.global_step
         if not self._chief:
             # Multi-worker: the chief writes this checkpoint, but every worker takes the host copy
@@ -368,14 +314,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
             # creates a variable across all processes the first time).
             self._pipeline.contribute(self.model)
             return
-        if self._keep["keep_best"] and self.monitor not in logs:
-            warnings.warn(
-                f"ModelCheckpoint: `keep_best` ranks by `{self.monitor}`, which is not in the logs "
-                f"of this save (keys: {', '.join(sorted(logs)) or 'none'}); checkpoints without "
-                "it are never kept by `keep_best`; until one has it, only the other keep options "
-                "prune.",
-                stacklevel=3,
-            )
+        if self._keep["keep_best"]:
+            warn_unranked(self.monitor, logs)
         if self.verbose and not self.save_best_only:
             print(f"\nEpoch {epoch_index + 1}: saving model to {display}")
         # Settled here, on the training thread: the writer thread must not touch `self.model`
@@ -390,7 +330,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
             global_step=fit_state.optimizer_iterations(self.model),
             metrics=clean_metrics(logs),
             owner=self._owner,
-            memory=self._memory(policy),
+            memory=callback_memory(self, policy),
         )
 
         def announce(saved: Saved) -> None:
@@ -406,21 +346,13 @@ class ModelCheckpoint(keras.callbacks.Callback):
     def _uses_monitor(self) -> bool:
         return self.save_best_only or bool(self._keep["keep_best"])
 
-    def _memory(self, policy: Policy | None) -> CallbackMemory:
-        mode = self._monitor.mode
-        if mode == "auto" and self._monitor.best is not None:
-            mode = self._monitor.resolve(self.model)
-        return CallbackMemory(
-            callback="ModelCheckpoint",
-            run=self._run,
-            monitor=self.monitor,
-            mode=mode if mode in ("min", "max") else None,
-            best=self._monitor.best,
-            uses_monitor=self._uses_monitor(),
-            save_best_only=self.save_best_only,
-            template=self.template,
-            retention=(to_json(policy) or {"custom": repr(policy)}) if policy else None,
-        )
+    def _monitored(self) -> set[str]:
+        """The metrics this callback ranks or compares by."""
+        wanted = {self.monitor} if self._uses_monitor() else set()
+        return wanted | (ranked_metrics(self._retention) if self._retention is not None else set())
+
+    def _role(self) -> str:
+        return "`save_best_only`" if self.save_best_only else "`keep_best`"
 
     # --------------------------------------------------------------- resume protocol
 
@@ -429,8 +361,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         return {
             "progress": self._progress.get_state(),
             "schedule": self._schedule.get_state(),
-            "best": self._monitor.best,
-            "mode": self._monitor.mode,
+            **self._monitor.get_state(),
             "run": self._run,
         }
 
@@ -439,68 +370,4 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self._schedule.set_state(state["schedule"])
         if state.get("run") is not None:
             self._run = state["run"]
-        if self._monitor.mode == "auto" and state.get("mode") in ("min", "max"):
-            self._monitor.mode = state["mode"]
-        if self._monitor.mode != "auto":
-            self._monitor.best = self._monitor.better_of(self._monitor.best, state.get("best"))
-
-
-def _check_extension(template: str, filepath: str, weights_only: bool) -> None:
-    if weights_only and not template.endswith(".weights.h5"):
-        raise ValueError(
-            "Invalid value for argument `filepath`. Expected a name ending in `.weights.h5` "
-            f"with save_weights_only=True. Received: filepath={filepath!r}"
-        )
-    if not weights_only and (
-        template.endswith(".weights.h5") or not template.endswith((".keras", ".h5"))
-    ):
-        raise ValueError(
-            "Invalid value for argument `filepath`. Expected a name ending in `.keras` to save "
-            "the full model (or pass save_weights_only=True with `.weights.h5`). "
-            f"Received: filepath={filepath!r}"
-        )
-
-
-def _check_folder_name(template: str, filepath: str) -> None:
-    if not template_fields(template):
-        raise ValueError(
-            "Invalid value for argument `filepath`. Expected a folder name with a field such as "
-            "`{epoch}` for sharded checkpoints: a folder of many files cannot be replaced in "
-            "place safely (keep only the newest with keep_last=1). "
-            f"Received: filepath={filepath!r}"
-        )
-    if template.endswith((".keras", ".h5")):
-        raise ValueError(
-            "Invalid value for argument `filepath`. Expected a folder name without `.keras` or "
-            "`.h5` for sharded checkpoints (a filepath ending in `/`): Keras tells files from "
-            f"Orbax folders by that extension. Received: filepath={filepath!r}"
-        )
-
-
-def _check_conflicts(callback: ModelCheckpoint) -> None:
-    monitor, save_freq = callback.monitor, callback.save_freq
-    step_saves_on_val = isinstance(save_freq, int) and monitor.startswith("val_")
-    if callback.save_best_only and step_saves_on_val:
-        raise ValueError(
-            f"`save_best_only` with save_freq={save_freq} compares `{monitor}` after "
-            "training steps, but validation metrics only exist at epoch end. Monitor a "
-            "training metric (e.g. monitor='loss') or use save_freq='epoch'."
-        )
-    keep_best = callback._keep["keep_best"]
-    if keep_best and step_saves_on_val:
-        raise ValueError(
-            f"`keep_best={keep_best}` with save_freq={save_freq} ranks checkpoints by "
-            f"`{monitor}`, but saves after training steps have no validation metrics, so "
-            "nothing would ever be ranked or pruned. Monitor a training metric (e.g. "
-            "monitor='loss') or use save_freq='epoch'."
-        )
-    if callback.save_best_only and callback.save_on_train_end:
-        raise ValueError(
-            "`save_on_train_end=True` would replace the best model with the last one under "
-            "`save_best_only=True`. Use a second ModelCheckpoint for the last model."
-        )
-    if "batch" in template_fields(callback.template) and not callback._schedule.needs_batch_hooks:
-        raise ValueError(
-            f"The filepath uses {{batch}} but saves happen only at epoch ends "
-            f"(save_freq={save_freq!r}). Received: filepath={callback.filepath!r}"
-        )
+        self._monitor.set_state(state)

@@ -46,6 +46,12 @@ def _owner(text: str) -> str:
     return text
 
 
+def _run_id(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a run id or 'all', got ''")
+    return text.strip()
+
+
 def _image(text: str) -> str:
     if os.path.splitext(text)[1].lower() not in (".png", ".svg", ".pdf"):
         raise argparse.ArgumentTypeError(
@@ -72,6 +78,13 @@ def _command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("directory", metavar="DIR", help="checkpoint directory (or fsspec URL)")
+    parser.add_argument(
+        "--run",
+        metavar="ID|all",
+        type=_run_id,
+        help="the run to work on, or all of them (default: the newest run; "
+        "`keras-ckpt history DIR --run all` lists the runs)",
+    )
     return parser
 
 
@@ -103,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "list",
-        "Table of the checkpoints: name, epoch, step in epoch, global step, metrics, size, age.",
+        "Table of the checkpoints: name, epoch, step of epoch, global step, metrics, size, age "
+        "(a file deleted by hand is marked missing).",
         "  keras-ckpt list runs/exp1 --why --sort val_loss\n"
         "  keras-ckpt list runs/exp1 --json | jq '.checkpoints[].name'",
     )
@@ -202,9 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "history",
+        "Every save of a run, pruned ones included, from the run history log: where in training, "
+        "metrics, size, and whether it still exists or why it was deleted.",
+        "  keras-ckpt history runs/exp1\n  keras-ckpt history runs/exp1 --run all --json",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _command(
+        sub,
         "plot",
-        "Plot monitored metrics over the whole run: a dot per checkpoint that exists, a cross per "
-        "save retention pruned (from the run history), the best starred (PNG/SVG/PDF).",
+        "Plot monitored metrics over the whole run, one line per run: a dot per checkpoint that "
+        "exists, a cross per save retention pruned (from the run history), the best starred "
+        "(PNG/SVG/PDF).",
         "  keras-ckpt plot runs/exp1 -o run.png\n"
         "  keras-ckpt plot runs/exp1 -o run.png --metric val_accuracy --x step",
     )
@@ -236,6 +260,10 @@ def _run(args: argparse.Namespace) -> int:
         from keras_ckpt.cli._history import cmd_simulate
 
         return cmd_simulate(args)
+    if args.command == "history":
+        from keras_ckpt.cli._history import cmd_history
+
+        return cmd_history(args)
     if args.command == "plot":
         from keras_ckpt.cli._plot import cmd_plot
 

@@ -20,15 +20,15 @@ from keras_ckpt.cli._common import (
     plural,
     policy_from_args,
     recorded_monitor,
-    recorded_policy,
-    resolve,
     resolve_mode,
+    resolve_which,
     retention_reasons,
+    run_scope,
+    where,
 )
 from keras_ckpt.policies import infer_mode, rank
 from keras_ckpt.records import Record
-from keras_ckpt.store.base import SealedFile
-from keras_ckpt.store.local import atomic_local_file
+from keras_ckpt.runs import ALL, run_of
 
 _COLUMNS = {
     "name": lambda r: r.name,
@@ -78,6 +78,7 @@ def record_json(record: Record, now: float) -> dict[str, Any]:
         "age_seconds": round(now - record.wall_time, 3),
         "files": [{"path": f.path, "size": f.size, "checksum": f.checksum} for f in record.files],
         "owner": record.owner,
+        "run": run_of(record),
         "keras_version": record.keras_version,
         "backend": record.backend,
     }
@@ -102,10 +103,23 @@ def sort_records(records: Sequence[Record], key: str) -> list[Record]:
     return [records[i] for i in order] + [r for i, r in enumerate(records) if i not in order]
 
 
+def missing_files(manager: Any, records: Sequence[Record]) -> dict[str, list[str]]:
+    """For each checkpoint whose record exists: the files it names that are gone (deleted by
+    hand, say). Only existence is checked; `verify` reads the bytes."""
+    out = {}
+    for record in records:
+        gone = [f.path for f in record.files if not manager.storage.exists(f.path)]
+        if gone:
+            out[record.name] = gone
+    return out
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
-    records = oldest_first = manager.checkpoints()
-    why = retention_reasons(manager, records) if args.why else {}
+    run, note = run_scope(manager, args.run)
+    records = oldest_first = manager.checkpoints(run=run)
+    why = retention_reasons(manager, records, run) if args.why else {}
+    missing = missing_files(manager, records)
     if args.sort:
         records = sort_records(records, args.sort)
     now = time.time()
@@ -113,14 +127,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = []
         for record in records:
             row = record_json(record, now)
+            row["missing_files"] = missing.get(record.name, [])
             if args.why:
                 policy = why[record.name]["policy"]
                 row["kept_because"] = why[record.name]["reasons"]
                 row["retention_policy"] = repr(policy) if policy is not None else None
             rows.append(row)
-        json.dump({"directory": args.directory, "checkpoints": rows}, sys.stdout, indent=2)
+        data = {"directory": args.directory, "run": run, "checkpoints": rows}
+        json.dump(data, sys.stdout, indent=2)
         print()
         return 0
+    if note:
+        print(note)
     if not records:
         print(f"No checkpoints in {args.directory}.")
         return 0
@@ -132,15 +150,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     best = None
     if monitor in metric_names:
         with contextlib.suppress(CliError):  # the metric's direction is unknown: mark nothing
-            best_record = manager.best(monitor, resolve_mode(monitor, mode))
+            best_record = manager.best(monitor, resolve_mode(monitor, mode), run=run or ALL)
             best = best_record.name if best_record is not None else None
+    several = len({run_of(r) for r in records}) > 1
+    scope = "" if run in (None, ALL) or note is None else f" (run {run})"
     table = Table(
-        title=f"{plural(len(records), 'checkpoint')} in {args.directory}", title_justify="left"
+        title=f"{plural(len(records), 'checkpoint')} in {args.directory}{scope}",
+        title_justify="left",
     )
     table.add_column("name", no_wrap=True)
+    if several:
+        table.add_column("run")
     table.add_column("kind")
     table.add_column("epoch", justify="right")
-    table.add_column("step in epoch", justify="right")
+    table.add_column("step of epoch", justify="right")
     table.add_column("global step", justify="right")
     for name in metric_names:
         table.add_column(name, justify="right", style="bold" if name == monitor else None)
@@ -149,11 +172,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.why:
         table.add_column("kept because")
     for record in records:
-        cells = [
-            record.name + (" *" if record.name == best else ""),
+        mark = " *" if record.name == best else ""
+        if record.name in missing:
+            mark += " [red](missing)[/]"
+        cells = [record.name + mark]
+        if several:
+            cells.append(run_of(record))
+        mid_epoch = record.step > 0
+        cells += [
             record.kind,
-            str(record.epoch),
-            str(record.step),
+            str(record.epoch + 1 if mid_epoch else record.epoch),
+            str(record.step) if mid_epoch else "end",
             str(record.global_step),
         ]
         cells += [
@@ -165,7 +194,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_row(*cells)
     out.print(table)
     if best is not None:
-        out.print(f"* best by {monitor} (the metric its callback monitors)")
+        runs_word = "every run" if run == ALL and several else "this run"
+        out.print(f"* best by {monitor} (the metric its callback monitors) in {runs_word}")
+    if missing:
+        out.print(
+            f"(missing): {plural(len(missing), 'checkpoint')} whose record remains but whose file "
+            f"is gone (deleted by hand?); `keras-ckpt verify {args.directory}` checks every byte."
+        )
     if args.why:
         unpoliced = sorted({str(r.owner) for r in records if why[r.name]["policy"] is None})
         if unpoliced:
@@ -178,13 +213,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
-    results = manager.verify(args.name)
+    run, note = run_scope(manager, args.run) if args.name is None else (ALL, None)
+    results = manager.verify(args.name, run=run)
     damaged = [r for r in results if not r.ok]
     if args.json:
         rows = [{"name": r.name, "ok": r.ok, "problems": list(r.problems)} for r in results]
-        json.dump({"directory": args.directory, "results": rows}, sys.stdout, indent=2)
+        data = {"directory": args.directory, "run": run, "results": rows}
+        json.dump(data, sys.stdout, indent=2)
         print()
         return 1 if damaged else 0
+    if note:
+        print(note)
     for result in results:
         print(f"{'ok' if result.ok else 'DAMAGED':8} {result.name}")
         for problem in result.problems:
@@ -204,9 +243,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     manager = open_manager(args.directory)
-    records = manager.checkpoints(args.owner)
+    run, note = run_scope(manager, args.run)
+    records = manager.checkpoints(args.owner, run=ALL)
     if args.owner is not None and not records:
-        everything = manager.checkpoints()
+        everything = manager.checkpoints(run=ALL)
         owners = sorted({r.owner for r in everything if r.owner is not None})
         unowned = sum(r.owner is None for r in everything)
         listed = owners + ([f"{plural(unowned, 'checkpoint')} without one"] if unowned else [])
@@ -214,35 +254,41 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f"No checkpoint in {args.directory} has owner {args.owner!r}. Owners there: "
             f"{', '.join(listed) or 'none (the directory holds no checkpoints)'}"
         )
+    if args.owner is not None and args.run is None:  # that callback's newest run
+        run = run_of(records[-1])
+        note = None
+        if len({run_of(r) for r in records}) > 1:
+            note = f"Run {run}, the newest of {args.owner} (--run all for every run)."
+    records = manager.checkpoints(args.owner, run=run)
     owners = sorted({str(r.owner) for r in records})
     policy = policy_from_args(args, records, owners, "prune")
-    source = "from the options"
-    if policy is None and records:
-        recorded = records[-1].memory.retention_policy()
-        policy = recorded_policy(records)
-        source = "recorded by the callback that wrote them"
-        if recorded is not None and policy is None:
+    recorded = policy is None
+    try:
+        result = manager.prune(policy, dry_run=args.dry_run, owner=args.owner, run=run)
+    except ValueError as e:
+        if not recorded or not records:
+            raise
+        if any(p is not None for p in _recorded_policies(records)):
             raise CliError(
-                f"The recorded retention policy {recorded!r} ranks by a metric no checkpoint "
-                "records yet, so it keeps nothing it can judge; nothing was deleted. Pass keep "
-                "options (e.g. --keep-last 3)."
-            )
-    if policy is None:
+                f"The recorded retention policy ranks by a metric no checkpoint records yet, so "
+                f"it keeps nothing it can judge ({e}); nothing was deleted. Pass keep options "
+                "(e.g. --keep-last 3)."
+            ) from None
         raise CliError(
             "prune needs at least one keep option (--keep-last, --keep-best, "
             "--keep-every-n-epochs, --max-total-bytes): no retention policy is recorded with "
             "these checkpoints, and with none, every checkpoint but the newest would be deleted."
-        )
-    try:
-        result = manager.prune(policy, dry_run=args.dry_run, owner=args.owner)
+        ) from None
     finally:
         manager.close()
+    described = _policy_text(result.policies) if recorded else repr(policy)
     if args.json:
         data = {
             "directory": args.directory,
+            "run": run,
             "dry_run": result.dry_run,
-            "policy": repr(policy),
-            "policy_source": "options" if source == "from the options" else "recorded",
+            "policy": described,
+            "policy_source": "recorded" if recorded else "options",
             "deleted": [r.name for r in result.deleted],
             "kept": [{"name": k.record.name, "reasons": list(k.reasons)} for k in result.kept],
             "failed": [r.name for r in result.failed],
@@ -250,36 +296,67 @@ def cmd_prune(args: argparse.Namespace) -> int:
         json.dump(data, sys.stdout, indent=2)
         print()
         return 2 if result.failed else 0
+    if note:
+        print(note)
     freed = human_size(sum(r.size for r in result.deleted))
     total = len(result.deleted) + len(result.kept) + len(result.failed)
     verb = "Would delete" if result.dry_run else "Deleted"
-    print(f"Policy ({source}): {policy!r}")
+    if recorded and len(result.policies) > 1:
+        print("Policies (recorded by the callbacks, each judging its own run's checkpoints):")
+        owners_of: dict[str, int] = {}
+        for run_id, _, _ in result.policies:
+            owners_of[run_id] = owners_of.get(run_id, 0) + 1
+        for run_id, owner, each in result.policies:
+            whose = f" {owner}" if owners_of[run_id] > 1 and owner else ""
+            print(f"  run {run_id}{whose}: {each!r}" if each else f"  run {run_id}{whose}: none")
+    else:
+        source = "recorded by the callback that wrote them" if recorded else "from the options"
+        print(f"Policy ({source}): {described}")
     print(
         f"{verb} {len(result.deleted)} of {plural(total, 'checkpoint')} ({freed})"
         + (" - dry run, nothing was deleted:" if result.dry_run else ":")
     )
     width = max((len(r.name) for r in records), default=0)
     for record in result.deleted:
-        print(f"  delete  {record.name:{width}}  epoch {record.epoch:<4} {human_size(record.size)}")
+        print(f"  delete  {record.name:{width}}  {where(record):34} {human_size(record.size)}")
     print(f"Kept {len(result.kept)}:")
     for kept in result.kept:
         record = kept.record
-        print(f"  keep    {record.name:{width}}  epoch {record.epoch:<4} {', '.join(kept.reasons)}")
+        print(f"  keep    {record.name:{width}}  {where(record):34} {', '.join(kept.reasons)}")
     if result.failed:  # each was warned about, with the reason
         print(f"Could not delete {len(result.failed)} (see the warnings above):")
         for record in result.failed:
-            print(f"  failed  {record.name:{width}}  epoch {record.epoch}")
+            print(f"  failed  {record.name:{width}}  {where(record)}")
         return 2
     return 0
 
 
+def _recorded_policies(records: Sequence[Record]) -> list[Any]:
+    newest: dict[tuple[str, str | None], Record] = {}
+    for record in records:
+        newest[(run_of(record), record.owner)] = record
+    out = []
+    for record in newest.values():
+        try:
+            out.append(record.memory.retention_policy())
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def _policy_text(policies: Sequence[tuple[str, str | None, Any]]) -> str:
+    """One policy as its repr; several as `run R (owner): policy; ...`."""
+    if len(policies) == 1:
+        return repr(policies[0][2]) if policies[0][2] is not None else "none recorded"
+    return "; ".join(
+        f"run {run}" + (f" ({owner})" if owner else "") + f": {policy!r}"
+        for run, owner, policy in policies
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     out = args.output
-    if out.endswith(".keras"):
-        target = "model"
-    elif out.endswith(".weights.h5"):
-        target = "weights"
-    else:
+    if not (out.endswith(".keras") or out.endswith(".weights.h5")):
         raise CliError(
             f"Cannot export to {out}: the name must end in .keras (a full model for "
             "keras.saving.load_model) or .weights.h5 (weights for model.load_weights)."
@@ -291,40 +368,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise CliError(f"Cannot write {out}: no such directory {parent}")
-    from keras_ckpt.format.h5read import WEIGHTS_MEMBER, VerifiedFile
-
     manager = open_manager(args.directory)
-    record = resolve(manager, args.which, args.monitor, args.mode)
-    entry = record.files[0]
-    with manager.storage.local_path(record.path) as path:
-        # Read once, checked against the record and as loading checks it: what is written out is
-        # exactly those bytes.
-        source = VerifiedFile(path, SealedFile(entry.size, entry.checksum), name=entry.path)
-    is_archive = source.kind == "zip"
-    if target == "model":
-        if record.kind != "model" or not is_archive:
-            raise CliError(
-                f"Checkpoint {record.name} holds {record.kind.replace('_', ' ')} only, without "
-                "the architecture a .keras file needs. Export it as OUT.weights.h5 and load it "
-                "with model.load_weights() into a model built by your code."
-            )
-        with source.hdf5():
-            source.read_json("config.json")
-            source.check_extraction()
-        data = source.buffer
-    elif source.kind is not None and (is_archive or record.path.endswith(".weights.h5")):
-        if is_archive and WEIGHTS_MEMBER not in source.archive().namelist():
-            raise CliError(f"{record.path} holds no {WEIGHTS_MEMBER} to export.")
-        with source.hdf5() as hdf5:
-            data = hdf5.image
-    else:
-        raise CliError(f"Checkpoint {record.name} ({record.path}) is not a Keras weights file.")
-    with atomic_local_file(out) as dest:
-        dest.write(memoryview(data))  # type: ignore[arg-type]
-    loader = "keras.saving.load_model" if target == "model" else "model.load_weights"
+    run, note = run_scope(manager, args.run)
+    monitor, mode = resolve_which(manager, args.which, args.monitor, args.mode, run)
+    try:
+        record = manager.export(
+            args.which, out, monitor=monitor, mode=mode or "auto", run=run, overwrite=args.force
+        )
+    except ValueError as e:
+        raise CliError(f"Checkpoint {e}") from None
+    if note:
+        print(note)
+    loader = "keras.saving.load_model" if out.endswith(".keras") else "model.load_weights"
     metrics = " ".join(f"{k}={format_metric(v)}" for k, v in record.metrics.items())
     print(
-        f"Exported {record.name} (epoch {record.epoch}{', ' + metrics if metrics else ''}) to "
+        f"Exported {record.name} ({where(record)}{', ' + metrics if metrics else ''}) to "
         f"{out} ({human_size(os.path.getsize(out))}); load it with {loader}({out!r})."
     )
     return 0

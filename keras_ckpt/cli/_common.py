@@ -11,8 +11,9 @@ from typing import Any
 
 from keras_ckpt import selection
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import Policy, applicable, from_keep_args, infer_mode, judge
-from keras_ckpt.records import Record
+from keras_ckpt.policies import Policy, applicable, from_keep_args, infer_mode
+from keras_ckpt.records import Record, position
+from keras_ckpt.runs import ALL, run_of
 from keras_ckpt.store.local import META_DIR, LocalStorage
 
 
@@ -86,21 +87,63 @@ def resolve_mode(monitor: str, mode: str | None) -> str:
         raise CliError(f"{e} (use --mode min or --mode max)") from None
 
 
+def run_scope(manager: CheckpointManager, run: str | None) -> tuple[str | None, str | None]:
+    """(the run id `--run` means, the line to print first or None).
+
+    Without `--run`, the newest run; when older runs exist, the line says which run the output
+    is about and how to see the others. An unknown id is an error listing the runs."""
+    if run == ALL:
+        return ALL, None
+    runs = manager.runs()
+    if run is not None:
+        if run not in {r.id for r in runs}:
+            known = ", ".join(r.id for r in runs) or "none: it holds no checkpoints"
+            raise CliError(
+                f"{manager.directory} has no run {run!r}. Runs there, oldest first: {known} "
+                "(or --run all)."
+            )
+        return run, None
+    newest = next((r.id for r in runs if r.newest), None)
+    if newest is None or len(runs) < 2:
+        return newest, None
+    return newest, (
+        f"Run {newest}, the newest of {len(runs)} runs in {manager.directory} (--run all for "
+        f"every run; `keras-ckpt history {manager.directory} --run all` lists them)."
+    )
+
+
+def resolve_which(
+    manager: CheckpointManager, which: str, monitor: str | None, mode: str | None, run: str | None
+) -> tuple[str | None, str | None]:
+    """(monitor, mode) to pass for `which` (`best` ranked by the recorded monitor)."""
+    if which != "best":
+        return None, None
+    recorded, recorded_mode = recorded_monitor(manager.checkpoints(run=run))
+    monitor = monitor or recorded
+    if monitor is None:
+        raise CliError(
+            "`best` needs a metric: none of the checkpoints records the one its callback "
+            "monitored; pass --monitor (e.g. --monitor val_loss)."
+        )
+    mode = resolve_mode(monitor, mode or (recorded_mode if monitor == recorded else None))
+    return monitor, mode
+
+
 def resolve(
-    manager: CheckpointManager, which: str, monitor: str | None, mode: str | None
+    manager: CheckpointManager,
+    which: str,
+    monitor: str | None,
+    mode: str | None,
+    run: str | None = ALL,
 ) -> Record:
     """The verified checkpoint for a name, `latest` or `best` (ranked by the recorded monitor)."""
-    if which == "best":
-        recorded, recorded_mode = recorded_monitor(manager.checkpoints())
-        monitor = monitor or recorded
-        if monitor is None:
-            raise CliError(
-                "`best` needs a metric: none of the checkpoints records the one its callback "
-                "monitored; pass --monitor (e.g. --monitor val_loss)."
-            )
-        mode = resolve_mode(monitor, mode or (recorded_mode if monitor == recorded else None))
-        return manager.resolve("best", monitor=monitor, mode=mode)
-    return manager.resolve(which)
+    monitor, mode = resolve_which(manager, which, monitor, mode, run)
+    return manager.resolve(which, monitor=monitor, mode=mode or "auto", run=run)
+
+
+def where(record: Any) -> str:
+    """Where in training a checkpoint was taken, in Keras's 1-based epochs."""
+    return position(record.epoch, record.step, record.global_step)
 
 
 def build_policy(
@@ -150,30 +193,35 @@ def policy_from_args(args: Any, records: Sequence[Any], owners: Sequence[str], v
     )
 
 
-def retention_reasons(manager: CheckpointManager, records: Sequence[Record]) -> dict[str, Any]:
-    """For each checkpoint name: why its owner's recorded policy keeps it, and that policy.
+def retention_reasons(
+    manager: CheckpointManager, records: Sequence[Record], run: str | None
+) -> dict[str, Any]:
+    """For each checkpoint name: why its run's recorded policy keeps it, and that policy.
 
-    Each owner's checkpoints are judged by the policy its newest record carries, with the same dry
-    run of `CheckpointManager.prune` the callback's own pruning does. Without a recorded policy only
-    the newest is kept "by policy" (nothing deletes the others automatically, though).
+    The same dry run of `CheckpointManager.prune()` that `keras-ckpt prune` without keep options
+    does: each run's callback's policy judges that run's checkpoints only. Where no policy can
+    judge, only the newest checkpoint of each run and callback is kept "by policy" (nothing deletes
+    the others automatically, though).
     """
-    out: dict[str, Any] = {}
-    owners: dict[str | None, list[Record]] = {}
+    policies: dict[tuple[str, str | None], Policy | None] = {}
+    try:
+        result = manager.prune(None, dry_run=True, run=run)
+        reasons = {k.record.name: list(k.reasons) for k in result.kept}
+        policies = {(r, o): p for r, o, p in result.policies}
+    except ValueError:  # no policy can judge anything: only the newest of each is "kept"
+        reasons = {}
+    newest: dict[tuple[str, str | None], str] = {}
     for record in records:
-        owners.setdefault(record.owner, []).append(record)
-    for owner, group in owners.items():
-        policy = group[-1].memory.retention_policy()
-        # What the callback prunes by now: a keep_best whose metric no record holds yet waits.
-        active = applicable(policy, {m for r in group for m in r.metrics}) if policy else None
-        if active is not None and owner is not None:
-            result = manager.prune(active, dry_run=True, owner=owner)
-            reasons = {k.record.name: list(k.reasons) for k in result.kept}
-        else:
-            verdicts = judge(active, group) if active is not None else [()] * len(group)
-            reasons = {r.name: list(v) for r, v in zip(group, verdicts, strict=True) if v}
-            reasons[group[-1].name] = ["newest"] + reasons.get(group[-1].name, [])
-        for record in group:
-            out[record.name] = {"reasons": reasons.get(record.name, []), "policy": policy}
+        newest[(run_of(record), record.owner)] = record.name
+        policies.setdefault((run_of(record), record.owner), None)
+    out: dict[str, Any] = {}
+    held = ("no recorded policy", "waits for its metric")
+    for record in records:
+        key = (run_of(record), record.owner)
+        why = [r for r in reasons.get(record.name, []) if r not in held]
+        if record.name == newest[key] and not any(r.startswith("newest") for r in why):
+            why = ["newest"] + why
+        out[record.name] = {"reasons": why, "policy": policies[key]}
     return out
 
 

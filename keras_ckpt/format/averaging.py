@@ -3,7 +3,7 @@
 Averaging the last few checkpoints of a run (fairseq's `average_checkpoints.py`, SWA, model soups)
 often generalises better than any one of them, at no training cost. The weights are read straight
 from the checkpoints' HDF5 bytes (no model is built), each checkpoint read into memory once and
-checked against its record and by every check of the loader (`h5read.VerifiedFile`), one at a
+checked against its record and by every check of the loader (`checked.VerifiedFile`), one at a
 time; the result is written atomically as a file plain Keras loads. `CheckpointManager.average`
 selects the checkpoints.
 """
@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from keras_ckpt._validate import invalid
-from keras_ckpt.format.h5read import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
+from keras_ckpt.format.checked import WEIGHTS_MEMBER, CheckedHDF5, VerifiedFile
 from keras_ckpt.store.base import SealedFile
 from keras_ckpt.store.local import atomic_local_file
 

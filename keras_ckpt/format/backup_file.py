@@ -21,8 +21,8 @@ holds is the training side's decision (`keras_ckpt.training.backup`): it hands t
 `BackupInputs`.
 
 `write` produces every byte in one pass (`h5write.write_snapshot`: h5py lays the file out, the
-arrays go in with `os.pwrite` from host buffers reused across backups, crc32c is computed from
-memory), so the store never reads a backup back; `read` is the only reader.
+arrays go in with `os.pwrite` from the snapshot's memory, crc32c is computed from that memory), so
+the store never reads a backup back; `read` is the only reader.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format import h5read, h5write
+from keras_ckpt.format import checked, h5read, h5write
 from keras_ckpt.format import snapshot as snap
 from keras_ckpt.format.base import Format, Staged
 from keras_ckpt.store.local import SealedFile
@@ -133,9 +133,11 @@ class BackupFile(Format):
     """`BackupAndRestore`'s backups as a format: one `.weights.h5` file per backup.
 
     Args:
-        copy: Copy the state into host buffers at `capture` (reused from one backup to the next),
-            for backups written in the background; False writes straight from the variables'
-            memory, for backups written inline before the next step.
+        copy: Take a snapshot at `capture` that stays as it is while training goes on (held
+            tensors on TensorFlow, host buffers reused from one backup to the next elsewhere:
+            `snapshot.Snapshotter`), for backups written in the background; False writes
+            straight from the variables' memory, for backups written inline before the next
+            step.
 
     Example:
 
@@ -157,7 +159,8 @@ class BackupFile(Format):
         self._snapshotter: snap.Snapshotter | None = None
 
     def capture(self, model: Any, extra: Any = None) -> BackupSnapshot:
-        """Copies a backup's state to host memory: the only part of a backup that blocks training.
+        """Takes a backup's state (`snapshot.Snapshotter`): the only part of a backup that blocks
+        training.
 
         Args:
             model: The model being trained (its optimizer built, so Keras's walk saves it).
@@ -252,7 +255,7 @@ def read(
     """Reads a backup file: its state and every variable, Keras's part included.
 
     The file is read once into memory, checked against `expected` on the way, and every link and
-    dataset is checked before anything is read from it (`h5read.VerifiedFile`): what is restored
+    dataset is checked before anything is read from it (`checked.VerifiedFile`): what is restored
     is exactly what was checked. Arrays of plainly stored datasets are views of that memory.
 
     Args:
@@ -267,7 +270,7 @@ def read(
     path = os.fspath(path)
     shown = name or path
     try:
-        with h5read.VerifiedFile(path, expected, name=name).hdf5() as hdf5:
+        with checked.VerifiedFile(path, expected, name=name).hdf5() as hdf5:
             state_path = f"{GROUP}/{_STATE}"
             if state_path not in hdf5.datasets:
                 raise BackupFileError(f"{shown} holds no keras-ckpt backup state ({GROUP}/)")

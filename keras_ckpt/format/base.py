@@ -74,6 +74,13 @@ class Format(ABC):
     def release(self) -> None:  # noqa: B027 - optional, only formats that reuse buffers have any
         """Frees buffers kept from one save to the next (called when `fit` ends)."""
 
+    def describe(self, path: str, expected: SealedFile, *, name: str) -> dict[str, Any]:
+        """What local file `path` holds (`keras-ckpt show`), read once and checked against
+        `expected`, without building the model and without Keras."""
+        from keras_ckpt.format import inspect
+
+        return inspect.inspect_file(path, expected, name=name)
+
     def load_model(self, path: str, expected: SealedFile, *, name: str, **kwargs: Any) -> Any:
         """The model saved in local file `path`, read once and checked against `expected`.
 

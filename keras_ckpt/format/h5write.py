@@ -6,7 +6,9 @@ bytes go to its dataset's offset with `os.pwrite` from the snapshot's host buffe
 released during the system calls). The file's crc32c (and, for `.keras`, the zip member's CRC-32)
 is computed from the same in-memory bytes, not read back; then the file is fsynced.
 
-A `.keras` file is a zip written once: `model.weights.h5` stored first, its data at offset 4096
+Large datasets start at multiples of 4096 bytes (HDF5's own alignment setting, which every HDF5
+reader follows), so a reader holding the file in page-aligned memory can hand them over as they
+lie. A `.keras` file is a zip written once: `model.weights.h5` stored first, its data at offset 4096
 (the local header padded with an extra field; the HDF5 file made with a 4096-byte user block, so
 its addresses count the header), then `metadata.json`, `config.json`, the assets and the central
 directory. Plain `keras.saving.load_model` loads it, and `h5py` opens the archive itself in place
@@ -40,6 +42,12 @@ from keras_ckpt.store.local import SealedFile, seal_file
 __all__ = ["write_snapshot", "lay_out_plainly", "layout_matches_keras", "USERBLOCK"]
 
 USERBLOCK = 4096  # offset of the HDF5 member's data inside a `.keras` zip written here
+# Datasets of at least _ALIGN_FROM bytes start at a multiple of _ALIGN in the file (HDF5's
+# H5Pset_alignment; plain Keras and h5py read such files as any other): a reader that holds the
+# file in page-aligned memory hands them to the backend without copying them into aligned memory
+# first, and a direct-I/O writer could write them as they are. At most 4 KiB of padding each.
+_ALIGN = 4096
+_ALIGN_FROM = 64 << 10
 _PWRITE_MAX = 1 << 30
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writing the range back, do not wait
 # Bytes written between two such requests: one per array would be thousands for a big model.
@@ -293,7 +301,8 @@ def _write_one_pass(
 ) -> SealedFile:
     userblock = 0 if snapshot.weights_only else USERBLOCK
     pending: list[tuple[Any, np.ndarray]] = []
-    options = {"userblock_size": userblock} if userblock else {}
+    options: dict[str, int] = {"userblock_size": userblock} if userblock else {}
+    options.update(alignment_threshold=_ALIGN_FROM, alignment_interval=_ALIGN)
     with h5py.File(path, "w", **options) as file:
         _lay_out(file, snapshot.ops, eager_groups=eager, pending=pending)
         if extras is not None:

@@ -26,9 +26,10 @@ class KerasFile(Format):
     Args:
         weights_only: Write `.weights.h5` (True) or `.keras` (False).
         legacy_h5: The file is a legacy `.h5` full model, which Keras writes from the live model.
-        copy: Copy the state into host buffers at `capture` (needed when `write` runs after
-            training has moved on); False writes straight from the variables' memory, for saves
-            written inline before the next step.
+        copy: Take a snapshot at `capture` that stays as it is while training goes on (needed
+            when `write` runs after training has moved on: held tensors on TensorFlow, host
+            buffers elsewhere, see `snapshot.Snapshotter`); False writes straight from the
+            variables' memory, for saves written inline before the next step.
 
     Example:
 

@@ -2,16 +2,29 @@
 
 `Snapshotter.take` runs Keras's own saving walk (`saving_lib._save_state`) on the training thread
 into a store that writes nothing: it learns *what* Keras would write (groups, their metadata
-attributes, datasets, `bfloat16` markers) and copies each variable once into a host buffer that
-the snapshotter owns and reuses at the next save (allocated and pre-faulted once; re-allocated only
-when a shape or dtype changes). At most one save is in flight (`writer.Writer`), so at most one
-extra copy of the state exists. A save written inline, before training's next step, needs no copy
-of the variables: `Snapshotter(copy=False)` keeps the backend's own memory where it cannot change
-before the write (only what a layer hands over as a NumPy array of its own is copied).
-`keras_ckpt.format.h5write` turns a snapshot into the file.
+attributes, datasets, `bfloat16` markers) and takes each variable's value once. Keras's optimizer
+hands over `variable.numpy()` (a copy) for each of its variables; during the walk it hands over
+the variable itself instead, so nothing is copied twice.
 
-The copy never keeps a view of backend memory across a training step: on JAX, Keras donates the
-state buffers to the next step, so a zero-copy view could change under the writer.
+What a value becomes depends on whether training can change it before it is written:
+
+- On TensorFlow a variable's value is held, not copied: the snapshot keeps the tensor read from
+  the variable, and TensorFlow never updates a buffer someone else still holds (an update of a
+  variable whose value is referenced writes into a fresh buffer: copy-on-write, and compiled
+  steps write their outputs into fresh buffers anyway). Blocking training costs no copy; the
+  held buffers are freed once the snapshot is written, so at most one extra copy of the state
+  exists, and only while a save is in flight.
+- On JAX and PyTorch each value is copied into a host buffer the snapshotter owns and reuses at
+  the next save (allocated and pre-faulted once; re-allocated only when a shape or dtype
+  changes): on JAX, Keras donates the state buffers to the next step, so a view could change
+  under the writer; a PyTorch tensor is changed in place.
+- A save written inline, before training's next step, copies nothing on any backend:
+  `Snapshotter(copy=False)` keeps the backend's own memory where it cannot change before the
+  write. Only what a layer hands over as a NumPy array of its own is copied (a buffer it may
+  refill for the next key), in every mode.
+
+At most one save is in flight (`writer.Writer`), so at most one extra copy of the state exists.
+`keras_ckpt.format.h5write` turns a snapshot into the file.
 
 Keras's saving walk is private API (`keras.src.saving.saving_lib`); `_keras_private` checks it at
 import.
@@ -19,9 +32,12 @@ import.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +97,15 @@ def _host_view(value: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
+def _holds_value(view: np.ndarray) -> bool:
+    """True when `view` (from `_host_view` of a stable value) is a frozen value that a training
+    step cannot change: on TensorFlow, a view of a tensor read from a variable keeps that
+    tensor's buffer, and TensorFlow writes an update of the variable into a fresh buffer while
+    another reference to the old one lives (copy-on-write; `tests/test_snapshot.py` trains on
+    and compares). On JAX a view could be of a buffer donated to the next step."""
+    return keras.backend.backend() == "tensorflow" and not view.flags.owndata
+
+
 def _is_stable(value: Any) -> bool:
     """True when nothing but a training step can change `value`'s memory: a Keras variable, or an
     immutable backend tensor (TensorFlow, JAX). A NumPy array handed over by a layer's own
@@ -95,6 +120,40 @@ def _saves_own_variables_by_index(owner: Any) -> bool:
     """True for an optimizer whose saving is Keras's `BaseOptimizer.save_own_variables`."""
     base = keras.optimizers.Optimizer
     return isinstance(owner, base) and type(owner).save_own_variables is base.save_own_variables
+
+
+def _hand_over_variables(self: Any, store: Any) -> None:
+    """Keras's `BaseOptimizer.save_own_variables`, handing over each variable rather than a copy
+    of it (`variable.numpy()`): the store takes its value once, as for a layer's variables."""
+    for i, variable in enumerate(self.variables):
+        store[str(i)] = variable
+
+
+def _optimizers(model: Any) -> list[Any]:
+    """The model's optimizer and the ones it wraps (`LossScaleOptimizer.inner_optimizer`)."""
+    found: list[Any] = []
+    optimizer = getattr(model, "optimizer", None)
+    while isinstance(optimizer, keras.optimizers.Optimizer) and optimizer not in found:
+        found.append(optimizer)
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return found
+
+
+@contextlib.contextmanager
+def _optimizers_hand_over_variables(model: Any) -> Iterator[None]:
+    """During Keras's saving walk, the model's optimizers that save as Keras's base optimizer
+    does hand over their variables (`_hand_over_variables`), as an attribute of the instance
+    that is removed afterwards. The walk runs on the calling thread and nothing else saves the
+    optimizer meanwhile."""
+    patched = [o for o in _optimizers(model) if _saves_own_variables_by_index(o)]
+    patched = [o for o in patched if "save_own_variables" not in vars(o)]
+    for optimizer in patched:
+        vars(optimizer)["save_own_variables"] = functools.partial(_hand_over_variables, optimizer)
+    try:
+        yield
+    finally:
+        for optimizer in patched:
+            vars(optimizer).pop("save_own_variables", None)
 
 
 class _RecordingStore(saving_lib.H5IOStore):
@@ -118,7 +177,8 @@ class _RecordingStore(saving_lib.H5IOStore):
 
     def __setitem__(self, key: str, value: Any) -> None:
         # Which variables the file holds as they are, by identity: layers hand over the variable
-        # itself; Keras's optimizer hands over `self.variables[i].numpy()` as key `str(i)`
+        # itself, and so does Keras's optimizer during `take`; an optimizer saving as Keras's
+        # does outside it hands over `self.variables[i].numpy()` as key `str(i)`
         # (`BaseOptimizer.save_own_variables`), so the caller's frame names the variable. A
         # temporary's id cannot be a live variable's: variables outlive the walk.
         dataset = f"{self._group}/{key}"
@@ -140,11 +200,13 @@ class _RecordingStore(saving_lib.H5IOStore):
 
 
 class Snapshotter:
-    """Takes snapshots of one model into host buffers it reuses from one save to the next.
+    """Takes snapshots of one model that stay as they were while training goes on.
 
-    A snapshot's arrays are the snapshotter's buffers: the next `take` overwrites them, so write
-    (or discard) a snapshot before taking the next (`writer.Writer` runs one save at a time).
-    Use one snapshotter per callback.
+    On JAX and PyTorch a snapshot's arrays are host buffers the snapshotter reuses: the next
+    `take` overwrites them, so write (or discard) a snapshot before taking the next
+    (`writer.Writer` runs one save at a time). On TensorFlow they hold the variables' values as
+    TensorFlow's own immutable buffers (see the module docstring), kept by nothing but the
+    snapshot. Use one snapshotter per callback.
 
     Args:
         copy: False for saves written inline, before the model changes: the snapshot's arrays
@@ -173,6 +235,8 @@ class Snapshotter:
     def _copy(self, slot: int, source: np.ndarray, stable: bool = False) -> np.ndarray:
         if not self.copy:
             return source if stable else np.array(source, copy=True)
+        if stable and _holds_value(source):
+            return source
         if source.nbytes < _SMALL:
             return np.array(source, copy=True)
         buffer = self._buffers.get(slot)
@@ -189,13 +253,14 @@ class Snapshotter:
         store = _RecordingStore(self)
         assets = None if weights_only else saving_lib.DiskIOStore("assets", mode="w")
         try:
-            saving_lib._save_state(
-                model,
-                weights_store=store,
-                assets_store=assets,
-                inner_path="",
-                visited_saveables=set(),
-            )
+            with _optimizers_hand_over_variables(model):
+                saving_lib._save_state(
+                    model,
+                    weights_store=store,
+                    assets_store=assets,
+                    inner_path="",
+                    visited_saveables=set(),
+                )
             config_json, metadata_json = ("", "")
             if not weights_only:
                 config_json, metadata_json = saving_lib._serialize_model_as_json(model)

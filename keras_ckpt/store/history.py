@@ -44,6 +44,8 @@ class HistoryEntry:
     Attributes:
         name, kind, owner, epoch, step, global_step, wall_time, metrics, size, sequence: As in the
             checkpoint's record when it was committed (`size` is the total of its files).
+        run: The run that saved it, as its record named it (None if the log and the record do
+            not say; `keras_ckpt.runs.run_of` then takes its owner's run).
         exists: True while the checkpoint is in the directory.
         deleted_reason: Why it was deleted (the retention policy that did not keep it, or
             `"replaced by a newer save of the same name"`), None while it exists or when unknown.
@@ -69,6 +71,7 @@ class HistoryEntry:
     exists: bool = True
     deleted_reason: str | None = None
     deleted_time: float | None = None
+    run: str | None = None
 
 
 def _line(data: dict[str, Any]) -> bytes:
@@ -157,6 +160,7 @@ def _record_event(record: Any) -> dict[str, Any]:
         "metrics": dict(record.metrics),
         "size": record.size,
         "sequence": record.sequence,
+        "run": record.memory.run,
     }
 
 
@@ -183,6 +187,7 @@ def _entry(
             exists=exists,
             deleted_reason=None if exists else deleted[1],
             deleted_time=None if exists else deleted[0],
+            run=run if isinstance(run := event.get("run"), str) and run else None,
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
@@ -230,6 +235,8 @@ def replay(events: Iterable[Mapping[str, Any]], existing: Iterable[Any]) -> list
     for key, record in current.items():
         if key not in saves:
             saves[key] = _record_event(record)
+        elif not saves[key].get("run") and record.memory.run:  # a line older than runs
+            saves[key] = {**saves[key], "run": record.memory.run}
     newest_of = {name: sequence for name, sequence in sorted(saves)}
     out = []
     for key in sorted(saves, key=lambda k: k[1]):

@@ -11,16 +11,22 @@ the metrics and the callbacks, and a replay of the batches already trained.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from keras_ckpt.cadence import Cadence
 from keras_ckpt.errors import ResumeError
 from keras_ckpt.format.backup_file import BackupContents, BackupInputs, is_three_file_backup
-from keras_ckpt.records import Record
+from keras_ckpt.manager import CheckpointManager
+from keras_ckpt.policies import KeepLast, to_json
+from keras_ckpt.records import CallbackMemory, Record, clean_metrics
 from keras_ckpt.schedule import Progress
+from keras_ckpt.state import mark_resumed
 from keras_ckpt.training import fit_state as fs
+from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 
-__all__ = ["TrainingState"]
+__all__ = ["Backups", "Resumed", "TrainingState"]
 
 
 @dataclass
@@ -211,3 +217,120 @@ def _first_difference(saved: list[Any], current: list[Any]) -> str:
         if a[1] != b[1]:
             return f" (first difference at variable {i}: {a[0]} {a[1]} then, {b[0]} {b[1]} now)"
     return ""
+
+
+# ---------------------------------------------------------------------- one callback's backups
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The backup a `fit` resumed from, and where training continues."""
+
+    record: Record
+    progress: Progress
+
+
+class Backups:
+    """The backups of one `BackupAndRestore`: resumed from, taken and deleted through its pipeline.
+
+    Args:
+        pipeline: Writes and reads the backups (its manager is the backup folder).
+        owner: The owner name in the backups' records.
+        keep_last: How many backups to keep.
+    """
+
+    def __init__(self, pipeline: SavePipeline, *, owner: str, keep_last: int):
+        self.pipeline = pipeline
+        self.manager: CheckpointManager = pipeline.manager
+        self.owner = owner
+        self.retention = KeepLast(keep_last)
+        self.training: TrainingState | None = None
+
+    def begin(self, model: Any, callback: Any, *, chief: bool) -> Resumed | None:
+        """At `on_train_begin`: takes the directory (the chief), then restores the newest backup
+        that verifies into `model` (None if there is none) and marks the model as resumed from it.
+
+        Raises:
+            DirectoryLockedError: another process writes backups there.
+            ResumeError: the backup does not match this model, or cannot be resumed from.
+        """
+        self.training = TrainingState(model, callback)
+        if chief:
+            # Lock first: it also completes or undoes what a killed writer left half-done, before
+            # we read; and a second run on this directory fails now, not at its first backup.
+            self.manager.open_for_writing()
+        directory = self.manager.directory
+        found = self.pipeline.restore(
+            owner=self.owner, check=lambda r: TrainingState.check_readable(r, directory)
+        )
+        if found is None:
+            return None
+        record, contents = found
+        progress = self.training.restore(model, record, contents, directory)
+        self.manager.protect(record.name)  # never pruned while this fit may still need it
+        mark_resumed(model, record.name)
+        return Resumed(record, progress)
+
+    def save(
+        self,
+        model: Any,
+        progress: Progress,
+        logs: dict[str, Any] | None,
+        *,
+        chief: bool,
+        cadence: Cadence | None = None,
+        on_saved: Callable[[Saved], None] | None = None,
+    ) -> None:
+        """Backs up the training state at `progress` (a copy of it: training goes on).
+
+        Off the chief of a multi-worker job, it does its part of the chief's save (the format's
+        `contribute`): a host copy it drops (reading the metric variables, SyncOnRead under
+        MultiWorkerMirroredStrategy, is an all-reduce every worker must join), or writing the
+        shards it holds. Only the chief commits and prunes.
+        """
+        assert self.training is not None
+        self.pipeline.wait()  # the previous backup is committed: its name is taken
+        progress = Progress(**vars(progress))
+        inputs = self.training.inputs(model, progress)
+        if not chief:
+            self.pipeline.contribute(model, inputs)
+            return
+        request = SaveRequest(
+            name=self._name(progress),
+            epoch=progress.epoch,
+            step=progress.step,
+            global_step=progress.global_step,
+            metrics=clean_metrics(logs),
+            owner=self.owner,
+            memory=CallbackMemory(
+                callback=self.owner,
+                iterations=inputs.state["iterations"],
+                retention=to_json(self.retention),
+                cadence=cadence.get_state() if cadence is not None else None,
+            ),
+        )
+        self.pipeline.save(
+            model, request, extra=inputs, retention=self.retention, on_saved=on_saved
+        )
+
+    def delete_all(self) -> None:
+        """Deletes this callback's backups (and nothing else): `fit` completed."""
+        for record in self.manager.checkpoints(self.owner, run="all"):
+            self.manager.delete(record.name, reason="fit completed (delete_checkpoint=True)")
+
+    def where(self, name: str | None = None, *, chief: bool = True) -> str:
+        """Where backup `name` (default: the newest) is, for the user; the folder off the chief."""
+        if name is None:
+            latest = self.manager.latest(self.owner, run="all") if chief else None
+            if latest is None:
+                return self.manager.directory
+            name = latest.name
+        return f"{self.manager.directory.rstrip('/')}/{name}"
+
+    def _name(self, progress: Progress) -> str:
+        """`backup-<global step>`, made unique: an epoch-end backup can follow a step backup at
+        the same global step, and replacing a multi-file backup in place is never safe."""
+        name = self.pipeline.format.checkpoint_name(f"backup-{progress.global_step:09d}")
+        if name in {r.name for r in self.manager.checkpoints(self.owner, run="all")}:
+            name = f"{name}-epoch-{progress.epoch:05d}-step-{progress.step:06d}"
+        return name

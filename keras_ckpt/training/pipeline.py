@@ -159,7 +159,7 @@ class SavePipeline:
                 self.format.discard(captured)  # also when staging itself failed
             pruned = None
             if retention is not None:
-                pruned = self.manager.prune(retention, owner=request.owner)
+                pruned = self.manager.prune(retention, owner=request.owner, run="all")
             if on_saved is not None:
                 on_saved(Saved(record, pruned, time.perf_counter() - started))
 
@@ -206,7 +206,7 @@ class SavePipeline:
             owner: Whose checkpoints.
             check: Called with each candidate before it is read; raises to refuse it.
         """
-        if not self.manager.checkpoints(owner):
+        if not self.manager.checkpoints(owner, run="all"):
             return None
 
         def read(record: Record, path: str) -> Any:
@@ -218,4 +218,4 @@ class SavePipeline:
                 raise ValueError(f"Checkpoint {record.name} cannot be restored from.")
             return reader(path, SealedFile(entry.size, entry.checksum), name=entry.path)
 
-        return self.manager.load("latest", read, owner=owner)
+        return self.manager.load("latest", read, owner=owner, run="all")

@@ -12,7 +12,7 @@ import threading
 import warnings
 from typing import Any
 
-__all__ = ["SignalCatcher", "announcement", "interrupt"]
+__all__ = ["SignalCatcher", "announcement", "end_others", "interrupt"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -105,19 +105,30 @@ def announcement(signum: int, progress: Any, where: str, *, mid_epoch: bool) -> 
     >>> from keras_ckpt.schedule import Progress
     >>> line = announcement(signal.SIGTERM, Progress(1, 3, 13), "runs/b/backup-13", mid_epoch=True)
     >>> line.split("; ")[0]
-    'BackupAndRestore: SIGTERM in epoch 2 after step 3 (global step 13)'
+    'BackupAndRestore: SIGTERM at step 3 of epoch 2 (global step 13)'
 
     """
+    # Keras's 1-based epochs, as its progress bar shows them.
     at = (
-        f"in epoch {progress.epoch + 1} after step {progress.step}"
+        f"at step {progress.step} of epoch {progress.epoch + 1}"
         if mid_epoch
-        else f"after epoch {progress.epoch}"
+        else f"at the end of epoch {progress.epoch}"
     )
     return (
         f"BackupAndRestore: {signal.Signals(signum).name} {at} (global step "
         f"{progress.global_step}); backed up to {where}. Run the same script again to resume "
         "there."
     )
+
+
+def end_others(callbacks: list[Any], caller: Any) -> None:
+    """A raise from `caller` skips the `on_train_end` of the callbacks of the same `fit`: lets
+    keras-ckpt's own (those with `_end_interrupted`) land their saves in flight and give their
+    directory locks back."""
+    for callback in callbacks:
+        end = getattr(callback, "_end_interrupted", None)
+        if callback is not caller and callable(end):
+            end()
 
 
 def _inside_fit(frame: Any, model: Any) -> bool:
