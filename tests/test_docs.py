@@ -27,6 +27,7 @@ from keras_ckpt.format import (
     h5read,
     h5write,
     keras_file,
+    orbax_dir,
     snapshot,
 )
 from keras_ckpt.store import history
@@ -66,6 +67,7 @@ MODULES = [
     keras_ckpt.format,
     keras_file,
     backup_file,
+    orbax_dir,
     pipeline,
     signals,
     triggers,

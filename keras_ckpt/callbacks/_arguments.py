@@ -80,7 +80,15 @@ def check_extension(template: str, filepath: str, weights_only: bool) -> None:
 
 
 def check_folder_name(template: str, filepath: str) -> None:
-    """A sharded checkpoint's name (a filepath ending in `/`) carries no file extension."""
+    """A sharded checkpoint's name (a filepath ending in `/`) has a field and no file extension:
+    a folder of many files is never replaced in place, and Keras tells files by extension."""
+    if not template_fields(template):
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a folder name with a field such as "
+            "`{epoch}` for sharded checkpoints: a folder of many files cannot be replaced in "
+            "place safely (keep only the newest with keep_last=1). "
+            f"Received: filepath={filepath!r}"
+        )
     if template.endswith((".keras", ".h5")):
         raise ValueError(
             "Invalid value for argument `filepath`. Expected a folder name without `.keras` or "

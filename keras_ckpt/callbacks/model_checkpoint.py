@@ -168,7 +168,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         check_conflicts(self)
         self.manager = CheckpointManager(self.directory)
         # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
-        legacy = not self.save_weights_only and not self.template.endswith(".keras")
+        legacy = not (self.save_weights_only or self._sharded or self.template.endswith(".keras"))
         self._file_format = KerasFile(
             weights_only=self.save_weights_only, legacy_h5=legacy, copy=async_save
         )
@@ -232,6 +232,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
             chief=self._chief,
             who="ModelCheckpoint",
         )
+        if sharded is not None:
+            check_folder_name(sharded.checkpoint_name(self.template), self.filepath)
         self._pipeline.use_format(sharded or self._file_format)
         if self._chief:
             self.manager.open_for_writing()
