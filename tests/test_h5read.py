@@ -216,3 +216,45 @@ def test_a_legacy_h5_model_is_loaded_by_keras_legacy_loader_from_the_checked_byt
     loaded = h5read.load_model(tmp_path / "m.h5", sealed, compile=False)
     for a, b in zip(loaded.weights, model.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's conversion")
+def test_tensorflow_variables_get_their_own_copy_of_the_checked_bytes(tmp_path, mocker):
+    """A large checked array reaches a TensorFlow variable through one copy into memory of its
+    own (`h5read.handed`): the variable never shares the checked bytes, two variables given the
+    same array never share memory, and updating them changes neither the array nor each other."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((500,)), keras.layers.Dense(600), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    path = tmp_path / "m.weights.h5"
+    model.save_weights(path)
+    target = keras.models.clone_model(model)
+    target.compile(optimizer="adam", loss="mse")
+    target.optimizer.build(target.trainable_variables)
+    sources = []
+    mocker.patch.object(
+        h5read,
+        "VerifiedFile",
+        side_effect=lambda *a, **k: sources.append(VerifiedFile(*a, **k)) or sources[-1],
+    )
+    converted = mocker.spy(h5read._Handed, "__tf_tensor__")
+    assert h5read.load_weights(target, path)
+    assert converted.call_count >= 3  # the 1.2 MB kernel and its two Adam moments at least
+    for a, b in zip(weights(target), weights(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    [source] = sources
+    for variable in list(target.weights) + list(target.optimizer.variables):
+        held = variable.value.read_value()._numpy()
+        assert not np.shares_memory(held, source.buffer)
+
+    array = h5read.handed(np.arange(300_000, dtype="float32"))
+    first, second = tf.Variable(tf.zeros(300_000)), tf.Variable(tf.zeros(300_000))
+    first.assign(array)
+    second.assign(array)
+    first.assign_add(tf.ones(300_000))
+    np.testing.assert_array_equal(second.numpy(), np.arange(300_000, dtype="float32"))
+    np.testing.assert_array_equal(array, np.arange(300_000, dtype="float32"))
+    np.testing.assert_array_equal(first.numpy(), np.arange(1, 300_001, dtype="float32"))
