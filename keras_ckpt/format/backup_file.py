@@ -281,7 +281,7 @@ def read(
             layout, variables = [], {}
             for i, (variable, shape, dataset) in enumerate(state["layout"]):
                 layout.append((str(variable), tuple(int(n) for n in shape)))
-                variables[i] = h5read.handed(hdf5.array(dataset))  # one copy into the variable
+                variables[i] = hdf5.array(dataset)
                 if variables[i].shape != layout[-1][1]:
                     raise BackupFileError(
                         f"{shown}: {dataset} has shape {variables[i].shape}, the backup's layout "

@@ -42,7 +42,6 @@ from keras_ckpt.store.local import SealedFile, open_regular
 
 __all__ = [
     "CheckedHDF5",
-    "allocate",
     "HDF5_SIGNATURE",
     "VerifiedFile",
     "WEIGHTS_MEMBER",
@@ -78,12 +77,10 @@ def _readable(size: int) -> str:
     return f"{value:.2f} PB"
 
 
-def allocate(size: int) -> np.ndarray:
+def _allocate(size: int) -> np.ndarray:
     """A writable, page-aligned buffer of `size` bytes, in huge pages where the kernel has them
     (measured, CPU time to read and checksum 200 MB: 45 ms into one, 57 ms into `np.empty`; the
-    memory map this read replaced took 22 ms, but a file truncated under it killed the process.
-    On a loaded 2-core VM, reading 110 MB: 150 ms into huge pages, 220 ms into `np.empty`, 800 ms
-    into 4 KiB pages: each first touch of a page costs there)."""
+    memory map this read replaced took 22 ms, but a file truncated under it killed the process)."""
     if size:
         try:
             memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -487,7 +484,7 @@ class VerifiedFile:
 
 def _read(f: Any, size: int, crc: Any) -> np.ndarray:
     """Up to `size` bytes of `f` into a fresh buffer, each chunk checksummed while it is hot."""
-    buffer = allocate(size)
+    buffer = _allocate(size)
     view = memoryview(buffer)  # type: ignore[arg-type]
     position = 0
     while position < size:

@@ -25,67 +25,10 @@ from keras_ckpt.format.checked import CheckedHDF5, VerifiedFile
 from keras_ckpt.store.local import SealedFile
 
 __all__ = [
-    "handed",
     "load_weights",
     "load_weights_and_extras",
     "load_model",
 ]
-
-
-# Arrays of at least this many bytes reach a TensorFlow variable through one copy into fresh
-# aligned memory, which the variable then owns; TensorFlow's own conversion of a NumPy array
-# copies it twice (`ndarray.copy()`, then an aligned copy for the tensor).
-_HANDOFF_FROM = 1 << 20
-_ALIGNMENT = 64  # TensorFlow's EIGEN_MAX_ALIGN_BYTES
-
-
-class _Handed(np.ndarray):
-    """A checked array as a loader hands it to Keras: a NumPy array like any other (a view of the
-    checked bytes), which TensorFlow converts (`Variable.assign`, `tf.convert_to_tensor`) through
-    `__tf_tensor__`: one copy into fresh aligned memory that only the new tensor holds. Each
-    conversion makes its own copy, so two variables assigned the same array never share memory,
-    and nothing TensorFlow does later writes into the checked bytes."""
-
-    def __tf_tensor__(self, dtype: Any = None, name: str | None = None) -> Any:
-        import tensorflow as tf
-
-        plain = self.view(np.ndarray)
-        if plain.nbytes >= _HANDOFF_FROM and tf.executing_eagerly():
-            try:
-                if dtype is None or tf.as_dtype(dtype) == tf.as_dtype(plain.dtype):
-                    fresh = _aligned(plain.nbytes).view(plain.dtype).reshape(plain.shape)
-                    np.copyto(fresh, plain)
-                    return tf.experimental.dlpack.from_dlpack(fresh.__dlpack__())
-            except (BufferError, TypeError, ValueError):  # a dtype DLPack does not carry
-                pass
-        return tf.convert_to_tensor(plain, dtype=dtype, name=name)
-
-
-def _aligned(size: int) -> np.ndarray:
-    """`size` fresh bytes from the allocator, starting at a multiple of 64 (what TensorFlow needs
-    to use memory as it is). The allocator's memory, not a fresh mapping: what a previous load
-    freed is reused, where a mapping would be faulted in page by page again."""
-    raw = np.empty(size + _ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % _ALIGNMENT
-    return raw[start : start + size]
-
-
-def handed(array: np.ndarray) -> np.ndarray:
-    """`array` as loaders hand it to Keras: on TensorFlow, a view that converts to a tensor in one
-    copy (see `_Handed`); elsewhere `array` itself.
-
-    Example:
-
-    >>> import numpy as np
-    >>> value = handed(np.arange(4.0))
-    >>> isinstance(value, np.ndarray), value.tolist()
-    (True, [0.0, 1.0, 2.0, 3.0])
-    """
-    import keras
-
-    if keras.backend.backend() != "tensorflow" or array.dtype.kind not in "biufcV":
-        return array
-    return array.view(_Handed)
 
 
 class _InPlaceStore(saving_lib.H5IOStore):
@@ -136,7 +79,7 @@ class _InPlaceStore(saving_lib.H5IOStore):
         if key not in self._entry:
             raise KeyError(key)
         try:
-            return handed(self._hdf5.array(self._entry[key]))
+            return self._hdf5.array(self._entry[key])
         except CorruptCheckpointError as e:
             self.error = self.error or e
             raise
