@@ -513,8 +513,8 @@ def test_verbose_2_says_each_backup_where_it_went(tmp_path, data, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "backed up to" in line]
     assert len(lines) == 6  # 12 steps, every 2
     assert lines[0] == (
-        f"BackupAndRestore: backed up to {tmp_path}/backup-000000002 in epoch 1 after step 2 "
-        "(global step 2)."
+        f"BackupAndRestore: backed up to {tmp_path}/backup-000000002 at step 2 of epoch 1, "
+        "global step 2."
     )
 
 

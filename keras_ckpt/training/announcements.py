@@ -52,21 +52,6 @@ class Announcements:
             print(line, flush=True)
 
 
-def position(epoch: int, step: int, global_step: int) -> str:
-    """Where training stood at a checkpoint, in the terms of Keras's progress bar (1-based
-    epochs): inside an epoch, or at its end.
-
-    Example:
-
-    >>> position(1, 3, 13)
-    'in epoch 2 after step 3 (global step 13)'
-    >>> position(2, 0, 20)
-    'after epoch 2 (global step 20)'
-    """
-    at = f"in epoch {epoch + 1} after step {step}" if step else f"after epoch {epoch}"
-    return f"{at} (global step {global_step})"
-
-
 def replaced_line(replaced: list[tuple[str, float, float]]) -> str:
     """What a resume put back over what the script set: `(name, script's, restored)` each.
 

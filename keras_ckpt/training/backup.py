@@ -20,11 +20,11 @@ from keras_ckpt.errors import ResumeError
 from keras_ckpt.format.backup_file import BackupContents, BackupInputs, is_three_file_backup
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast, to_json
-from keras_ckpt.records import CallbackMemory, Record, clean_metrics
+from keras_ckpt.records import CallbackMemory, Record, clean_metrics, position
 from keras_ckpt.schedule import Progress
 from keras_ckpt.state import mark_preempted, mark_resumed
 from keras_ckpt.training import fit_state as fs
-from keras_ckpt.training.announcements import Announcements, position, replaced_line
+from keras_ckpt.training.announcements import Announcements, replaced_line
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 
 __all__ = ["Backups", "Resumed", "TrainingState"]
@@ -395,7 +395,7 @@ class Backups:
             if lines is not None:
                 r = saved.record
                 at = position(r.epoch, r.step, r.global_step)
-                lines.add(f"BackupAndRestore: backed up to {self.where(r.name)} {at}.")
+                lines.add(f"BackupAndRestore: backed up to {self.where(r.name)} at {at}.")
 
         self.pipeline.save(model, request, extra=inputs, retention=self.retention, on_saved=saved)
 
