@@ -78,3 +78,21 @@ def test_the_signal_handler_never_reads_callback_model(tmp_path, data, monkeypat
     assert backup.interrupted == signal.SIGINT
     [record] = keras_ckpt.CheckpointManager(tmp_path / "b").checkpoints()
     assert record.step == 3  # the signal lands in batch 1's end; the backup is taken at batch 2's
+
+
+def test_a_handler_given_back_after_another_took_the_signal_hands_it_on():
+    """A catcher that handed a signal on while another catcher held the signal, then got it back
+    from that one, still knows the handler from before (it looped through itself forever)."""
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    first, second = SignalCatcher(None, "first"), SignalCatcher(None, "second")
+    try:
+        first.install()
+        second.install()
+        first.handle(signal.SIGINT, None)  # not inside its fit: handed to the handler before it
+        second.uninstall()  # gives the signal back to the first catcher
+        signal.raise_signal(signal.SIGINT)
+        assert received == [signal.SIGINT, signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is not first.handle  # it gave the signal back
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -59,11 +59,16 @@ class SignalCatcher:
                 signal.signal(signum, self.handle)
 
     def uninstall(self) -> None:
-        """Gives the signals back to the handlers that had them before `install`."""
-        for signum, previous in self._previous.items():
+        """Gives the signals back to the handlers that had them before `install`.
+
+        A signal another handler has taken over since is left to it, and its previous handler
+        remembered: that handler may give the signal back to us, and ours must then still know
+        where to hand it on (forgetting it made a signal loop through our handler forever).
+        """
+        for signum, previous in list(self._previous.items()):
             if signal.getsignal(signum) == self.handle:
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
+                del self._previous[signum]
 
     def handle(self, signum: int, frame: Any) -> None:
         """The signal handler: notes the first signal inside `fit`; hands on any other."""
@@ -72,8 +77,10 @@ class SignalCatcher:
             return
         # A second signal (a double Ctrl-C), or one after a `fit` that raised: the handler from
         # before gets it, now.
-        previous = self._previous.get(signum, signal.SIG_DFL)
+        previous = self._previous.get(signum, _default(signum))
         self.uninstall()
+        if signal.getsignal(signum) == self.handle:  # nothing to give it back to: the default
+            signal.signal(signum, previous)
         if callable(previous):
             previous(signum, frame)
         elif previous != signal.SIG_IGN:
@@ -129,6 +136,11 @@ def end_others(callbacks: list[Any], caller: Any) -> None:
         end = getattr(callback, "_end_interrupted", None)
         if callback is not caller and callable(end):
             end()
+
+
+def _default(signum: int) -> Any:
+    """The handler Python starts with: Ctrl-C's `KeyboardInterrupt`, else the OS default."""
+    return signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
 
 
 def _inside_fit(frame: Any, model: Any) -> bool:
