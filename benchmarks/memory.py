@@ -4,7 +4,8 @@ Each variant runs in a fresh subprocess (so nothing one variant keeps, such as r
 is charged to another): build the model, train one epoch with no callback (warm-up: tracing,
 first-use allocations), then reset the kernel's peak-RSS mark (`/proc/self/clear_refs` = 5),
 note the resident set, train `saves` epochs with the callback saving at each epoch end, and read
-the peak (`VmHWM`), then the resident set once `fit` has returned (what the callback still holds).
+the peak (`VmHWM`), then the resident set once `fit` has returned and glibc's `malloc_trim` has
+given free memory back (what is still referenced).
 Peak extra memory = peak - resident set before the timed fit, minus the same for a fit with no
 callback (training's own transient allocations); held after `fit` likewise. Linux only;
 elsewhere the section says so and is empty.
@@ -56,8 +57,12 @@ with warnings.catch_warnings():
     fit_with(model, x, y, saves, callback)
 peak = rss("VmHWM")
 del callback
-import gc
+import ctypes, gc
 gc.collect()
+try:  # give the allocator's free memory back, so that what is left is what is still referenced
+    ctypes.CDLL(None).malloc_trim(0)
+except (OSError, AttributeError):  # not glibc
+    pass
 print(json.dumps({"extra": peak - before, "retained": rss("VmRSS") - before}))
 """
 
@@ -123,8 +128,8 @@ def run(
         f"One subprocess per variant, {saves} saves each; training's own transient memory "
         f"({fmt(baseline, 'B')}, a fit with no callback) is subtracted. Still held after fit: "
         "the resident set once `fit` has returned and the callback is dropped, above the same "
-        f"for a fit with no callback ({fmt(baseline_held, 'B')}); memory the allocator keeps "
-        "for reuse counts as held."
+        f"for a fit with no callback ({fmt(baseline_held, 'B')}), once `malloc_trim` has "
+        "given the allocator's free memory back."
     )
     table.data = {"model": label, "memory": data}
     return table

@@ -186,8 +186,11 @@ class CheckpointManager:
         Raises:
             ValueError: `monitor` is None and no checkpoint records a monitored metric, or `mode`
                 is `"auto"` and neither the records nor the name tell the direction.
+            CheckpointNotFoundError: there are checkpoints, but none has `monitor`.
         """
         ranked = self.rank_by(monitor, mode, owner=owner, run=run)
+        if not ranked:
+            selection.check_ranked(self.checkpoints(owner, run=run), monitor, where=self.directory)
         if ranked and run is None:
             self._note_default_best(ranked[0], monitor, mode, owner)
         return ranked[0] if ranked else None

@@ -15,7 +15,7 @@ from keras_ckpt.errors import CheckpointNotFoundError
 from keras_ckpt.policies import infer_mode, rank
 from keras_ckpt.records import Record
 
-__all__ = ["candidates", "named", "rank_by", "recorded_monitor", "select"]
+__all__ = ["candidates", "check_ranked", "named", "rank_by", "recorded_monitor", "select"]
 
 _SELECTOR = re.compile(r"(last|best):(.*)")
 _KIND_NAMES = {"model": "full model", "weights": "weights file", "training_state": "backup"}
@@ -78,6 +78,32 @@ def rank_by(
     if mode == "auto":
         mode = recorded_mode if monitor == recorded and recorded_mode else infer_mode(monitor)
     return [records[i] for i in rank(records, monitor, mode)]
+
+
+def check_ranked(records: Sequence[Record], monitor: str | None, *, where: str) -> None:
+    """Raises if `records` exist but none has `monitor` (None: the recorded one), naming the
+    metrics they have: "best" then means nothing, which must not pass for "no checkpoint".
+
+    Example:
+
+    >>> from keras_ckpt.records import FileEntry
+    >>> check_ranked([Record("a", "model", (FileEntry("a", 1, "crc32c:0"),),
+    ...               metrics={"loss": 0.5})], "val_loss", where="runs")
+    Traceback (most recent call last):
+    keras_ckpt.errors.CheckpointNotFoundError: No checkpoint in runs has `val_loss` in its
+    metrics (1 checkpoints have: loss). ...
+    """
+    if not records:
+        return
+    metric = monitor if monitor is not None else recorded_monitor(records)[0]
+    if metric is None or any(metric in r.metrics for r in records):
+        return
+    have = sorted({m for r in records for m in r.metrics})
+    raise CheckpointNotFoundError(
+        f"No checkpoint in {where} has `{metric}` in its metrics ({len(records)} checkpoints "
+        f"have: {', '.join(have) or 'none'}). Pass one of those as `monitor`; a callback "
+        "records only the metrics in the logs of its saves (no `val_` metrics without validation)."
+    )
 
 
 def named(records: Sequence[Record], name: str, *, where: str) -> Record:

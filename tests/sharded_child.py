@@ -78,8 +78,10 @@ def save(directory: str) -> dict:
     )
     model.fit(x, y, batch_size=8, epochs=3, callbacks=[checkpoint, backup], verbose=0)
     manager = keras_ckpt.CheckpointManager(f"{directory}/models")
+    writers = [checkpoint._pipeline.background, backup._pipeline.background]
     saved = values(model)
     report: dict = {
+        "background": writers,
         "names": [r.name for r in manager.checkpoints()],
         "files": [f.path for f in manager.latest().files],
         "verify": [r.ok for r in manager.verify()],
@@ -116,6 +118,13 @@ def save(directory: str) -> dict:
     moved = manager.load_model("latest")
     report["other_mesh_equal"] = equal(values(moved), saved)
     report["other_mesh_devices"] = len(moved.weights[0].value.sharding.device_set)
+    # BackupAndRestore onto the 1x2 mesh: the backup of the end of training, nothing left to train.
+    resumed = build()
+    again = keras_ckpt.BackupAndRestore(
+        f"{directory}/backup", save_freq=4, sharded=True, delete_checkpoint=False
+    )
+    resumed.fit(x, y, batch_size=8, epochs=3, callbacks=[again], verbose=0)
+    report["backup_other_mesh_equal"] = equal(values(resumed), saved)
     # A flipped byte in one shard file of the newest checkpoint.
     shard = next(
         f.path for f in manager.latest().files if "/d/" in f.path and "ocdbt.process_0" in f.path

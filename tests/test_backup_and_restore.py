@@ -366,10 +366,40 @@ def test_invalid_backup_dir_is_rejected(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux's /proc")
-def test_a_backup_dir_where_nothing_can_be_created_is_named_in_full(data):
-    callback = keras_ckpt.BackupAndRestore("/proc/self")
-    with pytest.raises(OSError, match=r"'/proc/self/.keras_ckpt'"):
-        build_model().fit(*data, epochs=1, verbose=0, callbacks=[callback])
+@pytest.mark.parametrize("folder", ["/proc/runs", "/proc/self"])
+def test_a_backup_dir_where_nothing_can_be_created_is_refused_at_construction(folder):
+    with pytest.raises(
+        ValueError,
+        match=r"argument `backup_dir`\. Expected a folder keras-ckpt can write in: /proc\S* is on "
+        r"a virtual file system \(proc\) that takes no new folders\. Choose another folder\. "
+        r"Received: backup_dir='/proc",
+    ):
+        keras_ckpt.BackupAndRestore(folder)
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new-folder-inside", "the-folder"])
+def test_a_read_only_backup_dir_is_refused_at_construction(tmp_path, mocker, exists):
+    """The issue's `PermissionError: ... '.keras_ckpt'` at the first backup, now named at once,
+    and nothing written to find out. Made real by chmod; as root (whom no mode bit stops),
+    injected where keras-ckpt asks for the permission."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    before = folder.stat().st_mtime_ns
+    if os.geteuid() == 0:
+        real = os.access
+        mocker.patch(
+            "os.access", side_effect=lambda p, mode: real(p, mode) and str(p) != str(folder)
+        )
+    else:
+        folder.chmod(0o555)
+    try:
+        with pytest.raises(
+            ValueError, match=rf"`backup_dir`.*no permission to create folders in {folder}\."
+        ):
+            keras_ckpt.BackupAndRestore(folder if exists else folder / "exp1")
+    finally:
+        folder.chmod(0o755)
+    assert list(folder.iterdir()) == [] and folder.stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(
@@ -429,3 +459,100 @@ def test_a_directory_locked_by_another_process_fails_before_training(tmp_path, d
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------ what it says: verbose, resume, refusals
+
+
+@pytest.mark.parametrize("value", [3, -1, True, "1", None, 1.0])
+def test_invalid_verbose_is_refused(tmp_path, value):
+    with pytest.raises(
+        ValueError,
+        match=r"argument `verbose`\. Expected 0 \(silent\), 1 or 2 \(a line per backup\)\. "
+        rf"Received: verbose={value!r}",
+    ):
+        keras_ckpt.BackupAndRestore(tmp_path, verbose=value)
+
+
+@pytest.mark.parametrize("value", [0, 1, 2])
+def test_the_nearest_valid_verbose_is_accepted(tmp_path, value):
+    assert keras_ckpt.BackupAndRestore(tmp_path, verbose=value).verbose == value
+
+
+def interrupted_then_resumed(tmp_path, data, capsys, *, verbose, learning_rate=0.001):
+    """A fit stopped by SIGINT after 2 steps, then the same script run again."""
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    backup = keras_ckpt.BackupAndRestore(tmp_path, save_freq=100, raise_on_interrupt=False)
+    fit(build_model(), data, [backup, Interrupt()], epochs=2)
+    first = capsys.readouterr().out
+    model = build_model()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+    )
+    kwargs = {} if verbose is None else {"verbose": verbose}
+    fit(model, data, [keras_ckpt.BackupAndRestore(tmp_path, **kwargs)], epochs=2)
+    return first, capsys.readouterr().out
+
+
+def test_verbose_0_prints_nothing_and_1_says_the_stop_and_the_resume(tmp_path, data, capsys):
+    first, second = interrupted_then_resumed(tmp_path / "quiet", data, capsys, verbose=0)
+    assert "BackupAndRestore: SIGINT" in first  # verbose=1, the default
+    assert second == ""
+    first, second = interrupted_then_resumed(tmp_path / "told", data, capsys, verbose=1)
+    assert "BackupAndRestore: resuming from" in second
+
+
+def test_verbose_2_says_each_backup_where_it_went(tmp_path, data, capsys):
+    fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path, save_freq=2, verbose=2)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "backed up to" in line]
+    assert len(lines) == 6  # 12 steps, every 2
+    assert lines[0] == (
+        f"BackupAndRestore: backed up to {tmp_path}/backup-000000002 at step 2 of epoch 1, "
+        "global step 2."
+    )
+
+
+def test_a_resume_says_which_optimizer_settings_the_backup_replaces(tmp_path, data, capsys):
+    """The script asks for learning_rate=0.01; the backup holds Adam's 0.001: exact resume
+    restores 0.001, and says so."""
+    _, second = interrupted_then_resumed(tmp_path, data, capsys, verbose=None, learning_rate=0.01)
+    assert (
+        "BackupAndRestore: the backup's optimizer settings replace this script's: "
+        "learning_rate 0.01 -> 0.001." in second
+    )
+    _, same = interrupted_then_resumed(tmp_path / "same", data, capsys, verbose=None)
+    assert "replace this script's" not in same
+
+
+def test_two_backup_and_restores_on_one_folder_are_refused(tmp_path, data):
+    model = build_model()
+    callbacks = [keras_ckpt.BackupAndRestore(tmp_path), keras_ckpt.BackupAndRestore(tmp_path)]
+    with pytest.raises(
+        ValueError,
+        match=rf"Two BackupAndRestore callbacks in this fit back up into {tmp_path}: each would "
+        "resume from and prune the other's backups",
+    ):
+        fit(model, data, callbacks)
+    assert int(model.optimizer.iterations) == 0
+    fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path / "a"),
+                              keras_ckpt.BackupAndRestore(tmp_path / "b")])  # fmt: skip
+
+
+def test_a_backup_of_another_model_names_the_first_differing_variable_first(tmp_path, data):
+    fit(build_model(), data, [keras_ckpt.BackupAndRestore(tmp_path, delete_checkpoint=False)])
+    wider = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3)]
+    )
+    wider.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(
+        keras_ckpt.errors.ResumeError,
+        match=r"does not match this model: variable 0 is \S*kernel \(8, 32\) in the model, "
+        r"\S*kernel \(8, 16\) in the backup \(the backup holds \d+ variables",
+    ):
+        fit(wider, data, [keras_ckpt.BackupAndRestore(tmp_path)])

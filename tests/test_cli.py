@@ -944,3 +944,10 @@ def test_show_and_export_import_no_keras(entry_point):
     assert result.code == 0, result.err
     assert "weights" in result.out  # show printed the checkpoint
     assert result.out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_gs_url_without_gcsfs_names_the_gcs_extra_only():
+    result = cli("list", "gs://bucket/runs")
+    assert result.code == 2
+    assert "keras-ckpt[gcs]" in result.err
+    assert "[remote]" not in result.err  # the extra without gcsfs would not help

@@ -14,13 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
 import pytest
 import tensorflow as tf
 from conftest import build_model
+from processes import kill, lines, wait_for
 
 import keras_ckpt
 from keras_ckpt import distribute
@@ -72,25 +72,6 @@ def launch(
         err = open(logs / f"{run}-{index}.err", "w")  # noqa: SIM115
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=env))
     return procs
-
-
-def lines(logs: Path, run: str, index: int, kind: str) -> list[list[str]]:
-    text = (logs / f"{run}-{index}.out").read_text()
-    return [line.split()[1:] for line in text.splitlines() if line.split()[:1] == [kind]]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,11 @@ from keras_ckpt.format import (
     h5read,
     h5write,
     keras_file,
+    orbax_dir,
     snapshot,
 )
 from keras_ckpt.store import history
-from keras_ckpt.training import pipeline, signals, triggers
+from keras_ckpt.training import announcements, pipeline, signals, triggers
 
 PUBLIC = [
     *(getattr(keras_ckpt, name) for name in keras_ckpt.__all__ if name[0].isupper()),
@@ -66,9 +67,11 @@ MODULES = [
     keras_ckpt.format,
     keras_file,
     backup_file,
+    orbax_dir,
     pipeline,
     signals,
     triggers,
+    announcements,
     _runs,
     _adopt,
 ]

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -685,3 +686,91 @@ def test_retention_policy_object_is_recorded_for_the_cli(tmp_path, data):
     fit(build_model(), data, [cb], epochs=1)
     recorded = keras_ckpt.CheckpointManager(tmp_path).latest().owner_state["retention"]
     assert keras_ckpt.policies.from_json(recorded) == KeepBest(1, "loss") | KeepLast(1)
+
+
+# ---------------------------------------------------------------- what it says, and when
+
+
+def test_a_monitor_no_logged_metric_has_raises_even_when_nothing_ranks_by_it(tmp_path, data):
+    """Keras 3.15 raises at the first epoch end when it cannot tell the direction of `monitor`
+    (`val_los`: no compiled metric `los`), whatever the callback does with it; so do we, and a
+    typo is named with the keys that exist."""
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor="val_los")
+    with pytest.raises(
+        ValueError,
+        match=r"`monitor` names `val_los`, which is not in the logs at the end of epoch 1\. "
+        r"Keys that exist: accuracy, loss, val_accuracy, val_loss",
+    ):
+        fit(build_model(), data, [cb], epochs=2, validation_split=0.25)
+    assert names(tmp_path) == []
+    with pytest.raises(ValueError, match=r"`monitor` names `accuracy_top5`"):
+        fit(build_model(), data, [keras_ckpt.ModelCheckpoint(
+            str(tmp_path / "n-{epoch}.keras"), monitor="accuracy_top5")])  # fmt: skip
+
+
+def test_a_monitor_whose_direction_is_unknown_raises_as_keras_does(tmp_path, data):
+    def custom(y_true, y_pred):
+        return keras.ops.mean(y_pred)
+
+    model = build_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=[custom])
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor="custom")
+    with pytest.raises(ValueError, match='Pass mode="min" or mode="max"'):
+        fit(model, data, [cb], epochs=1)
+    with pytest.raises(ValueError, match="isn't able to automatically determine"):
+        fit(model, data, [keras.callbacks.ModelCheckpoint(str(tmp_path / "k.keras"),
+                                                          monitor="custom")], epochs=1)  # fmt: skip
+
+
+def test_best_of_checkpoints_without_the_monitored_metric_raises_instead_of_none(tmp_path, data):
+    """No validation data: `val_loss` (the default monitor) is never logged; the saves go on,
+    but "best" by it means nothing and must say so."""
+    fit(build_model(), data, [keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"))])
+    assert names(tmp_path) == ["m-1.keras", "m-2.keras", "m-3.keras"]
+    manager = keras_ckpt.CheckpointManager(tmp_path)
+    for mode in ("auto", "min"):
+        with pytest.raises(
+            keras_ckpt.errors.CheckpointNotFoundError,
+            match=r"No checkpoint in .* has `val_loss` in its metrics \(3 checkpoints have: "
+            r"accuracy, loss\)",
+        ):
+            manager.best(mode=mode)
+    assert keras_ckpt.CheckpointManager(tmp_path / "empty").best("val_loss") is None
+
+
+def test_an_async_save_is_announced_on_the_training_thread_in_order(tmp_path, data, mocker):
+    """The background write ends at a moment of its own; its line waits for the next hook of the
+    training thread: before the next epoch's progress bar header if the write is done by then."""
+    printed = []
+    real_print = print
+
+    def noting(*args, **kwargs):
+        printed.append((threading.current_thread().name, " ".join(map(str, args))))
+        real_print(*args, **kwargs)
+
+    mocker.patch("builtins.print", side_effect=noting)
+    cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), verbose=1, async_save=True)
+
+    class Landed(keras.callbacks.Callback):  # after `cb`: the epoch's write is done
+        def on_epoch_end(self, epoch, logs=None):
+            cb.wait_until_finished()
+
+    build_model().fit(*data, batch_size=16, epochs=2, verbose=1, callbacks=[cb, Landed()])
+    ours = [(thread, text.strip()) for thread, text in printed if "saving model to" in text]
+    assert {thread for thread, _ in ours} == {threading.main_thread().name}
+    assert [text.split(" to ")[0] for _, text in ours] == [
+        "Epoch 1: saving model",
+        "Epoch 1: finished saving model",
+        "Epoch 2: saving model",
+        "Epoch 2: finished saving model",
+    ]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux's /proc")
+def test_a_filepath_where_nothing_can_be_created_is_refused_at_construction():
+    with pytest.raises(
+        ValueError,
+        match=r"`filepath`\. Expected a path in a folder keras-ckpt can write in: /proc is on a "
+        r"virtual file system \(proc\) .*Received: filepath='/proc/runs/m\.keras'",
+    ):
+        keras_ckpt.ModelCheckpoint("/proc/runs/m.keras")

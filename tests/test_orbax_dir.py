@@ -59,6 +59,10 @@ def test_model_checkpoint_writes_a_folder_per_checkpoint_with_every_file_recorde
     assert report["kernel_sharding"] == "P(None, 'model')"
 
 
+def test_both_callbacks_write_sharded_checkpoints_in_the_background(saved):
+    assert saved[0]["background"] == [True, True]  # training waits only for the host copy
+
+
 def test_show_describes_the_folder_and_how_to_load_it(saved):
     report, _ = saved
     assert report["show_status"] == 0
@@ -85,6 +89,15 @@ def test_loading_onto_a_1x2_mesh_reshards_and_says_so(saved):
     assert (
         "keras-ckpt: m-3 was saved on 4 devices, mesh batch=2 x model=2; restoring it onto "
         "2 devices, mesh batch=1 x model=2, resharded by Orbax." in stdout
+    )
+
+
+def test_backup_and_restore_resumes_onto_a_1x2_mesh_and_says_so(saved):
+    report, stdout = saved
+    assert report["backup_other_mesh_equal"] is True
+    assert (
+        "keras-ckpt: backup-000000024 was saved on 4 devices, mesh batch=2 x model=2; restoring "
+        "it onto 2 devices, mesh batch=1 x model=2, resharded by Orbax." in stdout
     )
 
 

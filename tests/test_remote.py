@@ -527,3 +527,24 @@ def test_a_lease_that_runs_out_during_an_upload_stops_like_a_killed_writer(mocke
     manager.close()
     # The next writer settles it as it settles a writer killed after its upload.
     assert [r.name for r in CheckpointManager(url).checkpoints()] == ["a"]
+
+
+def test_a_gs_path_without_gcsfs_says_to_install_the_gcs_extra():
+    """`[remote]` brings s3fs, not gcsfs: the hint for gs:// is the `gcs` extra, which has it."""
+    import importlib.util
+    from pathlib import Path
+
+    import tomllib
+
+    import keras_ckpt
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(
+        ImportError, match=r"gs://bucket/runs needs .*pip install 'keras-ckpt\[gcs\]'"
+    ):
+        keras_ckpt.BackupAndRestore("gs://bucket/runs")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    assert any(req.startswith("gcsfs>=") for req in extras["gcs"])
+    assert not any(req.startswith("gcsfs") for req in extras["remote"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import commit
 
+from keras_ckpt.errors import CheckpointNotFoundError
 from keras_ckpt.manager import CheckpointManager
 
 
@@ -38,7 +39,8 @@ def test_best_skips_checkpoints_without_the_metric(manager):
     commit(manager, "a", metrics={"val_loss": 0.9})
     commit(manager, "b", metrics={"loss": 0.1})
     assert manager.best("val_loss").name == "a"
-    assert manager.best("val_auc") is None
+    with pytest.raises(CheckpointNotFoundError, match=r"has `val_auc`.*have: loss, val_loss"):
+        manager.best("val_auc")  # not None: that would pass for "no checkpoint at all"
 
 
 def test_best_rejects_an_unknown_mode(manager):

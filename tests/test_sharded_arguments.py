@@ -25,6 +25,11 @@ def test_a_folder_filepath_may_not_end_in_a_keras_extension(tmp_path):
         keras_ckpt.ModelCheckpoint(f"{tmp_path}/model-{{epoch}}.keras/")
 
 
+def test_a_folder_filepath_needs_a_field_as_a_folder_cannot_be_replaced_in_place(tmp_path):
+    with pytest.raises(ValueError, match=r"argument `filepath`.*a field such as `\{epoch\}`"):
+        keras_ckpt.ModelCheckpoint(f"{tmp_path}/best/")
+
+
 @needs_other_backend
 def test_a_folder_filepath_needs_the_jax_backend(tmp_path):
     with pytest.raises(ImportError, match="needs the JAX backend"):

@@ -9,17 +9,16 @@ finish. Skipped only where JAX is not installed; with JAX, a missing orbax-check
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("jax")  # the [jax] extra; `make test-backends` installs it with [orbax]
 import orbax.checkpoint  # noqa: E402,F401  - with JAX, the [orbax] extra must be there: no skip
+from processes import kill, lines, wait_for  # noqa: E402
 
 from keras_ckpt.manager import CheckpointManager  # noqa: E402
 
@@ -47,25 +46,6 @@ def launch(directory: Path, logs: Path, run: str, pause_at: int | None = None):
         err = open(logs / f"{run}-{index}.err", "w")  # noqa: SIM115
         procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=env))
     return procs
-
-
-def lines(logs: Path, run: str, index: int, kind: str) -> list[list[str]]:
-    text = (logs / f"{run}-{index}.out").read_text()
-    return [line.split()[1:] for line in text.splitlines() if line.split()[:1] == [kind]]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
 
 
 def finish(procs, logs: Path, run: str) -> None:

@@ -14,7 +14,7 @@ from keras_ckpt.cadence import DEFAULT_MAX_OVERHEAD, check_max_overhead
 from keras_ckpt.callbacks._naming import template_fields
 from keras_ckpt.policies import Policy
 from keras_ckpt.schedule import check_save_freq
-from keras_ckpt.store.local import file_in_the_way
+from keras_ckpt.store.local import cannot_write, file_in_the_way
 
 __all__ = [
     "check_backup_save_freq",
@@ -29,15 +29,16 @@ __all__ = [
 KEEP_ARGS = ("keep_last", "keep_best", "keep_every_n_epochs", "max_total_bytes")
 
 
-def check_verbose(verbose: object) -> int:
+def check_verbose(verbose: object, expected: str = "0 (silent), 1 or 2 (a line per save)") -> int:
     """0 (silent), 1 or 2, as Keras's callbacks take it (not a bool)."""
     if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose not in (0, 1, 2):
-        raise invalid("verbose", "0 (silent), 1 or 2 (a line per save)", verbose)
+        raise invalid("verbose", expected, verbose)
     return verbose
 
 
 def check_folder(argument: str, folder: object, shown: object, expected: str = "a folder") -> str:
-    """`folder` as a string if a folder can be made there (URLs are not checked here).
+    """`folder` as a string if keras-ckpt can make and write its folders there (URLs are not
+    checked here: the store reports them).
 
     Args:
         argument: The argument's name, for the message.
@@ -48,9 +49,16 @@ def check_folder(argument: str, folder: object, shown: object, expected: str = "
     if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
         raise invalid(argument, "a non-empty path or URL", shown)
     text = os.fspath(folder)
-    blocker = None if "://" in text else file_in_the_way(text)
+    if "://" in text:
+        return text
+    blocker = file_in_the_way(text)
     if blocker is not None:
         raise invalid(argument, f"{expected} ({blocker} is a file)", shown)
+    reason = cannot_write(text)
+    if reason is not None:
+        raise invalid(
+            argument, f"{expected} keras-ckpt can write in: {reason}. Choose another folder", shown
+        )
     return text
 
 
@@ -72,7 +80,15 @@ def check_extension(template: str, filepath: str, weights_only: bool) -> None:
 
 
 def check_folder_name(template: str, filepath: str) -> None:
-    """A sharded checkpoint's name (a filepath ending in `/`) carries no file extension."""
+    """A sharded checkpoint's name (a filepath ending in `/`) has a field and no file extension:
+    a folder of many files is never replaced in place, and Keras tells files by extension."""
+    if not template_fields(template):
+        raise ValueError(
+            "Invalid value for argument `filepath`. Expected a folder name with a field such as "
+            "`{epoch}` for sharded checkpoints: a folder of many files cannot be replaced in "
+            "place safely (keep only the newest with keep_last=1). "
+            f"Received: filepath={filepath!r}"
+        )
     if template.endswith((".keras", ".h5")):
         raise ValueError(
             "Invalid value for argument `filepath`. Expected a folder name without `.keras` or "

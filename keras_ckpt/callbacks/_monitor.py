@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from keras_ckpt._validate import check_choice, invalid
-from keras_ckpt.policies import Policy, infer_mode, to_json
+from keras_ckpt.policies import Policy, infer_mode, ranked_metrics, to_json
 from keras_ckpt.records import CallbackMemory
 from keras_ckpt.training import fit_state
 
@@ -147,15 +147,24 @@ class Monitor:
             self.best = self.better_of(self.best, state.get("best"))
 
 
-def check_in_logs(wanted: set[str], logs: Mapping[str, Any], *, epoch: int, role: str) -> None:
-    """A monitored metric missing from an epoch end's logs is a typo, unless it is a `val_`
-    metric and validation did not run this epoch (no `val_` key at all: `validation_freq`)."""
+def check_in_logs(callback: Any, logs: Mapping[str, Any], *, epoch: int) -> None:
+    """A metric a `ModelCheckpoint` monitors (its `monitor`, whose name its records keep and
+    "best" means, and what its retention ranks by) missing from an epoch end's logs is a typo,
+    unless it is a `val_` metric and validation did not run this epoch (no `val_` key at all:
+    `validation_freq`, or no validation data)."""
+    monitor = callback.monitor
+    retention = callback._retention
+    wanted = {monitor} | (ranked_metrics(retention) if retention is not None else set())
+    if callback.save_best_only:
+        role = "`save_best_only` monitors"
+    else:
+        role = "`keep_best` monitors" if callback._keep["keep_best"] else "`monitor` names"
     validated = any(key.startswith("val_") for key in logs)
     for metric in sorted(wanted):
         if metric not in logs and (validated or not metric.startswith("val_")):
             raise ValueError(
-                f"ModelCheckpoint: {role} monitors `{metric}`, which is not in the logs at the "
-                f"end of epoch {epoch + 1}. Keys that exist: {', '.join(sorted(logs)) or 'none'}. "
+                f"ModelCheckpoint: {role} `{metric}`, which is not in the logs at the end of "
+                f"epoch {epoch + 1}. Keys that exist: {', '.join(sorted(logs)) or 'none'}. "
                 "Pass one of them as `monitor`."
             )
 

@@ -14,12 +14,18 @@ import keras
 
 from keras_ckpt import distribute
 from keras_ckpt._validate import check_bool
-from keras_ckpt.callbacks._arguments import check_backup_save_freq, check_folder, check_keep_last
+from keras_ckpt.callbacks._arguments import (
+    check_backup_save_freq,
+    check_folder,
+    check_keep_last,
+    check_verbose,
+)
 from keras_ckpt.format.backup_file import BackupFile
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.schedule import Progress, Schedule
-from keras_ckpt.state import is_replaying, mark_preempted, mark_resumed
+from keras_ckpt.state import is_replaying, mark_preempted
 from keras_ckpt.training import fit_state
+from keras_ckpt.training.announcements import Announcements
 from keras_ckpt.training.backup import Backups
 from keras_ckpt.training.pipeline import SavePipeline
 from keras_ckpt.training.sharded import check_sharded, choose_format
@@ -86,14 +92,17 @@ class BackupAndRestore(keras.callbacks.Callback):
             at the next batch or epoch end, and `fit` (also when stopped by a signal) returns only
             after the last backup is committed. Defaults to `True`.
         max_overhead: With `save_freq="auto"` only: the fraction of training time backups may
-            cost, a float in (0, 1). The callback backs up after the first step to measure a
-            backup (the part that blocks training, any wait for the previous background write,
-            and how much slower the steps a background write overlaps run), measures the step
-            time, and picks the interval in steps; it decides again when the costs drift, and
-            prints the interval in one line each time it changes. `every_seconds` still bounds
-            the longest gap. Each backup records the interval and the measured costs in its
-            record (`owner_state["cadence"]`). Defaults to `0.02`. Single-process training
-            only: `fit` raises `ValueError` in a multi-worker job.
+            cost, a float in (0, 1). The callback backs up after the first step (a warm-up that
+            pays first-use costs), times the steps, backs up once more to measure a backup (the
+            part that blocks training, any wait for the previous background write, and how much
+            slower the steps a background write overlaps run), and picks the interval in steps;
+            it decides again when the costs drift. `every_seconds` still bounds the longest gap.
+            Each backup records the interval and the measured costs in its record
+            (`owner_state["cadence"]`). Defaults to `0.02`. Single-process training only: `fit`
+            raises `ValueError` in a multi-worker job.
+        verbose: 0 (silent), 1 (a line when `fit` resumes, when a signal stops it, and for
+            `save_freq="auto"` the interval chosen and its changes that last) or 2 (also a line
+            per backup, and every change of the interval). Defaults to `1`.
         sharded: True: each backup is a folder written by Orbax, every process writing the
             shards it holds (JAX; `pip install "keras-ckpt[orbax]"`); `model.load_weights`
             loads it. False: one Keras weights file each. None (default): sharded only when the
@@ -135,10 +144,12 @@ class BackupAndRestore(keras.callbacks.Callback):
         async_save: bool = True,
         max_overhead: float | None = None,
         raise_on_interrupt: bool = True,
+        verbose: int = 1,
         sharded: bool | None = None,
     ):
         super().__init__()
         self.backup_dir = check_folder("backup_dir", backup_dir, backup_dir)
+        self.verbose = check_verbose(verbose, "0 (silent), 1 or 2 (a line per backup)")
         self.save_on_interrupt = check_bool("save_on_interrupt", save_on_interrupt)
         self.raise_on_interrupt = check_bool("raise_on_interrupt", raise_on_interrupt)
         self.save_freq, self.max_overhead = check_backup_save_freq(
@@ -163,6 +174,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             name=OWNER,
             max_overhead=self.max_overhead,
             background=self.async_save,
+            verbose=self.verbose,
         )
         self.sharded = check_sharded(sharded)
         self.manager = CheckpointManager(self.backup_dir)
@@ -173,6 +185,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             self.manager, self._file_format, background=self.async_save, thread="keras-ckpt-backup"
         )
         self._backups = Backups(self._pipeline, owner=OWNER, keep_last=self.keep_last)
+        self._lines = Announcements()  # printed in order, on the training thread
         self._chief = True
         self._progress = Progress()
         self._stopped_by_signal = False
@@ -193,9 +206,6 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._triggers.check_workers(self.model)
         # Multi-worker: every worker restores the same backup below; only the chief writes.
         self._chief = distribute.is_chief(self.model)
-        mark_preempted(self.model, False)
-        mark_resumed(self.model, None)
-        fit_state.stop_replay(self.model)
         sharded = choose_format(
             self.sharded,
             self.model,
@@ -208,13 +218,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._pipeline.use_format(sharded or self._file_format)
         resumed = self._backups.begin(self.model, self, chief=self._chief)
         if resumed is not None:
-            self._progress = p = resumed.progress
-            print(
-                f"BackupAndRestore: resuming from {self._backups.where(resumed.record.name)} at "
-                + (f"step {p.step} of" if p.step else "the start of")
-                + f" epoch {p.epoch + 1} (global step {p.global_step}).",
-                flush=True,
-            )
+            self._progress = resumed.progress
+            for line in resumed.lines(self._backups.where(resumed.record.name)):
+                self._say(line)
         self._triggers.start(
             fit_state.unsynced_model(self),
             chief=self._chief,
@@ -224,9 +230,8 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._pipeline.check()
-        fit_state.clear_initial_epoch(self.model)
-        assert self._backups.training is not None
-        self._backups.training.begin_epoch(self.model, epoch)
+        self._lines.flush()
+        self._backups.begin_epoch(self.model, epoch)
         self._progress.begin_epoch(epoch)
         if self._epoch_save_logs is not None:
             self._save(self._epoch_save_logs)
@@ -245,12 +250,13 @@ class BackupAndRestore(keras.callbacks.Callback):
                 self._stop(save=False)  # the backup resumed from holds exactly this state
             return  # multi-worker: a signal waits for the first trained step, where all agree
         self._pipeline.check()
+        self._lines.flush()
         self._progress.end_batch(batch)
         decision = self._triggers.after_batch(
             self._progress.global_step, writing=self._pipeline.busy
         )
         if decision.message is not None and self._chief:
-            print(f'BackupAndRestore(save_freq="auto"): {decision.message}.', flush=True)
+            self._say(f'BackupAndRestore(save_freq="auto"): {decision.message}.')
         if decision.stop is not None:
             self._stop(save=True, logs=logs)
         elif decision.save:
@@ -278,8 +284,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         try:
             completed = signum is None
             if self._epoch_save_logs is not None and not (completed and self.delete_checkpoint):
-                assert self._backups.training is not None
-                self._backups.training.capture_epoch_start()
+                self._backups.capture_epoch_start()
                 self._save(self._epoch_save_logs)
             self._epoch_save_logs = None
             self._pipeline.wait()
@@ -288,13 +293,14 @@ class BackupAndRestore(keras.callbacks.Callback):
                 remove = True
         finally:
             self._pipeline.close()
+            self._lines.flush()
         if remove:
             self.manager.remove_if_unused()  # as Keras does, if nothing else is left there
         if signum is not None:
             fit_state.drop_epoch_from_history(fit_state.unsynced_model(self), self._cut_epoch)
             self._announce(signum)
             if self.raise_on_interrupt:
-                end_others(self._callbacks(), self)
+                end_others(self._backups.callbacks, self)
                 raise interrupt(signum, OWNER)
 
     def wait_until_finished(self) -> None:
@@ -312,6 +318,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             chief=self._chief,
             cadence=self._triggers.cadence,
             on_saved=timer.written if timer is not None else None,
+            lines=self._lines if self.verbose == 2 else None,
         )
         if timer is not None:
             timer.captured()
@@ -320,9 +327,7 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _end_fit(self) -> None:
         """Undoes what this callback did to the model and the process for the running `fit`."""
-        fit_state.stop_replay(self.model)
-        fit_state.clear_initial_epoch(self.model)
-        mark_resumed(self.model, None)
+        self._backups.end(self.model)
         self._triggers.end()
 
     def _stop(self, *, save: bool, logs: dict[str, Any] | None = None) -> None:
@@ -340,19 +345,17 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._end_fit()
             self._pipeline.close()
             self._announce(signum)
-            end_others(self._callbacks(), self)
+            end_others(self._backups.callbacks, self)
             raise interrupt(signum, OWNER)
         mark_preempted(self.model, True)
         self.model.stop_training = True
 
-    def _callbacks(self) -> list[Any]:
-        training = self._backups.training
-        return training.callbacks if training is not None else []
-
     def _announce(self, signum: int) -> None:
         """One line: which signal, where training stood, where the backup is, how to resume."""
         where = self._backups.where(chief=self._chief)
-        print(
-            announcement(signum, self._progress, where, mid_epoch=self._stopped_by_signal),
-            flush=True,
-        )
+        self._say(announcement(signum, self._progress, where, mid_epoch=self._stopped_by_signal))
+
+    def _say(self, line: str) -> None:
+        if self.verbose:
+            self._lines.flush()
+            print(line, flush=True)

@@ -33,11 +33,12 @@ from keras_ckpt.callbacks._naming import (
 )
 from keras_ckpt.format.keras_file import KerasFile
 from keras_ckpt.manager import CheckpointManager
-from keras_ckpt.policies import Policy, from_keep_args, ranked_metrics
+from keras_ckpt.policies import Policy, from_keep_args
 from keras_ckpt.records import clean_metrics
 from keras_ckpt.schedule import Progress, Schedule, check_save_freq
 from keras_ckpt.state import is_preempted, is_replaying, mark_preempted
 from keras_ckpt.training import fit_state
+from keras_ckpt.training.announcements import Announcements
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 from keras_ckpt.training.sharded import check_sharded, choose_format
 from keras_ckpt.training.triggers import Triggers
@@ -67,12 +68,13 @@ class ModelCheckpoint(keras.callbacks.Callback):
             Orbax from every process (JAX; `pip install "keras-ckpt[orbax]"`), that
             `keras.saving.load_model` loads. A model whose variables are split across processes
             saves such folders anyway (named as the file, without its extension), and says so.
-        monitor: Metric watched by `save_best_only` and `keep_best`. Defaults to `"val_loss"`.
+        monitor: Metric watched by `save_best_only` and `keep_best`, recorded as what "best"
+            means. One missing from the logs of an epoch end that has validation metrics (a
+            misspelled name) raises `ValueError` listing the keys that exist, used or not.
+            Defaults to `"val_loss"`.
         verbose: 0 (silent), 1 or 2 (a line per save; Keras prints for any value above 0).
-        save_best_only: Save only when `monitor` improves. A `monitor` missing from the logs of
-            an epoch end that has validation metrics (a misspelled name) raises `ValueError`
-            listing the keys that exist; an epoch without validation (`validation_freq`) saves
-            nothing, with a warning. Defaults to `False`.
+        save_best_only: Save only when `monitor` improves. An epoch without validation
+            (`validation_freq`) saves nothing, with a warning. Defaults to `False`.
         save_weights_only: Save `model.save_weights` instead of `model.save`. Defaults to `False`.
         mode: `"auto"`, `"min"` or `"max"`. `"auto"` takes the direction of the compiled metric
             (or `min` for losses) at the first save, and raises if it cannot tell.
@@ -166,7 +168,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         check_conflicts(self)
         self.manager = CheckpointManager(self.directory)
         # A legacy `.h5` full model has no snapshot writer: Keras writes it from the live model.
-        legacy = not self.save_weights_only and not self.template.endswith(".keras")
+        legacy = not (self.save_weights_only or self._sharded or self.template.endswith(".keras"))
         self._file_format = KerasFile(
             weights_only=self.save_weights_only, legacy_h5=legacy, copy=async_save
         )
@@ -184,6 +186,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         # `model` sync would write an older state back under the trainer).
         self.async_safe = not self._schedule.needs_batch_hooks
         self._count_lock = threading.Lock()
+        self._lines = Announcements()  # printed in order, on the training thread
 
     @property
     def monitor(self) -> str:
@@ -229,6 +232,8 @@ class ModelCheckpoint(keras.callbacks.Callback):
             chief=self._chief,
             who="ModelCheckpoint",
         )
+        if sharded is not None:
+            check_folder_name(sharded.checkpoint_name(self.template), self.filepath)
         self._pipeline.use_format(sharded or self._file_format)
         if self._chief:
             self.manager.open_for_writing()
@@ -239,6 +244,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._pipeline.check()
+        self._lines.flush()  # before the progress bar's header of this epoch
         if not self._run_settled:
             self._run_settled = True
             self._run, self._monitor.origin = _runs.settle_run_of(self, first_epoch=epoch)
@@ -255,15 +261,19 @@ class ModelCheckpoint(keras.callbacks.Callback):
                     self._progress.end_batch(batch)
             return
         self._pipeline.check()
+        self._lines.flush()
         self._progress.end_batch(batch)
         if self._triggers.after_batch(self._progress.global_step).save:
             self._save(self._progress.epoch, batch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._pipeline.check()
+        self._lines.flush()
         if is_preempted(fit_state.unsynced_model(self)):
             return  # a signal cut this epoch short; the resumed run finishes it for real
-        check_in_logs(self._monitored(), logs or {}, epoch=epoch, role=self._role())
+        check_in_logs(self, logs or {}, epoch=epoch)
+        if self.monitor in (logs or {}):
+            self._monitor.resolve(self.model)  # "auto" settled as Keras does: it raises if unknown
         steps_in_epoch = self._last_epoch_steps = self._progress.step
         self._progress.end_epoch(epoch)
         if self._triggers.after_epoch(self._progress.epoch, self._progress.global_step).save:
@@ -284,11 +294,13 @@ class ModelCheckpoint(keras.callbacks.Callback):
                     self._save(max(self._progress.epoch - 1, 0), last, logs)
         finally:
             self._pipeline.close()
+            self._lines.flush()
 
     def _end_interrupted(self) -> None:
         """Called by `BackupAndRestore` before it raises on a signal (our `on_train_end` will not
         run): lands the save in flight and gives the directory's lock back."""
         self._pipeline.close()
+        self._lines.flush()
 
     def wait_until_finished(self) -> None:
         """Blocks until the last save is committed; raises its error if it failed."""
@@ -331,26 +343,15 @@ class ModelCheckpoint(keras.callbacks.Callback):
             memory=callback_memory(self, policy),
         )
 
-        def announce(saved: Saved) -> None:
+        def announce(saved: Saved) -> None:  # on the writer thread when in the background
             if self.verbose:
-                print(f"\nEpoch {epoch_index + 1}: finished saving model to {display}")
-                if saved.pruned is not None and saved.pruned.deleted:
-                    names = ", ".join(r.name for r in saved.pruned.deleted)
-                    print(f"Epoch {epoch_index + 1}: retention removed {names}")
+                self._lines.saved(saved, f"Epoch {epoch_index + 1}", display)
 
         retention = _runs.ThisRun(policy, self._run) if policy is not None else None
         self._pipeline.save(self.model, request, retention=retention, on_saved=announce)
 
     def _uses_monitor(self) -> bool:
         return self.save_best_only or bool(self._keep["keep_best"])
-
-    def _monitored(self) -> set[str]:
-        """The metrics this callback ranks or compares by."""
-        wanted = {self.monitor} if self._uses_monitor() else set()
-        return wanted | (ranked_metrics(self._retention) if self._retention is not None else set())
-
-    def _role(self) -> str:
-        return "`save_best_only`" if self.save_best_only else "`keep_best`"
 
     # --------------------------------------------------------------- resume protocol
 

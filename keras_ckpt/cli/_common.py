@@ -27,10 +27,7 @@ def open_manager(directory: str) -> CheckpointManager:
     try:
         manager = CheckpointManager(directory)
     except ImportError as e:
-        raise CliError(
-            f"{directory} is a remote URL and reading it needs the remote extra: "
-            f"pip install 'keras-ckpt[remote]' ({e})"
-        ) from None
+        raise CliError(f"{directory} is a remote URL and reading it needs an extra: {e}") from None
     if isinstance(manager.storage, LocalStorage):
         root = manager.storage.root
         is_file, is_dir = os.path.isfile(root), os.path.isdir(root)

@@ -37,6 +37,7 @@ __all__ = [
     "SealedFile",
     "Storage",
     "atomic_local_file",
+    "cannot_write",
     "file_in_the_way",
     "open_regular",
     "seal_file",
@@ -106,6 +107,62 @@ def file_in_the_way(path: str | os.PathLike[str]) -> str | None:
     while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)
     return None if os.path.isdir(existing) else existing
+
+
+# File systems that hold no files of ours: the kernel's views (`/proc`, `/sys`, ...).
+_VIRTUAL_FILE_SYSTEMS = frozenset(
+    {"proc", "sysfs", "devpts", "devtmpfs", "cgroup", "cgroup2", "debugfs", "tracefs",
+     "securityfs", "pstore", "bpf", "configfs", "fusectl", "mqueue", "binfmt_misc"}
+)  # fmt: skip
+
+
+def cannot_write(path: str | os.PathLike[str]) -> str | None:
+    """Why keras-ckpt could not create its folders under local `path` (None: as far as can be
+    told without writing, it can).
+
+    Looks at the nearest existing one of `path/.keras_ckpt` and its parents, and changes nothing:
+    a virtual file system (`/proc`, `/sys`: no new entries, even for root), a read-only mount, or
+    no write permission. A file in the way, or a `.keras_ckpt` that is a link, is left to the
+    checks that name them.
+
+    Example:
+
+    >>> cannot_write("/proc/runs")
+    '/proc is on a virtual file system (proc) that takes no new folders'
+    """
+    meta = existing = os.path.join(os.path.abspath(os.fspath(path)), META_DIR)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if (existing == meta and os.path.islink(meta)) or not os.path.isdir(existing):
+        return None  # a link or a file in the way: the checks that name them say so
+    kind = _file_system_type(existing)
+    if kind in _VIRTUAL_FILE_SYSTEMS:
+        return f"{existing} is on a virtual file system ({kind}) that takes no new folders"
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to create folders in {existing}"
+    return None
+
+
+def _file_system_type(path: str) -> str | None:
+    """The type of the file system `path` is on, from `/proc/self/mountinfo` (None elsewhere)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return None
+    real, best, kind = os.path.realpath(path), "", None
+    for line in mounts:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        point = parts[4].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, rest.split()[0]
+    return kind
 
 
 def _make_root(root: str) -> None:

@@ -51,19 +51,36 @@ try:
     import fsspec
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "Checkpoint directories given as URLs need fsspec (and s3fs for s3://, gcsfs for gs://): "
-        "pip install 'keras-ckpt[remote]'"
+        "Checkpoint directories given as URLs need fsspec: pip install 'keras-ckpt[remote]' "
+        "(fsspec and s3fs, for s3://), or 'keras-ckpt[gcs]' (fsspec and gcsfs, for gs://)"
     ) from e
 
-__all__ = ["FsspecStorage"]
+__all__ = ["FsspecStorage", "install_hint"]
 
 _LOCK = f"{META_DIR}/lock"
+# The extra that installs each protocol's file system (others: that file system's own package).
+_EXTRAS = {"s3": "remote", "s3a": "remote", "gs": "gcs", "gcs": "gcs"}
 # The lock's clock: wall time, compared across processes and hosts (tests replace it).
 _clock = time.time
 
 
 def _now() -> float:
     return _clock()
+
+
+def install_hint(url: str) -> str:
+    """What to install for `url`'s file system.
+
+    Example:
+
+    >>> install_hint("gs://bucket/runs")
+    "pip install 'keras-ckpt[gcs]'"
+    """
+    protocol = url.split("://", 1)[0].lower()
+    extra = _EXTRAS.get(protocol)
+    if extra is None:
+        return f"install the fsspec file system for {protocol}://"
+    return f"pip install 'keras-ckpt[{extra}]'"
 
 
 class FsspecStorage(Storage):
@@ -118,7 +135,12 @@ class FsspecStorage(Storage):
                 f"`lock_timeout` ({lock_timeout!r}), or every live lock would look stale. "
                 f"Received: heartbeat_interval={heartbeat_interval!r}"
             )
-        self.fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        try:
+            self.fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        except ImportError as e:
+            raise ImportError(
+                f"{url} needs its file system's package ({e}): {install_hint(url)}"
+            ) from e
         self.root = path.rstrip("/")
         self.url = url.rstrip("/")
         self.lock_timeout = float(lock_timeout)

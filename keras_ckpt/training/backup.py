@@ -20,10 +20,11 @@ from keras_ckpt.errors import ResumeError
 from keras_ckpt.format.backup_file import BackupContents, BackupInputs, is_three_file_backup
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import KeepLast, to_json
-from keras_ckpt.records import CallbackMemory, Record, clean_metrics
+from keras_ckpt.records import CallbackMemory, Record, clean_metrics, position
 from keras_ckpt.schedule import Progress
-from keras_ckpt.state import mark_resumed
+from keras_ckpt.state import mark_preempted, mark_resumed
 from keras_ckpt.training import fit_state as fs
+from keras_ckpt.training.announcements import Announcements, replaced_line
 from keras_ckpt.training.pipeline import Saved, SavePipeline, SaveRequest
 
 __all__ = ["Backups", "Resumed", "TrainingState"]
@@ -61,6 +62,8 @@ class TrainingState:
             else None
         )
         self.epoch_start: dict[str, Any] = {}
+        # Optimizer settings the restore replaced: (name, the script's value, the backup's).
+        self.replaced: list[tuple[str, float, float]] = []
         self._pending: _Pending | None = None
         if self.counter is not None and fs.needs_input_protocol(self.counter.epoch_iterator):
             warnings.warn(
@@ -137,17 +140,19 @@ class TrainingState:
         saved = contents.layout
         current = [(v.path, tuple(v.shape)) for v in variables]
         if [shape for _, shape in saved] != [shape for _, shape in current]:
-            counts = (
-                f"it holds {len(saved)} variables, the model has {len(current)}"
-                if len(saved) != len(current)
-                else f"the shapes of its {len(saved)} variables differ from the model's"
-            )
             raise ResumeError(
-                f"Backup {record.name} in {directory} does not match this model: {counts}"
-                + _first_difference(saved, current)
-                + ". Use another `backup_dir` for a different model."
+                f"Backup {record.name} in {directory} does not match this model: "
+                f"{_first_difference(saved, current)} (the backup holds {len(saved)} variables, "
+                f"the model has {len(current)}). Use another `backup_dir` for a different model."
             )
+        settings = _optimizer_settings(model)
+        before = {name: float(v.numpy()) for name, v in settings.items()}
         _assign(variables, contents)
+        self.replaced = [
+            (name, before[name], after)
+            for name, v in settings.items()
+            if (after := float(v.numpy())) != before[name]
+        ]
         iterations = fs.optimizer_iterations(model)
         if iterations != state["iterations"]:
             raise ResumeError(
@@ -212,11 +217,26 @@ def _assign(variables: list[Any], contents: BackupContents) -> None:
         variables[index].assign(array)
 
 
+def _optimizer_settings(model: Any) -> dict[str, Any]:
+    """The optimizer's settings that are variables, so a backup restores them (the learning rate
+    unless it is a schedule): its scalar variables named like an argument of its config."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return {}
+    config = optimizer.get_config()
+    return {v.name: v for v in optimizer.variables if len(v.shape) == 0 and v.name in config}
+
+
 def _first_difference(saved: list[Any], current: list[Any]) -> str:
+    """The first variable whose shape differs, named with both shapes (or the first one only
+    one side has)."""
     for i, (a, b) in enumerate(zip(saved, current, strict=False)):
         if a[1] != b[1]:
-            return f" (first difference at variable {i}: {a[0]} {a[1]} then, {b[0]} {b[1]} now)"
-    return ""
+            return f"variable {i} is {b[0]} {b[1]} in the model, {a[0]} {a[1]} in the backup"
+    i = min(len(saved), len(current))
+    if len(saved) > i:
+        return f"variable {i} ({saved[i][0]} {saved[i][1]}) is in the backup, not in the model"
+    return f"variable {i} ({current[i][0]} {current[i][1]}) is in the model, not in the backup"
 
 
 # ---------------------------------------------------------------------- one callback's backups
@@ -228,6 +248,19 @@ class Resumed:
 
     record: Record
     progress: Progress
+    replaced: list[tuple[str, float, float]]  # optimizer settings: name, script's, backup's
+
+    def lines(self, where: str) -> list[str]:
+        """What to tell the user: where training resumes, and what the backup replaced."""
+        p = self.progress
+        at = f"step {p.step} of" if p.step else "the start of"
+        said = [
+            f"BackupAndRestore: resuming from {where} at {at} epoch {p.epoch + 1} "
+            f"(global step {p.global_step})."
+        ]
+        if self.replaced:
+            said.append(f"BackupAndRestore: {replaced_line(self.replaced)}.")
+        return said
 
 
 class Backups:
@@ -247,14 +280,20 @@ class Backups:
         self.training: TrainingState | None = None
 
     def begin(self, model: Any, callback: Any, *, chief: bool) -> Resumed | None:
-        """At `on_train_begin`: takes the directory (the chief), then restores the newest backup
-        that verifies into `model` (None if there is none) and marks the model as resumed from it.
+        """At `on_train_begin`: clears what an earlier `fit` left on the model, refuses a second
+        callback on the same folder, takes the directory (the chief), then restores the newest
+        backup that verifies into `model` (None if there is none) and marks the model as resumed
+        from it.
 
         Raises:
             DirectoryLockedError: another process writes backups there.
             ResumeError: the backup does not match this model, or cannot be resumed from.
         """
+        mark_preempted(model, False)
+        mark_resumed(model, None)
+        fs.stop_replay(model)
         self.training = TrainingState(model, callback)
+        self._check_alone(callback)
         if chief:
             # Lock first: it also completes or undoes what a killed writer left half-done, before
             # we read; and a second run on this directory fails now, not at its first backup.
@@ -269,7 +308,45 @@ class Backups:
         progress = self.training.restore(model, record, contents, directory)
         self.manager.protect(record.name)  # never pruned while this fit may still need it
         mark_resumed(model, record.name)
-        return Resumed(record, progress)
+        return Resumed(record, progress, self.training.replaced)
+
+    def _check_alone(self, callback: Any) -> None:
+        """Refuses a second callback of the same `fit` backing up into the same folder: each
+        would resume from, and prune, the other's backups."""
+        assert self.training is not None
+        for other in self.training.callbacks:
+            if (
+                other is not callback
+                and isinstance(other, type(callback))
+                and other.manager.storage.url == self.manager.storage.url
+            ):
+                raise ValueError(
+                    f"Two {type(callback).__name__} callbacks in this fit back up into "
+                    f"{self.manager.directory}: each would resume from and prune the other's "
+                    "backups. Use one, or give each its own `backup_dir`."
+                )
+
+    @property
+    def callbacks(self) -> list[Any]:
+        """The callbacks of the running `fit` (none before `begin`)."""
+        return self.training.callbacks if self.training is not None else []
+
+    def begin_epoch(self, model: Any, epoch: int) -> None:
+        """At `on_epoch_begin`: the resumed epoch gets the rest of its state (`TrainingState`)."""
+        assert self.training is not None
+        fs.clear_initial_epoch(model)
+        self.training.begin_epoch(model, epoch)
+
+    def capture_epoch_start(self) -> None:
+        """The epoch-start state of a backup taken at `on_train_end` (no epoch begins after it)."""
+        assert self.training is not None
+        self.training.capture_epoch_start()
+
+    def end(self, model: Any) -> None:
+        """Undoes what `begin` did to the model for the running `fit` (replay, resumed mark)."""
+        fs.stop_replay(model)
+        fs.clear_initial_epoch(model)
+        mark_resumed(model, None)
 
     def save(
         self,
@@ -280,8 +357,10 @@ class Backups:
         chief: bool,
         cadence: Cadence | None = None,
         on_saved: Callable[[Saved], None] | None = None,
+        lines: Announcements | None = None,
     ) -> None:
-        """Backs up the training state at `progress` (a copy of it: training goes on).
+        """Backs up the training state at `progress` (a copy of it: training goes on); `lines`
+        gets a line saying where it went once it is committed.
 
         Off the chief of a multi-worker job, it does its part of the chief's save (the format's
         `contribute`): a host copy it drops (reading the metric variables, SyncOnRead under
@@ -309,9 +388,16 @@ class Backups:
                 cadence=cadence.get_state() if cadence is not None else None,
             ),
         )
-        self.pipeline.save(
-            model, request, extra=inputs, retention=self.retention, on_saved=on_saved
-        )
+
+        def saved(saved: Saved) -> None:  # on the writer thread when in the background
+            if on_saved is not None:
+                on_saved(saved)
+            if lines is not None:
+                r = saved.record
+                at = position(r.epoch, r.step, r.global_step)
+                lines.add(f"BackupAndRestore: backed up to {self.where(r.name)} at {at}.")
+
+        self.pipeline.save(model, request, extra=inputs, retention=self.retention, on_saved=saved)
 
     def delete_all(self) -> None:
         """Deletes this callback's backups (and nothing else): `fit` completed."""

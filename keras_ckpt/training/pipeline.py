@@ -97,6 +97,7 @@ class SavePipeline:
     ):
         self.manager = manager
         self.format = format
+        self._background = background
         self.writer = Writer(background=background and format.snapshots, name=thread)
 
     @property
@@ -176,6 +177,7 @@ class SavePipeline:
         self.writer.wait()
         self.format.release()
         self.format = format
+        self.writer.background = self._background and format.snapshots
 
     def check(self) -> None:
         """Raises the error of a background save that failed (once)."""

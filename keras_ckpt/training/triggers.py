@@ -57,6 +57,7 @@ class Triggers:
         name: Who asks, for the warning when signals cannot be caught.
         max_overhead: With `save_freq="auto"`: the cadence's budget (None: no cadence).
         background: Whether saves are written in the background (for the cadence's costs).
+        verbose: What the cadence says (`Cadence.verbose`).
 
     Example:
 
@@ -74,11 +75,13 @@ class Triggers:
         name: str,
         max_overhead: float | None = None,
         background: bool = True,
+        verbose: int = 1,
     ):
         self.schedule = schedule
         self.name = name
         self.max_overhead = max_overhead
         self.background = background
+        self.verbose = verbose
         self.cadence: Cadence | None = None
         self.signals: SignalCatcher | None = None
         self.agreement: StepAgreement | None = None
@@ -112,7 +115,10 @@ class Triggers:
         """
         self.schedule.start(global_step)
         if self.max_overhead is not None:
-            self.cadence = Cadence(self.max_overhead, self.background)
+            # The first backup of a process pays first-use costs: measure from the second on.
+            self.cadence = Cadence(
+                self.max_overhead, self.background, warmup=1, verbose=self.verbose
+            )
         self.signals = SignalCatcher(model, self.name)
         if catch_signals:
             self.signals.install()
