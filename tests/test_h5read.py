@@ -216,3 +216,14 @@ def test_a_legacy_h5_model_is_loaded_by_keras_legacy_loader_from_the_checked_byt
     loaded = h5read.load_model(tmp_path / "m.h5", sealed, compile=False)
     for a, b in zip(loaded.weights, model.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_safe_mode_refuses_a_legacy_h5_lambda_on_every_supported_keras(tmp_path):
+    # Keras 3.10's legacy loader takes no safe_mode argument; the check must still apply.
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x * 2)])
+    model.save(tmp_path / "m.h5")
+    sealed = VerifiedFile(tmp_path / "m.h5", None).sealed
+    with pytest.raises(ValueError, match="safe_mode"):
+        h5read.load_model(tmp_path / "m.h5", sealed, compile=False)
+    loaded = h5read.load_model(tmp_path / "m.h5", sealed, compile=False, safe_mode=False)
+    assert isinstance(loaded.layers[-1], keras.layers.Lambda)

@@ -11,6 +11,7 @@ legacy loader, from the same checked buffer. Any read error, and any refusal, ra
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import zipfile
@@ -156,10 +157,13 @@ def load_weights(
             group: Any = hdf5.file
             if "layer_names" not in group.attrs and "model_weights" in hdf5.groups:
                 group = group["model_weights"]
-            _legacy(
-                lambda: legacy_h5_format.load_weights_from_hdf5_group(group, model, skip_mismatch),
-                source.name,
-            )
+            load = legacy_h5_format.load_weights_from_hdf5_group
+            # Keras 3.10's takes no skip_mismatch (its own load_weights drops it): a mismatch
+            # then raises there instead of being skipped.
+            if "skip_mismatch" in inspect.signature(load).parameters:
+                _legacy(lambda: load(group, model, skip_mismatch), source.name)
+            else:
+                _legacy(lambda: load(group, model), source.name)
             return False
         _load_state(model, hdf5, None, skip_mismatch=skip_mismatch)
     return True
@@ -171,6 +175,19 @@ def _legacy(load: Any, name: str) -> Any:
         return load()
     except (OSError, RuntimeError, KeyError) as e:  # h5py's errors on a file h5py opened
         raise CorruptCheckpointError(f"{name}: cannot read it ({e})") from e
+
+
+def _load_legacy_model(file: Any, custom_objects: Any, compile: bool, safe_mode: bool) -> Any:
+    """Keras's legacy `.h5` model loader with `safe_mode` honoured on every supported Keras."""
+    from keras.src.legacy.saving import legacy_h5_format
+    from keras.src.saving import serialization_lib
+
+    load = legacy_h5_format.load_model_from_hdf5
+    if "safe_mode" in inspect.signature(load).parameters:
+        return load(file, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+    # Older Keras (3.10) takes no `safe_mode` here: its deserializers read the scope instead.
+    with serialization_lib.SafeModeScope(safe_mode):
+        return load(file, custom_objects=custom_objects, compile=compile)
 
 
 def _read_group(hdf5: CheckedHDF5, group: str) -> tuple[dict, dict]:
@@ -251,13 +268,9 @@ def load_model(
     shown = name or os.fspath(path)
     source = VerifiedFile(path, expected, name=name)
     if _is_legacy(shown) and source.kind == "hdf5":
-        from keras.src.legacy.saving import legacy_h5_format
-
         with source.hdf5() as hdf5:
             return _legacy(
-                lambda: legacy_h5_format.load_model_from_hdf5(
-                    hdf5.file, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-                ),
+                lambda: _load_legacy_model(hdf5.file, custom_objects, compile, safe_mode),
                 source.name,
             )
     with source.hdf5() as hdf5:  # every check before the (slower) model building
