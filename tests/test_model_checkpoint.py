@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -717,6 +718,8 @@ def test_a_monitor_whose_direction_is_unknown_raises_as_keras_does(tmp_path, dat
     cb = keras_ckpt.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor="custom")
     with pytest.raises(ValueError, match='Pass mode="min" or mode="max"'):
         fit(model, data, [cb], epochs=1)
+    if importlib.util.find_spec("keras.src.callbacks.monitor_callback") is None:
+        return  # Keras 3.10's ModelCheckpoint guesses a direction (only its EarlyStopping asks)
     with pytest.raises(ValueError, match="isn't able to automatically determine"):
         fit(model, data, [keras.callbacks.ModelCheckpoint(str(tmp_path / "k.keras"),
                                                           monitor="custom")], epochs=1)  # fmt: skip
