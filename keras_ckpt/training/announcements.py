@@ -45,7 +45,10 @@ class Announcements:
             self.add(f"{when}: retention removed {names}")
 
     def flush(self) -> None:
-        """Prints the lines queued so far, oldest first."""
+        """Prints the lines queued so far, oldest first (called at every batch end: with nothing
+        queued it takes no lock; a line queued meanwhile is printed at the next call)."""
+        if not self._lines:
+            return
         with self._lock:
             lines, self._lines = self._lines, []
         for line in lines:
