@@ -227,3 +227,78 @@ def test_safe_mode_refuses_a_legacy_h5_lambda_on_every_supported_keras(tmp_path)
         h5read.load_model(tmp_path / "m.h5", sealed, compile=False)
     loaded = h5read.load_model(tmp_path / "m.h5", sealed, compile=False, safe_mode=False)
     assert isinstance(loaded.layers[-1], keras.layers.Lambda)
+
+
+@keras.saving.register_keras_serializable(package="test_h5read")
+class CountingInitializer(keras.initializers.Initializer):
+    """Glorot-uniform that counts its calls: Keras's `load_model` draws every initial value."""
+
+    calls = 0
+
+    def __call__(self, shape, dtype=None):
+        CountingInitializer.calls += 1
+        return keras.initializers.GlorotUniform()(shape, dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="test_h5read")
+class ReadsItsWeightInBuild(keras.layers.Layer):
+    """Creates a weight from an array in `build`: it cannot be built with its initialization
+    deferred, so the loader must build it the plain way."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+        self.offset = keras.Variable(np.zeros(input_shape[-1], "float32"), name="offset")
+
+    def call(self, x):
+        return x * self.scale + self.offset
+
+
+def test_load_model_fills_variables_from_the_file_without_drawing_initial_values(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, kernel_initializer=CountingInitializer()),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(2, kernel_initializer=CountingInitializer()),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+    model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0)
+    model.save(tmp_path / "m.keras")
+    CountingInitializer.calls = 0
+    plain = keras.saving.load_model(tmp_path / "m.keras")
+    assert CountingInitializer.calls == 2  # Keras draws each kernel, then overwrites it
+
+    CountingInitializer.calls = 0
+    sealed = VerifiedFile(tmp_path / "m.keras", None).sealed
+    loaded = h5read.load_model(tmp_path / "m.keras", sealed)
+    assert CountingInitializer.calls == 0
+    for ours, keras_own in zip(
+        loaded.weights + loaded.optimizer.variables,
+        plain.weights + plain.optimizer.variables,
+        strict=True,
+    ):
+        assert ours.path == keras_own.path
+        if "seed_generator" not in ours.path:  # not in the file: a fresh seed, as Keras's
+            np.testing.assert_array_equal(ours.numpy(), keras_own.numpy())
+    for variable in loaded.metrics_variables:  # not in the file: their own initial value
+        assert variable.numpy() == 0
+    x, y = np.ones((4, 4)), np.zeros((4, 2))
+    assert loaded.evaluate(x, y, verbose=0) == plain.evaluate(x, y, verbose=0)
+    loaded.fit(x, y, verbose=0)  # and it trains
+
+
+def test_a_model_that_needs_its_values_while_it_is_built_loads_the_plain_way(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3), ReadsItsWeightInBuild()])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 3)), verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = h5read.load_model(tmp_path / "m.keras")
+    assert len(loaded.weights) == len(model.weights)
+    for ours, saved in zip(loaded.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), saved.numpy())
+    np.testing.assert_array_equal(
+        loaded.predict(np.ones((2, 3)), verbose=0), model.predict(np.ones((2, 3)), verbose=0)
+    )

@@ -18,3 +18,39 @@ def test_changed_private_keras_signature_fails_clearly(monkeypatch):
     monkeypatch.setattr(_keras_private.saving_lib, "_load_state", lambda model, store: None)
     with pytest.raises(ImportError, match=r"_load_state.* changed"):
         _keras_private._check()
+
+
+def test_without_what_deferred_values_need_a_model_loads_the_plain_way(tmp_path, monkeypatch):
+    import keras
+    import numpy as np
+
+    from keras_ckpt.format import h5read
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
+    model.save(tmp_path / "m.keras")
+    monkeypatch.setattr(_keras_private, "_VARIABLE_API", None)
+    with _keras_private.values_from_the_file() as deferred:
+        assert deferred is False
+    loaded = h5read.load_model(tmp_path / "m.keras")
+    for ours, saved in zip(
+        loaded.weights + loaded.optimizer.variables,
+        model.weights + model.optimizer.variables,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(ours.numpy(), saved.numpy())
+
+
+def test_a_failed_deferral_leaves_keras_variable_registry_as_it_found_it():
+    import keras
+    from keras.src.backend.common import global_state
+
+    before = global_state.get_global_attribute("uninitialized_variables")
+    with pytest.raises(ValueError, match="stateless scope"):
+        with _keras_private.values_from_the_file() as deferred:
+            assert deferred is True
+            keras.Variable(initializer="ones", shape=(2,))  # deferred, then dropped
+            keras.Variable(1.0)  # from a value: refused inside a stateless scope
+    assert global_state.get_global_attribute("uninitialized_variables") == before
+    assert global_state.get_global_attribute("stateless_scope") is None

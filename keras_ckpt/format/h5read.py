@@ -4,7 +4,9 @@ The file is read once into memory and every link and dataset is checked before a
 (`checked.VerifiedFile`, `checked.CheckedHDF5`: every guard of Keras's loader, and more). Keras's
 own loading walk (`saving_lib._load_state`) then assigns the checked arrays, through a store of
 ours; for a `.keras` model the model is rebuilt from its config as `keras.saving.load_model` does
-(compile config, custom objects, `safe_mode`, assets). A legacy `.h5` file is loaded by Keras's
+(compile config, custom objects, `safe_mode`, assets), except that its variables take their
+first value from the file instead of drawing one from their initializers first (see
+`_keras_private.values_from_the_file`). A legacy `.h5` file is loaded by Keras's
 legacy loader, from the same checked buffer. Any read error, and any refusal, raises
 `CorruptCheckpointError`, so a manager loading `"latest"` falls back to the previous checkpoint.
 """
@@ -21,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from keras_ckpt.errors import CorruptCheckpointError
-from keras_ckpt.format._keras_private import saving_lib
+from keras_ckpt.format._keras_private import (
+    compile_from_config,
+    saving_lib,
+    values_from_the_file,
+)
 from keras_ckpt.format.checked import CheckedHDF5, VerifiedFile
 from keras_ckpt.store.local import SealedFile
 
@@ -89,24 +95,46 @@ class _InPlaceStore(saving_lib.H5IOStore):
         pass
 
 
+class _Walk:
+    """Keras's loading walk over one checked file, in one or more passes over a model.
+
+    A pass skips what an earlier one loaded (Keras's `visited_saveables`), so a model can be
+    walked before it is compiled and again after, for its optimizer. `finish` raises what
+    Keras's `load_model` raises for what failed to load.
+    """
+
+    def __init__(self, hdf5: CheckedHDF5, assets: Any, *, skip_mismatch: bool = False):
+        self._store = _InPlaceStore(hdf5)
+        self._assets = assets
+        self._skip_mismatch = skip_mismatch
+        self._visited: set[int] = set()
+        self._failed: set[int] = set()
+        self._errors: dict[int, Any] = {}
+
+    def load(self, model: Any) -> None:
+        self._visited.discard(id(model))  # its own variables again, then what is new under it
+        saving_lib._load_state(
+            model,
+            weights_store=self._store,
+            assets_store=self._assets,
+            inner_path="",
+            skip_mismatch=self._skip_mismatch,
+            visited_saveables=self._visited,
+            failed_saveables=self._failed,
+            error_msgs=self._errors,
+        )
+        if self._store.error is not None:
+            raise self._store.error
+
+    def finish(self) -> None:
+        if self._failed:
+            saving_lib._raise_loading_failure(self._errors, warn_only=self._skip_mismatch)
+
+
 def _load_state(model: Any, hdf5: CheckedHDF5, assets: Any, *, skip_mismatch: bool = False) -> None:
-    failed: set[int] = set()
-    errors: dict[int, Any] = {}
-    store = _InPlaceStore(hdf5)
-    saving_lib._load_state(
-        model,
-        weights_store=store,
-        assets_store=assets,
-        inner_path="",
-        skip_mismatch=skip_mismatch,
-        visited_saveables=set(),
-        failed_saveables=failed,
-        error_msgs=errors,
-    )
-    if store.error is not None:
-        raise store.error
-    if failed:
-        saving_lib._raise_loading_failure(errors, warn_only=skip_mismatch)
+    walk = _Walk(hdf5, assets, skip_mismatch=skip_mismatch)
+    walk.load(model)
+    walk.finish()
 
 
 def _is_legacy(name: str) -> bool:
@@ -279,9 +307,7 @@ def load_model(
         if len(archive.namelist()) > 3:
             source.check_extraction()
         try:
-            model = saving_lib._model_from_config(
-                config_json.decode(), custom_objects, compile, safe_mode
-            )
+            config = json.loads(config_json.decode())
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise CorruptCheckpointError(
                 f"{source.name}: {saving_lib._CONFIG_FILENAME} is not JSON ({e})"
@@ -295,8 +321,49 @@ def load_model(
             except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError) as e:
                 raise CorruptCheckpointError(f"{source.name}: cannot extract it ({e})") from e
         try:
-            _load_state(model, hdf5, assets)
+            return _build_and_load(
+                config, config_json.decode(), hdf5, assets, custom_objects, compile, safe_mode
+            )
         finally:
             if assets is not None:
                 assets.close()
+
+
+def _build_and_load(
+    config: Any,
+    config_json: str,
+    hdf5: CheckedHDF5,
+    assets: Any,
+    custom_objects: Any,
+    compile: bool,
+    safe_mode: bool,
+) -> Any:
+    """The model `config_json` describes with the file's values, built as Keras builds it, but
+    with its variables taking their first value from the file (`values_from_the_file`): the
+    layers are built and loaded inside, then the model is compiled and its optimizer loaded.
+    A model that cannot be built that way (a layer making a weight from an array) is built
+    again the plain way, as Keras does."""
+    compile_config = config.get("compile_config") if compile and isinstance(config, dict) else None
+    walk = _Walk(hdf5, assets)
+    deferred = False
+    try:
+        with values_from_the_file() as deferred:
+            if deferred:
+                model = saving_lib._model_from_config(config_json, custom_objects, False, safe_mode)
+                walk.load(model)
+    except CorruptCheckpointError:
+        raise
+    except Exception:
+        if not deferred:
+            raise
+        deferred = False
+    if deferred:
+        if compile_config:
+            compile_from_config(model, compile_config, custom_objects, safe_mode)
+            walk.load(model)  # what compiling added: the optimizer
+    else:
+        walk = _Walk(hdf5, assets)
+        model = saving_lib._model_from_config(config_json, custom_objects, compile, safe_mode)
+        walk.load(model)
+    walk.finish()
     return model
