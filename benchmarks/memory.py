@@ -5,7 +5,8 @@ is charged to another): build the model, train one epoch with no callback (warm-
 first-use allocations), then reset the kernel's peak-RSS mark (`/proc/self/clear_refs` = 5),
 note the resident set, train `saves` epochs with the callback saving at each epoch end, and read
 the peak (`VmHWM`), then the resident set once `fit` has returned and glibc's `malloc_trim` has
-given free memory back (what is still referenced).
+given free memory back (what is still referenced), with the callback still alive: what a callback
+keeps between fits counts.
 Peak extra memory = peak - resident set before the timed fit, minus the same for a fit with no
 callback (training's own transient allocations); held after `fit` likewise. Linux only;
 elsewhere the section says so and is empty.
@@ -56,14 +57,14 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     fit_with(model, x, y, saves, callback)
 peak = rss("VmHWM")
-del callback
 import ctypes, gc
-gc.collect()
+gc.collect()  # the callback is still alive: what it keeps after `fit` counts
 try:  # give the allocator's free memory back, so that what is left is what is still referenced
     ctypes.CDLL(None).malloc_trim(0)
 except (OSError, AttributeError):  # not glibc
     pass
 print(json.dumps({"extra": peak - before, "retained": rss("VmRSS") - before}))
+del callback
 """
 
 # Keys of `saving.variants()`.
@@ -127,7 +128,7 @@ def run(
     table.notes.append(
         f"One subprocess per variant, {saves} saves each; training's own transient memory "
         f"({fmt(baseline, 'B')}, a fit with no callback) is subtracted. Still held after fit: "
-        "the resident set once `fit` has returned and the callback is dropped, above the same "
+        "the resident set once `fit` has returned (the callback still alive), above the same "
         f"for a fit with no callback ({fmt(baseline_held, 'B')}), once `malloc_trim` has "
         "given the allocator's free memory back."
     )

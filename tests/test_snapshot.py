@@ -65,34 +65,30 @@ def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
     assert not inline._buffers
     kernel = model.layers[0].kernel
     taken = [a for kind, _, a in inline.take(model, weights_only=True).ops if kind == "set"]
-    assert any(np.shares_memory(a, snapshot._host_view(kernel)) for a in taken)
-    if keras.backend.backend() != "tensorflow":  # TensorFlow: held, not copied (test below)
-        assert copying._buffers
-        copied_arrays = [
-            a for kind, _, a in copying.take(model, weights_only=True).ops if kind == "set"
-        ]
-        assert not any(np.shares_memory(a, snapshot._host_view(kernel)) for a in copied_arrays)
+    if keras.backend.backend() == "tensorflow":  # a view of the variable's own buffer
+        assert any(np.shares_memory(a, snapshot._host_view(kernel)) for a in taken)
+    assert copying._buffers
+    copied_arrays = [a for kind, _, a in copying.take(model, weights_only=True).ops if kind == "set"]
+    assert not any(np.shares_memory(a, snapshot._host_view(kernel)) for a in copied_arrays)
     copied, direct = (h5_datasets(tmp_path / f"{n}.weights.h5") for n in ("copied", "inline"))
     assert sorted(copied) == sorted(direct) and len(direct) > 4
     for name in copied:
         np.testing.assert_array_equal(copied[name], direct[name])
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's buffers")
-def test_a_background_snapshot_on_tensorflow_copies_nothing_and_stays_as_it_was(tmp_path, data):
-    """On TensorFlow a background snapshot holds the tensors read from the variables instead of
-    copying them (TensorFlow writes an update into a fresh buffer while the old one is held):
-    training on, then writing, gives the file of the moment of the snapshot, optimizer
-    variables included, and the optimizer is left as it was."""
+def test_a_background_snapshot_is_a_host_copy_that_stays_as_it_was(tmp_path, data):
+    """A background snapshot copies every value into host buffers the snapshotter owns, on every
+    backend (on TensorFlow, holding the tensors would make training copy them into memory its
+    allocator keeps after `fit`): training on, then writing, gives the file of the moment of the
+    snapshot, optimizer variables included, and the optimizer is left as it was."""
     model = trained(data)
     state = list(model.weights) + list(model.optimizer.variables)
     frozen = [v.numpy().copy() for v in state]
     snapshotter = snapshot.Snapshotter()
     snap = snapshotter.take(model, weights_only=True)
-    assert not snapshotter._buffers  # nothing copied into host buffers
     taken = [a for kind, _, a in snap.ops if kind == "set"]
-    tensors = [a for a in taken if a.ndim]  # (TensorFlow copies a scalar as it reads it)
-    assert len(tensors) > len(model.weights) and not any(a.flags.owndata for a in tensors)
+    assert len(taken) > len(model.weights)
+    assert all(a.flags.owndata for a in taken)  # host memory of its own, no backend memory
     assert "save_own_variables" not in vars(model.optimizer)
     x, y = data
     model.fit(x, y, epochs=2, batch_size=16, verbose=0)  # every variable moves on

@@ -8,16 +8,13 @@ the variable itself instead, so nothing is copied twice.
 
 What a value becomes depends on whether training can change it before it is written:
 
-- On TensorFlow a variable's value is held, not copied: the snapshot keeps the tensor read from
-  the variable, and TensorFlow never updates a buffer someone else still holds (an update of a
-  variable whose value is referenced writes into a fresh buffer: copy-on-write, and compiled
-  steps write their outputs into fresh buffers anyway). Blocking training costs no copy; the
-  held buffers are freed once the snapshot is written, so at most one extra copy of the state
-  exists, and only while a save is in flight.
-- On JAX and PyTorch each value is copied into a host buffer the snapshotter owns and reuses at
+- A background snapshot copies each value into a host buffer the snapshotter owns and reuses at
   the next save (allocated and pre-faulted once; re-allocated only when a shape or dtype
-  changes): on JAX, Keras donates the state buffers to the next step, so a view could change
-  under the writer; a PyTorch tensor is changed in place.
+  changes), on every backend: on JAX, Keras donates the state buffers to the next step, so a
+  view could change under the writer; a PyTorch tensor is changed in place; on TensorFlow,
+  holding the tensors instead would make the next step copy each one (copy-on-write) into
+  TensorFlow's allocator, which keeps that memory after `fit` ends. Host buffers are plain memory
+  the callbacks free when `fit` ends (`release`).
 - A save written inline, before training's next step, copies nothing on any backend:
   `Snapshotter(copy=False)` keeps the backend's own memory where it cannot change before the
   write. Only what a layer hands over as a NumPy array of its own is copied (a buffer it may
@@ -95,15 +92,6 @@ def _host_view(value: Any) -> np.ndarray:
         if isinstance(array, np.ndarray):
             return array
     return np.asarray(keras.ops.convert_to_numpy(value))
-
-
-def _holds_value(view: np.ndarray) -> bool:
-    """True when `view` (from `_host_view` of a stable value) is a frozen value that a training
-    step cannot change: on TensorFlow, a view of a tensor read from a variable keeps that
-    tensor's buffer, and TensorFlow writes an update of the variable into a fresh buffer while
-    another reference to the old one lives (copy-on-write; `tests/test_snapshot.py` trains on
-    and compares). On JAX a view could be of a buffer donated to the next step."""
-    return keras.backend.backend() == "tensorflow" and not view.flags.owndata
 
 
 def _is_stable(value: Any) -> bool:
@@ -202,11 +190,9 @@ class _RecordingStore(saving_lib.H5IOStore):
 class Snapshotter:
     """Takes snapshots of one model that stay as they were while training goes on.
 
-    On JAX and PyTorch a snapshot's arrays are host buffers the snapshotter reuses: the next
-    `take` overwrites them, so write (or discard) a snapshot before taking the next
-    (`writer.Writer` runs one save at a time). On TensorFlow they hold the variables' values as
-    TensorFlow's own immutable buffers (see the module docstring), kept by nothing but the
-    snapshot. Use one snapshotter per callback.
+    A snapshot's arrays are host buffers the snapshotter reuses: the next `take` overwrites
+    them, so write (or discard) a snapshot before taking the next (`writer.Writer` runs one save
+    at a time). Use one snapshotter per callback, and drop it when `fit` ends.
 
     Args:
         copy: False for saves written inline, before the model changes: the snapshot's arrays
@@ -235,8 +221,6 @@ class Snapshotter:
     def _copy(self, slot: int, source: np.ndarray, stable: bool = False) -> np.ndarray:
         if not self.copy:
             return source if stable else np.array(source, copy=True)
-        if stable and _holds_value(source):
-            return source
         if source.nbytes < _SMALL:
             return np.array(source, copy=True)
         buffer = self._buffers.get(slot)
