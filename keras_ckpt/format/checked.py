@@ -23,11 +23,9 @@ does anything of keras-ckpt it imports), so what only inspects or verifies a che
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import mmap
 import os
 import zipfile
 from typing import Any
@@ -37,6 +35,7 @@ import h5py
 import numpy as np
 
 from keras_ckpt.errors import CorruptCheckpointError
+from keras_ckpt.format._memory import allocate
 from keras_ckpt.format._zip import crc32
 from keras_ckpt.store.local import SealedFile, open_regular
 
@@ -75,22 +74,6 @@ def _readable(size: int) -> str:
             return f"{value:.2f} {unit}"
         value /= 1024
     return f"{value:.2f} PB"
-
-
-def _allocate(size: int) -> np.ndarray:
-    """A writable, page-aligned buffer of `size` bytes, in huge pages where the kernel has them
-    (measured, CPU time to read and checksum 200 MB: 45 ms into one, 57 ms into `np.empty`; the
-    memory map this read replaced took 22 ms, but a file truncated under it killed the process)."""
-    if size:
-        try:
-            memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        except (OSError, ValueError, AttributeError):  # no anonymous maps here: plain memory
-            pass
-        else:
-            with contextlib.suppress(AttributeError, OSError):
-                memory.madvise(mmap.MADV_HUGEPAGE)
-            return np.frombuffer(memory, np.uint8)
-    return np.empty(size, np.uint8)
 
 
 class _Reader(io.RawIOBase):
@@ -484,7 +467,7 @@ class VerifiedFile:
 
 def _read(f: Any, size: int, crc: Any) -> np.ndarray:
     """Up to `size` bytes of `f` into a fresh buffer, each chunk checksummed while it is hot."""
-    buffer = _allocate(size)
+    buffer = allocate(size)  # huge pages: 45 ms CPU to read and check 200 MB, np.empty 57
     view = memoryview(buffer)  # type: ignore[arg-type]
     position = 0
     while position < size:

@@ -9,7 +9,7 @@ the variable itself instead, so nothing is copied twice.
 What a value becomes depends on whether training can change it before it is written:
 
 - A background snapshot copies each value into a host buffer the snapshotter owns and reuses at
-  the next save (allocated and pre-faulted once; re-allocated only when a shape or dtype
+  the next save (allocated once, in huge pages; re-allocated only when a shape or dtype
   changes), on every backend: on JAX, Keras donates the state buffers to the next step, so a
   view could change under the writer; a PyTorch tensor is changed in place; on TensorFlow,
   holding the tensors instead would make the next step copy each one (copy-on-write) into
@@ -42,6 +42,7 @@ import keras
 import numpy as np
 
 from keras_ckpt.format._keras_private import saving_lib
+from keras_ckpt.format._memory import empty_like
 
 __all__ = ["Snapshot", "Snapshotter", "take"]
 
@@ -225,8 +226,7 @@ class Snapshotter:
             return np.array(source, copy=True)
         buffer = self._buffers.get(slot)
         if buffer is None or buffer.shape != source.shape or buffer.dtype != source.dtype:
-            buffer = np.empty(source.shape, source.dtype)
-            buffer.reshape(-1).view(np.uint8).fill(0)  # fault the pages in now, not mid-copy
+            buffer = empty_like(source)  # in huge pages: the first copy of a fit faults fast
             self._buffers[slot] = buffer
         np.copyto(buffer, source, casting="no")
         return buffer
