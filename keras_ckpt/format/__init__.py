@@ -6,7 +6,8 @@ Below them: `snapshot` copies what Keras's saving walk would write to host memor
 writes it as Keras's own file in one pass; `h5read` reads those files back in place, checked
 against their records; `_zip` lays out a `.keras` zip by hand; `averaging` averages weight
 files; `orbax_dir.OrbaxDir` writes sharded checkpoints through Orbax (a folder each, every process
-writing its own shards); `_keras_private` is the one importer of Keras's private saving API.
+writing its own shards); `_keras_private` is the one importer of Keras's private saving API;
+`_memory` allocates the large host buffers (snapshots, checked reads) in huge pages.
 """
 
 from __future__ import annotations
