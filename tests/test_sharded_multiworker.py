@@ -110,4 +110,6 @@ def test_each_process_writes_about_its_share(runs):
     logs = runs["logs"]
     written = [int(lines(logs, "reference", i, "BYTES")[0][0]) for i in range(2)]
     assert all(n > 0 for n in written)
-    assert 0.35 < written[0] / sum(written) < 0.65, written
+    # Each holds half of every split array; the chief's share also has the metadata, whose size
+    # varies from run to run (0.34-0.65 seen): a process writing everything would give 0 or 1.
+    assert 0.25 < written[0] / sum(written) < 0.75, written

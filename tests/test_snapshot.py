@@ -68,7 +68,9 @@ def test_an_inline_snapshot_keeps_no_buffers_and_writes_the_same_file(tmp_path):
     if keras.backend.backend() == "tensorflow":  # a view of the variable's own buffer
         assert any(np.shares_memory(a, snapshot._host_view(kernel)) for a in taken)
     assert copying._buffers
-    copied_arrays = [a for kind, _, a in copying.take(model, weights_only=True).ops if kind == "set"]
+    copied_arrays = [
+        a for kind, _, a in copying.take(model, weights_only=True).ops if kind == "set"
+    ]
     assert not any(np.shares_memory(a, snapshot._host_view(kernel)) for a in copied_arrays)
     copied, direct = (h5_datasets(tmp_path / f"{n}.weights.h5") for n in ("copied", "inline"))
     assert sorted(copied) == sorted(direct) and len(direct) > 4
