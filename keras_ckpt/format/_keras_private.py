@@ -18,6 +18,8 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
+import keras
+
 try:
     from keras.src.saving import object_registration, saving_lib, serialization_lib
 except ImportError as e:  # pragma: no cover - depends on the installed Keras
@@ -26,7 +28,7 @@ except ImportError as e:  # pragma: no cover - depends on the installed Keras
         f"({e}). Install a supported Keras version."
     ) from e
 
-__all__ = ["saving_lib", "values_from_the_file", "compile_from_config"]
+__all__ = ["saving_lib", "values_from_the_file", "uninitialized", "compile_from_config"]
 
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "_save_state": ("saveable", "weights_store", "assets_store", "inner_path", "visited_saveables"),
@@ -97,11 +99,13 @@ def values_from_the_file() -> Iterator[bool]:
     """Builds and loads a model without running the initializers of what the file then fills.
 
     Inside, Keras's `StatelessScope` defers every new variable's initialization and records every
-    assignment (Keras's loading walk assigns each variable once). On a normal exit each variable
+    assignment (the last one to a variable wins, as it would have). On a normal exit each variable
     created inside is initialized once: with the value assigned to it, else (nothing in the file
     for it: a `skip_mismatch`, a seed generator) by its own initializer, as Keras's `load_model`
     leaves it; a variable made before gets what was assigned to it. What is saved is the random
-    draw of every initializer and a copy of each value (the initial value is the loaded one).
+    draw of every initializer and a copy of each value (the initial value is the loaded one). The
+    caller checks that every variable got a value (`uninitialized`): the names of Keras's global
+    state used here are private too, and a renamed one must not leave a model half built.
 
     An optimizer cannot be made inside (its step counter starts from a number, which a stateless
     scope refuses; TensorFlow's reads the model's variables): compile after, and load it then.
@@ -135,27 +139,33 @@ def values_from_the_file() -> Iterator[bool]:
             yield True
         created = global_state.get_global_attribute(_UNINITIALIZED) or []
         deferred = {id(variable) for variable in created}
-        values = {}
+        first: dict[int, tuple[Any, Any]] = {}  # the last assignment wins, as it would have
         for variable, value in scope.assigned:
-            if id(variable) in deferred:
-                values[id(variable)] = value  # the last assignment wins, as it would have
-            else:
+            if id(variable) in deferred or getattr(variable, "_value", True) is None:
+                first[id(variable)] = (variable, value)
+            else:  # made before the deferral
                 variable.assign(value)
         for variable in created:
-            value = values.get(id(variable))
-            if value is None:
+            if id(variable) not in first:
                 variable._deferred_initialize()
-            else:
-                variable._initialize(value)
-                variable._initializer = None
+        for variable, value in first.values():  # a copy: on PyTorch, a view of the file's bytes
+            variable._initialize(keras.ops.copy(value))
+            variable._initializer = None
     finally:
         global_state.set_global_attribute(_UNINITIALIZED, before)
+
+
+def uninitialized(variables: Any) -> list[Any]:
+    """The variables that have no value (left so by a deferral that did not reach them)."""
+    return [v for v in variables if getattr(v, "_value", True) is None]
 
 
 def compile_from_config(
     model: Any, compile_config: dict[str, Any], custom_objects: Any, safe_mode: bool
 ) -> None:
-    """What Keras's deserialization does with a model's `compile_config`, in the same scopes."""
+    """What Keras's deserialization does with a model's `compile_config`: custom objects and
+    `safe_mode` as for the model; objects shared between the model's config and its compile
+    config (rare) are not shared, as they are in a fresh object-sharing scope."""
     with (
         serialization_lib.ObjectSharingScope(),
         object_registration.CustomObjectScope(custom_objects),

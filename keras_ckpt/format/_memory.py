@@ -15,6 +15,8 @@ import numpy as np
 
 __all__ = ["allocate", "empty_like"]
 
+_HUGE_PAGE = 2 << 20
+
 
 def allocate(size: int) -> np.ndarray:
     """A writable, page-aligned `uint8` buffer of `size` bytes (plain memory where the system
@@ -32,7 +34,9 @@ def allocate(size: int) -> np.ndarray:
 
 
 def empty_like(source: np.ndarray) -> np.ndarray:
-    """An uninitialized array with `source`'s shape and dtype, in `allocate`d memory.
+    """An uninitialized array with `source`'s shape and dtype: in `allocate`d memory from 2 MiB
+    (a huge page) up, plain memory below (a map per small array would spend the process's map
+    count for nothing).
 
     Example:
 
@@ -40,4 +44,6 @@ def empty_like(source: np.ndarray) -> np.ndarray:
     >>> buffer.shape, buffer.dtype.name, buffer.flags.writeable
     ((3, 4), 'float32', True)
     """
+    if source.nbytes < _HUGE_PAGE:
+        return np.empty_like(source)
     return allocate(source.nbytes).view(source.dtype).reshape(source.shape)

@@ -26,6 +26,7 @@ from keras_ckpt.errors import CorruptCheckpointError
 from keras_ckpt.format._keras_private import (
     compile_from_config,
     saving_lib,
+    uninitialized,
     values_from_the_file,
 )
 from keras_ckpt.format.checked import CheckedHDF5, VerifiedFile
@@ -351,10 +352,10 @@ def _build_and_load(
             if deferred:
                 model = saving_lib._model_from_config(config_json, custom_objects, False, safe_mode)
                 walk.load(model)
-    except CorruptCheckpointError:
-        raise
-    except Exception:
-        if not deferred:
+        if deferred and uninitialized(model.variables):
+            deferred = False  # this Keras's deferral did not reach them: build it the plain way
+    except ValueError as e:  # Keras refuses a variable made from a value in a stateless scope
+        if not deferred or "stateless scope" not in str(e):
             raise
         deferred = False
     if deferred:

@@ -9,7 +9,7 @@ the variable itself instead, so nothing is copied twice.
 What a value becomes depends on whether training can change it before it is written:
 
 - A background snapshot copies each value into a host buffer the snapshotter owns and reuses at
-  the next save (allocated once, in huge pages; re-allocated only when a shape or dtype
+  the next save (allocated once, large ones in huge pages; re-allocated only when a shape or dtype
   changes), on every backend: on JAX, Keras donates the state buffers to the next step, so a
   view could change under the writer; a PyTorch tensor is changed in place; on TensorFlow,
   holding the tensors instead would make the next step copy each one (copy-on-write) into
