@@ -148,8 +148,9 @@ def values_from_the_file() -> Iterator[bool]:
         for variable in created:
             if id(variable) not in first:
                 variable._deferred_initialize()
-        for variable, value in first.values():  # a copy: on PyTorch, a view of the file's bytes
-            variable._initialize(keras.ops.copy(value))
+        copies = keras.backend.backend() != "tensorflow"  # a tf.Variable copies its initial value
+        for variable, value in first.values():  # on PyTorch `value` is a view of the file's bytes
+            variable._initialize(keras.ops.copy(value) if copies else value)
             variable._initializer = None
     finally:
         global_state.set_global_attribute(_UNINITIALIZED, before)
